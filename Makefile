@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine: `make serve` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO ?= var/demo
+GRPC_PORT ?= 8001
+
+.PHONY: serve test lint venv clean demo bench-kernels
+
+venv: $(STAMP)
+
+# On a host without a GPU, torch==2.13.0 comes from local disk as a CPU build; installing it
+# first keeps the unpinned requirement in pyproject.toml from pulling a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch==2.13.0; fi
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	@$(BIN)/python -m freshrec.server --check
+	touch $(STAMP)
+
+$(DEMO)/repository/retrieve/1/manifest.json: $(STAMP)
+	$(BIN)/freshrec build --synthetic --out $(DEMO)
+
+demo: $(DEMO)/repository/retrieve/1/manifest.json
+
+serve: demo
+	$(BIN)/freshrec serve --repository $(DEMO)/repository --grpc-port $(GRPC_PORT)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	TRITON_INTERPRET=1 $(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) var

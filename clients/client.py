@@ -1,0 +1,105 @@
+"""A small client for freshrec's `recommend` model over Triton's gRPC (KServe v2) protocol."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import np_to_triton_dtype
+
+from model_repository import contract as c
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "127.0.0.1:8001"
+DEFAULT_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    item_ids: list[int]
+    scores: list[float]
+    version: int
+
+    def to_json(self) -> dict:
+        return {
+            "version": self.version,
+            "items": [{"item_id": i, "score": round(s, 6)} for i, s in zip(self.item_ids, self.scores)],
+        }
+
+
+def _tensor(name: str, values: np.ndarray) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(name, list(values.shape), np_to_triton_dtype(values.dtype))
+    tensor.set_data_from_numpy(values)
+    return tensor
+
+
+def recommend_inputs(
+    user_id: int,
+    *,
+    k: int | None = None,
+    history: Sequence[int] | None = None,
+    exclude: Sequence[int] | None = None,
+    exclude_seen: bool = False,
+) -> list[grpcclient.InferInput]:
+    """The request tensors for one recommend call (batch dimension of 1)."""
+    inputs = [_tensor(c.USER_ID, np.array([[user_id]], dtype=np.int64))]
+    if k is not None:
+        inputs.append(_tensor(c.K, np.array([[k]], dtype=np.int32)))
+    if history is not None:
+        inputs.append(_tensor(c.HISTORY, np.asarray(history, dtype=np.int64).reshape(1, -1)))
+    if exclude is not None:
+        inputs.append(_tensor(c.EXCLUDE, np.asarray(exclude, dtype=np.int64).reshape(1, -1)))
+    if exclude_seen:
+        inputs.append(_tensor(c.EXCLUDE_SEEN, np.array([[True]], dtype=np.bool_)))
+    return inputs
+
+
+class Client:
+    """`Client(url).recommend(user_id, k=10, history=None, exclude=None)`; a context manager."""
+
+    def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 model: str = c.RECOMMEND):
+        self.url = url
+        self.timeout_s = timeout_s
+        self.model = model
+        self._grpc = grpcclient.InferenceServerClient(url)
+
+    def recommend(
+        self,
+        user_id: int,
+        k: int = c.DEFAULT_K,
+        history: Sequence[int] | None = None,
+        exclude: Sequence[int] | None = None,
+        *,
+        exclude_seen: bool = False,
+    ) -> Recommendation:
+        """Top-k items for a user, best first. Raises tritonclient's InferenceServerException
+        (status INVALID_ARGUMENT naming the field) on bad input."""
+        result = self._grpc.infer(
+            self.model,
+            recommend_inputs(user_id, k=k, history=history, exclude=exclude,
+                             exclude_seen=exclude_seen),
+            outputs=[grpcclient.InferRequestedOutput(n) for n in (c.ITEM_IDS, c.SCORES, c.VERSION)],
+            client_timeout=self.timeout_s,
+        )
+        return Recommendation(
+            item_ids=[int(x) for x in result.as_numpy(c.ITEM_IDS).reshape(-1)],
+            scores=[float(x) for x in result.as_numpy(c.SCORES).reshape(-1)],
+            version=int(result.as_numpy(c.VERSION).reshape(-1)[0]),
+        )
+
+    def is_ready(self) -> bool:
+        return bool(self._grpc.is_server_ready() and self._grpc.is_model_ready(self.model))
+
+    def close(self) -> None:
+        self._grpc.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,48 @@
+"""Triton python backend: `user_tower`, the exported ONNX tower run by onnxruntime.
+
+Template, copied into every version folder. A batch of requests runs as one onnxruntime call.
+"""
+
+import os
+import site
+import sys
+
+# The stub ignores PYTHONPATH; `freshrec serve` puts the project's paths in FRESHREC_PYTHONPATH.
+for _path in reversed(os.environ.get("FRESHREC_PYTHONPATH", "").split(os.pathsep)):
+    if _path and _path not in sys.path:
+        site.addsitedir(_path)
+        sys.path.remove(_path)
+        sys.path.insert(0, _path)
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+from model_repository import contract as c  # noqa: E402
+
+ONNX_FILE = "model.onnx"
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        path = Path(args["model_repository"]) / args["model_version"] / ONNX_FILE
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # tiny MLP: threads cost more than they save
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def execute(self, requests):
+        users = [pb_utils.get_input_tensor_by_name(r, c.USER_EMB).as_numpy() for r in requests]
+        pools = [pb_utils.get_input_tensor_by_name(r, c.HISTORY_EMB).as_numpy() for r in requests]
+        (query,) = self.session.run(
+            [c.QUERY],
+            {c.USER_EMB: np.concatenate(users).astype(np.float32),
+             c.HISTORY_EMB: np.concatenate(pools).astype(np.float32)},
+        )
+        responses, start = [], 0
+        for user in users:
+            stop = start + user.shape[0]
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(c.QUERY, query[start:stop])]))
+            start = stop
+        return responses

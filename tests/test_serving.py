@@ -1,0 +1,125 @@
+"""retrieve's batch logic without a server, against a brute-force numpy reference."""
+
+import numpy as np
+import pytest
+
+from model_repository import contract as c
+from model_repository import versions
+from model_repository.pooling import recency_weights
+from model_repository.serving import Query, RequestError, Retriever, decode_query
+
+DIM = 8
+N_USERS, N_ITEMS = 30, 50
+USER_OFFSET, ITEM_OFFSET = 1000, 5000  # external ids never equal their rows
+
+
+def _tower(user_emb, history_emb):
+    return user_emb + 2.0 * history_emb
+
+
+@pytest.fixture(scope="module")
+def retriever(tmp_path_factory):
+    rng = np.random.default_rng(3)
+    history = rng.integers(0, N_ITEMS, size=(N_USERS, 4))
+    history[0] = -1  # a known user with no stored history
+    history[1, :2] = -1
+    tables = {
+        "user_ids": np.arange(N_USERS, dtype=np.int64) * 7 + USER_OFFSET,
+        "item_ids": np.arange(N_ITEMS, dtype=np.int64) * 3 + ITEM_OFFSET,
+        "user_rows": rng.normal(size=(N_USERS, DIM)).astype(np.float32),
+        "item_rows": rng.normal(size=(N_ITEMS, DIM)).astype(np.float32),
+        "user_history": history.astype(np.int64),
+        "item_popularity": rng.integers(0, 5, size=N_ITEMS).astype(np.float32),
+    }
+    path = versions.write_version(tmp_path_factory.mktemp("repo") / "retrieve", 4, tables,
+                                  meta={"recency_decay": 0.5})
+    return Retriever(path, _tower), tables
+
+
+def _reference(tables, user_id, k, history=None, exclude=(), exclude_seen=False):
+    """Loop-by-loop reference: rows, pooled history, scores, order by (-score, row)."""
+    item_row = {int(i): r for r, i in enumerate(tables["item_ids"])}
+    user_row = {int(u): r for r, u in enumerate(tables["user_ids"])}.get(user_id, -1)
+    if history:
+        rows = [item_row[i] for i in history if i in item_row]
+    elif user_row >= 0:
+        rows = [r for r in tables["user_history"][user_row] if r >= 0]
+    else:
+        rows = []
+    banned = {item_row[i] for i in exclude if i in item_row} | (set(rows) if exclude_seen else set())
+    if user_row < 0 and not rows:
+        score = tables["item_popularity"]
+    else:
+        weights = recency_weights(np.array([0, len(rows)]), decay=0.5)
+        pooled = sum((w * tables["item_rows"][r] for w, r in zip(weights, rows)), np.zeros(DIM))
+        user = tables["user_rows"][user_row] if user_row >= 0 else np.zeros(DIM)
+        score = tables["item_rows"] @ _tower(user, pooled).astype(np.float32)
+    order = sorted((r for r in range(N_ITEMS) if r not in banned), key=lambda r: (-score[r], r))
+    top = order[:k]
+    return tables["item_ids"][top], score[top]
+
+
+CASES = [
+    pytest.param(dict(user_id=USER_OFFSET + 7 * 5, k=10), id="known-user-stored-history"),
+    pytest.param(dict(user_id=USER_OFFSET, k=5), id="known-user-no-history"),
+    pytest.param(dict(user_id=USER_OFFSET + 7, k=3, history=[ITEM_OFFSET + 3, 424242]),
+                 id="request-history-with-unknown-id"),
+    pytest.param(dict(user_id=1, k=4, history=[ITEM_OFFSET, ITEM_OFFSET + 9]), id="unknown-user-history"),
+    pytest.param(dict(user_id=1, k=6), id="unknown-user-popularity"),
+    pytest.param(dict(user_id=1, k=6, exclude=[ITEM_OFFSET + 3 * 7]), id="popularity-excluding"),
+    pytest.param(dict(user_id=USER_OFFSET + 14, k=N_ITEMS, exclude_seen=True,
+                      exclude=[ITEM_OFFSET, 77]), id="whole-catalogue-excluding-seen"),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_answers_match_the_reference(retriever, case):
+    model, tables = retriever
+    query = Query(
+        user_id=case["user_id"], k=case["k"],
+        history=None if "history" not in case else np.array(case["history"]),
+        exclude=np.array(case.get("exclude", []), dtype=np.int64),
+        exclude_seen=case.get("exclude_seen", False),
+    )
+    model.check(query)
+    (answer,) = model.answer([query])
+    want_ids, want_scores = _reference(tables, **case)
+    np.testing.assert_allclose(answer.scores, want_scores, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(answer.item_ids, want_ids)
+    assert answer.version == 4
+
+
+def test_a_mixed_batch_answers_each_query_as_if_alone(retriever):
+    model, _ = retriever
+    queries = [Query(user_id=USER_OFFSET + 7 * i, k=2 + i) for i in range(5)] + [Query(user_id=1, k=3)]
+    batch = model.answer(queries)
+    for query, answer in zip(queries, batch):
+        (alone,) = model.answer([query])
+        np.testing.assert_array_equal(answer.item_ids, alone.item_ids)
+        assert len(answer.item_ids) == query.k
+
+
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        ({}, "USER_ID is required"),
+        ({c.USER_ID: np.array([[1, 2]])}, "USER_ID must hold exactly one value"),
+        ({c.USER_ID: np.array([[1]]), c.K: np.array([[1, 2]], np.int32)}, "K must hold exactly one"),
+    ],
+)
+def test_decode_names_the_field(inputs, message):
+    with pytest.raises(RequestError, match=message):
+        decode_query(inputs)
+
+
+@pytest.mark.parametrize("k, message", [(0, "K must be >= 1"), (N_ITEMS + 1, "exceeds the catalogue")])
+def test_check_rejects_k_outside_the_catalogue(retriever, k, message):
+    model, _ = retriever
+    with pytest.raises(RequestError, match=message):
+        model.check(Query(user_id=USER_OFFSET, k=k))
+
+
+def test_decode_fills_defaults():
+    query = decode_query({c.USER_ID: np.array([[42]], dtype=np.int64)})
+    assert (query.user_id, query.k, query.history, query.exclude, query.exclude_seen) == (
+        42, c.DEFAULT_K, None, None, False)
