@@ -30,7 +30,9 @@ def _add_output(config, name, data_type, dims):
 
 def _add_query_io(config) -> None:
     """The recommend contract, shared by the public entry point and the model behind it."""
-    _add_input(config, c.USER_ID, mc.TYPE_INT64, [1])
+    # USER_ID is required, but marked optional so that the check happens in retrieve, which names
+    # the field: an ensemble missing a required input fails with "unexpected deadlock" instead.
+    _add_input(config, c.USER_ID, mc.TYPE_INT64, [1], optional=True)
     _add_input(config, c.K, mc.TYPE_INT32, [1], optional=True)
     _add_input(config, c.HISTORY, mc.TYPE_INT64, [-1], optional=True, ragged=True)
     _add_input(config, c.EXCLUDE, mc.TYPE_INT64, [-1], optional=True, ragged=True)

@@ -7,7 +7,7 @@ from model_repository import configs
 from model_repository import contract as c
 
 QUERY_INPUTS = {
-    c.USER_ID: (mc.TYPE_INT64, [1], False),
+    c.USER_ID: (mc.TYPE_INT64, [1], True),  # required; retrieve checks it (see configs.py)
     c.K: (mc.TYPE_INT32, [1], True),
     c.HISTORY: (mc.TYPE_INT64, [-1], True),
     c.EXCLUDE: (mc.TYPE_INT64, [-1], True),

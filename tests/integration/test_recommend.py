@@ -1,0 +1,158 @@
+"""gRPC recommend through the real tritonserver, against a torch reference of the same version."""
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from clients import Client
+from clients.client import recommend_inputs
+from exporter.train import load_tower, pool_history_torch
+from model_repository import contract as c
+from model_repository import versions
+
+pytestmark = pytest.mark.integration
+SCORE_ATOL = 1e-4  # onnxruntime vs torch on a small MLP; measured max error ~1e-6
+
+
+class TorchReference:
+    """Recommendations computed in torch straight from the exported version's files."""
+
+    def __init__(self, repository):
+        retrieve_dir = repository / c.RETRIEVE / str(versions.latest_version(repository / c.RETRIEVE))
+        self.manifest, tables = versions.load_tables(retrieve_dir)
+        tower_dir = repository / c.USER_TOWER / str(self.manifest.meta["user_tower_version"])
+        self.tower = load_tower(tower_dir / "tower.pt")
+        self.tables = {name: np.array(t) for name, t in tables.items()}
+        self.items = torch.from_numpy(self.tables["item_rows"])
+
+    def item_row(self, item_id):
+        hits = np.flatnonzero(self.tables["item_ids"] == item_id)
+        return int(hits[0]) if hits.size else -1
+
+    def scores(self, user_id, history=None):
+        """Scores of every catalogue item (row order) for one request."""
+        hits = np.flatnonzero(self.tables["user_ids"] == user_id)
+        user_row = int(hits[0]) if hits.size else -1
+        if history:
+            rows = [r for r in (self.item_row(i) for i in history) if r >= 0]
+        elif user_row >= 0:
+            rows = [r for r in self.tables["user_history"][user_row] if r >= 0]
+        else:
+            rows = []
+        if user_row < 0 and not rows:
+            return torch.from_numpy(self.tables["item_popularity"])
+        hist = torch.tensor([rows or [-1]], dtype=torch.int64)
+        pooled = pool_history_torch(self.items, hist, self.manifest.meta["recency_decay"])
+        user = torch.zeros(1, self.items.shape[1])
+        if user_row >= 0:
+            user = torch.from_numpy(self.tables["user_rows"][user_row : user_row + 1])
+        with torch.no_grad():
+            query = self.tower(user, pooled)
+        return (self.items @ query[0]).float()
+
+    def check_topk(self, answer, user_id, k, history=None):
+        """The answer is a true top-k: its scores are the reference's k best (within tolerance)
+        and each returned item's score is the reference score of that item."""
+        scores = self.scores(user_id, history)
+        want = torch.sort(scores, descending=True, stable=True).values[:k].numpy()
+        assert len(answer.item_ids) == k
+        np.testing.assert_allclose(answer.scores, want, atol=SCORE_ATOL, rtol=1e-5)
+        rows = [self.item_row(i) for i in answer.item_ids]
+        assert min(rows) >= 0, f"unknown item ids returned: {answer.item_ids}"
+        np.testing.assert_allclose(answer.scores, scores[rows].numpy(), atol=SCORE_ATOL, rtol=1e-5)
+        assert len(set(answer.item_ids)) == k
+
+
+@pytest.fixture(scope="module")
+def reference(built):
+    return TorchReference(built.repository)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with Client(server.grpc_url) as cl:
+        yield cl
+
+
+def _known(reference, index):
+    return int(reference.tables["user_ids"][index])
+
+
+def test_known_users_get_the_reference_topk(client, reference):
+    for index in (0, 7, 42):
+        user = _known(reference, index)
+        answer = client.recommend(user, k=10)
+        assert answer.version == 1
+        reference.check_topk(answer, user, 10)
+
+
+def test_request_history_overrides_the_stored_one(client, reference):
+    user = _known(reference, 3)
+    history = [int(i) for i in reference.tables["item_ids"][[5, 9, 11]]]
+    answer = client.recommend(user, k=7, history=history)
+    reference.check_topk(answer, user, 7, history=history)
+
+
+def test_unknown_user_is_served_from_history_then_popularity(client, reference):
+    history = [int(i) for i in reference.tables["item_ids"][[1, 2]]]
+    from_history = client.recommend(-12345, k=5, history=history)
+    reference.check_topk(from_history, -12345, 5, history=history)
+    popular = client.recommend(-12345, k=5)
+    order = np.argsort(-reference.tables["item_popularity"], kind="stable")[:5]
+    assert popular.item_ids == [int(i) for i in reference.tables["item_ids"][order]]
+
+
+def test_unknown_history_ids_are_ignored(client, reference):
+    user = _known(reference, 4)
+    known = [int(reference.tables["item_ids"][8])]
+    with_unknown = client.recommend(user, k=5, history=[987654321, *known])
+    assert with_unknown.item_ids == client.recommend(user, k=5, history=known).item_ids
+
+
+def test_excluded_and_seen_items_never_come_back(client, reference):
+    user = _known(reference, 5)
+    first = client.recommend(user, k=5)
+    seen = [int(reference.tables["item_ids"][r]) for r in reference.tables["user_history"][5] if r >= 0]
+    answer = client.recommend(user, k=20, exclude=first.item_ids[:3], exclude_seen=True)
+    assert not set(answer.item_ids) & set(first.item_ids[:3])
+    assert not set(answer.item_ids) & set(seen)
+
+
+def _raw_infer(server, inputs):
+    with grpcclient.InferenceServerClient(server.grpc_url) as raw:
+        return raw.infer(c.RECOMMEND, inputs)
+
+
+def _tensor(name, array):
+    tensor = grpcclient.InferInput(name, list(array.shape), {
+        np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32", np.dtype(np.float32): "FP32",
+    }[array.dtype])
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+BAD_REQUESTS = [
+    pytest.param(lambda n: recommend_inputs(1, k=0), "K", id="k-zero"),
+    pytest.param(lambda n: recommend_inputs(1, k=-3), "K", id="k-negative"),
+    pytest.param(lambda n: recommend_inputs(1, k=n + 1), "K", id="k-above-catalogue"),
+    pytest.param(lambda n: [_tensor(c.USER_ID, np.array([[1.5]], np.float32))], "USER_ID",
+                 id="user-id-wrong-dtype"),
+    pytest.param(lambda n: [_tensor(c.USER_ID, np.array([[1, 2]], np.int64))], "USER_ID",
+                 id="user-id-wrong-shape"),
+    pytest.param(lambda n: [_tensor(c.K, np.array([[3]], np.int32))], "USER_ID", id="user-id-missing"),
+    pytest.param(lambda n: [_tensor(c.USER_ID, np.array([[1]], np.int64)),
+                            _tensor(c.K, np.array([[3]], np.int64))], "K", id="k-wrong-dtype"),
+]
+
+
+@pytest.mark.parametrize("make_inputs, field", BAD_REQUESTS)
+def test_bad_input_is_invalid_argument_naming_the_field(server, client, reference, make_inputs, field):
+    n_items = len(reference.tables["item_ids"])
+    with pytest.raises(InferenceServerException) as caught:
+        _raw_infer(server, make_inputs(n_items))
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT", caught.value
+    assert field in caught.value.message(), caught.value.message()
+    # and the server keeps serving
+    assert len(client.recommend(_known(reference, 0), k=3).item_ids) == 3
