@@ -1,0 +1,615 @@
+"""score_topk: the K best items per query by inner product, without a (queries x items) matrix.
+
+    scores[b, j] = <queries[b], items[ids[b, j]]>,  best first, ties broken by lower id first
+
+Items the caller rules out (a per-query CSR exclusion list, a global bool mask) are never
+returned; when fewer than min(k, items) servable items remain, the tail holds id -1 and score
+-inf. Items whose score is NaN or -inf are treated the same way (not servable).
+
+Ordering is exact and identical on every path because candidates are compared as one int64 key
+per (score, id): the float32 score's bits mapped to an order-preserving int32 in the high half,
+(2**32 - 1 - id) in the low half, so a larger key means a better score, or the same score and a
+lower id. -0.0 is folded into +0.0 first so the two tie like the floats do.
+
+Paths: CUDA tensors run the Triton kernel `_score_topk_kernel` (streaming per-tile top-K and a
+merge); numpy arrays and CPU tensors run a chunked BLAS matmul with a running top-K
+(`_score_topk_cpu`); `score_topk_reference` is the plain-torch twin. Importing this module imports
+neither torch nor triton.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from kernels._launch import (
+    INT_DTYPES,
+    MAX_ROWS,
+    TABLE_DTYPES,
+    ArrayKind,
+    KernelInputError,
+    array_kind,
+    cdiv,
+    cpu_chunk_rows,
+    dot_in_fp32,
+    dot_precision,
+    dtype_name,
+    is_torch_tensor,
+    next_power_of_2,
+    prune_score_topk_configs,
+    require_csr_offsets,
+    require_dtype,
+    require_ids_in_range,
+    require_shape,
+    rows_contiguous,
+    score_topk_blocks,
+    score_topk_configs,
+    triton_jit,
+)
+
+tl = None  # triton.language, bound by kernels._launch.bind_triton on the first launch
+
+# Key of an empty slot: below the key of every real (score, id) pair, -inf scores included.
+EMPTY_KEY = -(2**63)
+_ID_MASK = 2**32 - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton kernel
+# ---------------------------------------------------------------------------------------------
+
+
+@triton_jit
+def _order_key(scores, item_ids):
+    """(score, id) -> int64 key ordered by score, then by lower id; NaN scores become -inf."""
+    scores = tl.where(scores != scores, float("-inf"), scores)
+    scores = tl.where(scores == 0.0, 0.0, scores)  # -0.0 and +0.0 must tie
+    bits = scores.to(tl.int32, bitcast=True)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return (ordered.to(tl.int64) << 32) + (0xFFFFFFFF - item_ids.to(tl.int64))
+
+
+@triton_jit
+def _compare_swap(x, ROWS: tl.constexpr, LEN: tl.constexpr, J: tl.constexpr, S: tl.constexpr,
+                  ORDER: tl.constexpr):  # fmt: skip
+    """One bitonic step on each row of x (ROWS, LEN): compare-and-swap columns c and c ^ 2**J.
+
+    ORDER 0 puts the smaller key first, 1 the larger, 2 alternates per block of 2**S columns
+    (ascending where bit S of the column is 0). Built from min/max over a size-2 axis, so the
+    interpreter runs it as a few numpy calls (tl.sort's xor_sum reduces element by element
+    there, about 1000x slower).
+    """
+    INNER: tl.constexpr = 1 << J
+    OUTER: tl.constexpr = LEN // (2 * INNER)
+    pairs = tl.reshape(x, (ROWS, OUTER, 2, INNER))
+    low = tl.min(pairs, axis=2)
+    high = tl.max(pairs, axis=2)
+    if ORDER == 2:
+        # bit S of the column is bit S - J - 1 of the OUTER index
+        desc = ((tl.arange(0, OUTER) >> (S - J - 1)) & 1)[None, :, None] != 0
+        first = tl.where(desc, high, low)
+        second = tl.where(desc, low, high)
+    elif ORDER == 1:
+        first = high
+        second = low
+    else:
+        first = low
+        second = high
+    swapped = tl.permute(tl.join(first, second), (0, 1, 3, 2))
+    return tl.reshape(swapped, (ROWS, LEN))
+
+
+@triton_jit
+def _bitonic_sort(x, ROWS: tl.constexpr, LOG_LEN: tl.constexpr, DESCENDING: tl.constexpr):
+    """Sort each row of x (ROWS, 2**LOG_LEN): log2(LEN) * (log2(LEN) + 1) / 2 compare-swaps."""
+    for s in tl.static_range(1, LOG_LEN + 1):
+        for i in tl.static_range(0, s):
+            if s < LOG_LEN:
+                x = _compare_swap(x, ROWS, 1 << LOG_LEN, s - 1 - i, s, 2)
+            else:
+                x = _compare_swap(x, ROWS, 1 << LOG_LEN, s - 1 - i, s, DESCENDING)
+    return x
+
+
+@triton_jit
+def _bitonic_merge_ascending(x, ROWS: tl.constexpr, LOG_LEN: tl.constexpr):
+    """Sort each row of x (ROWS, 2**LOG_LEN) that is already bitonic: log2(LEN) compare-swaps."""
+    for i in tl.static_range(0, LOG_LEN):
+        x = _compare_swap(x, ROWS, 1 << LOG_LEN, LOG_LEN - 1 - i, LOG_LEN, 0)
+    return x
+
+
+@triton_jit(
+    configs=score_topk_configs,
+    key=["batch_bucket", "dim", "K_PAD"],
+    prune=prune_score_topk_configs,
+)
+def _score_topk_kernel(
+    # pointers
+    q_ptr, items_ptr, item_mask_ptr, excl_ids_ptr, excl_offsets_ptr, excl_cursor_ptr,
+    part_keys_ptr,
+    # sizes
+    n_queries, n_items, dim, tiles_per_prog, batch_bucket,
+    # strides
+    stride_q_row, stride_items_row, stride_cursor_row, stride_part_row,
+    # meta-parameters
+    K_PAD: tl.constexpr, LOG_K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, LOG_BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_B: tl.constexpr, HAS_MASK: tl.constexpr, HAS_EXCLUDE: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """One program: BLOCK_B queries against one contiguous range of tiles_per_prog * BLOCK_N items.
+
+    Per BLOCK_N tile it computes the (BLOCK_B, BLOCK_N) fp32 scores with tl.dot (fp32 inputs
+    in IEEE precision, not TF32; fp16/bf16 natively; fp32 accumulation), masks banned and
+    excluded items to -inf, turns scores into (score, id) keys, sorts the tile's keys (bitonic
+    network) and merges its best K_PAD into a running ascending top-K_PAD (max of ascending and
+    descending rows, then one bitonic merge). Tiles that cannot beat any query's current K-th
+    key skip the sort and merge. At the end it writes its (BLOCK_B, K_PAD) keys to
+    part_keys[:, pid_n, :]; the wrapper merges the ranges with one topk over the keys.
+
+    Shapes: q (queries, dim) and items (items, dim) of one dtype; item_mask (items,) uint8;
+    excl_ids (nnz,) int64, sorted within each query's CSR slice excl_offsets (queries + 1,);
+    excl_cursor (queries, ranges) int64: index of each query's first excluded id >= the
+    range's first item; part_keys (queries, ranges, K_PAD) int64. Grid (cdiv(queries,
+    BLOCK_B), ranges), query blocks fastest so blocks sharing an item range run together.
+    Traffic per call: reads items * dim * itemsize once per query block (once from DRAM when
+    the blocks of a range meet in L2), queries * dim * itemsize per tile (cached), items bytes
+    of mask, each excluded id once; writes queries * ranges * K_PAD * 8 bytes of keys.
+    Never forms the (queries x items) score matrix.
+    """
+    pid_b = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    b_valid = offs_b < n_queries
+    range_start = pid_n * tiles_per_prog * BLOCK_N
+    running = tl.full((BLOCK_B, K_PAD), -9223372036854775808, tl.int64)
+    if HAS_EXCLUDE:
+        cursor = tl.load(
+            excl_cursor_ptr + offs_b * stride_cursor_row + pid_n, mask=b_valid, other=0
+        )
+        excl_end = tl.load(excl_offsets_ptr + offs_b + 1, mask=b_valid, other=0)
+    for t in range(0, tiles_per_prog):
+        tile_start = range_start + t * BLOCK_N
+        if tile_start < n_items:
+            offs_n = tile_start + tl.arange(0, BLOCK_N)
+            n_valid = offs_n < n_items
+            scores = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+            for d0 in range(0, dim, BLOCK_D):
+                offs_d = d0 + tl.arange(0, BLOCK_D)
+                d_valid = offs_d < dim
+                q = tl.load(
+                    q_ptr + offs_b[:, None] * stride_q_row + offs_d[None, :],
+                    mask=b_valid[:, None] & d_valid[None, :],
+                    other=0.0,
+                )
+                x = tl.load(
+                    items_ptr + offs_n[:, None].to(tl.int64) * stride_items_row + offs_d[None, :],
+                    mask=n_valid[:, None] & d_valid[None, :],
+                    other=0.0,
+                )
+                if DOT_IN_FP32:  # exact: bf16 products are exact in fp32 (see dot_in_fp32)
+                    q = q.to(tl.float32)
+                    x = x.to(tl.float32)
+                scores = tl.dot(q, tl.trans(x), scores, input_precision=DOT_PRECISION)
+            if HAS_MASK:
+                banned = tl.load(item_mask_ptr + offs_n, mask=n_valid, other=0) != 0
+                scores = tl.where(banned[None, :], float("-inf"), scores)
+            if HAS_EXCLUDE:
+                # Each query's excluded ids are sorted and this program walks its tiles in
+                # order, so the ids falling in this tile are the next few at the cursor.
+                tile_end = tile_start + BLOCK_N
+                excl = tl.load(excl_ids_ptr + cursor, mask=cursor < excl_end, other=0)
+                pending = (cursor < excl_end) & (excl < tile_end)
+                while tl.max(pending.to(tl.int32), axis=0) > 0:
+                    hit = pending[:, None] & (offs_n[None, :] == excl[:, None])
+                    scores = tl.where(hit, float("-inf"), scores)
+                    cursor += pending.to(tl.int64)
+                    excl = tl.load(excl_ids_ptr + cursor, mask=cursor < excl_end, other=0)
+                    pending = (cursor < excl_end) & (excl < tile_end)
+            keys = _order_key(scores, offs_n[None, :])
+            keys = tl.where(n_valid[None, :], keys, -9223372036854775808)
+            best_new = tl.where(b_valid, tl.max(keys, axis=1), -9223372036854775808)
+            worst_kept = tl.min(running, axis=1)
+            if tl.max((best_new > worst_kept).to(tl.int32), axis=0) > 0:
+                tile = _bitonic_sort(keys, BLOCK_B, LOG_BLOCK_N, 1)  # descending
+                if BLOCK_N > K_PAD:  # keep the first K_PAD columns (a masked max over a split)
+                    split = tl.reshape(tile, (BLOCK_B, BLOCK_N // K_PAD, K_PAD))
+                    lead = (tl.arange(0, BLOCK_N // K_PAD) == 0)[None, :, None]
+                    tile = tl.max(tl.where(lead, split, -9223372036854775808), axis=1)
+                # max(ascending, descending) holds the K_PAD largest of both, as a bitonic row
+                running = _bitonic_merge_ascending(tl.maximum(running, tile), BLOCK_B, LOG_K_PAD)
+    offs_k = tl.arange(0, K_PAD)
+    tl.store(
+        part_keys_ptr + offs_b[:, None] * stride_part_row + pid_n * K_PAD + offs_k[None, :],
+        running,
+        mask=b_valid[:, None],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Call:
+    kind: ArrayKind
+    n_queries: int
+    n_items: int
+    dim: int
+    k_out: int  # min(k, items): columns of the result
+    exclude_offsets: Any  # (queries + 1,) or None
+    exclude_ids: Any  # (nnz,) or None
+
+
+def _check_args(queries: Any, items: Any, k: Any, exclude: Any, item_mask: Any) -> _Call:
+    """Validate one call. Raises KernelInputError naming the argument."""
+    if exclude is None:
+        excl_offsets = excl_ids = None
+    elif isinstance(exclude, (tuple, list)) and len(exclude) == 2:
+        excl_offsets, excl_ids = exclude
+    else:
+        raise KernelInputError("exclude must be a CSR pair (offsets, ids) or None")
+    kind = array_kind(
+        {
+            "queries": queries,
+            "items": items,
+            "exclude offsets": excl_offsets,
+            "exclude ids": excl_ids,
+            "item_mask": item_mask,
+        }
+    )
+    n_queries, dim = require_shape(queries, "queries", 2, "a (queries, dim) matrix")
+    n_items, item_dim = require_shape(items, "items", 2, "an (items, dim) matrix")
+    require_dtype(queries, "queries", TABLE_DTYPES)
+    require_dtype(items, "items", TABLE_DTYPES)
+    if item_dim != dim:
+        raise KernelInputError(f"queries have dim {dim} but items have dim {item_dim}")
+    if n_items > MAX_ROWS:
+        raise KernelInputError(f"items has {n_items} rows; at most {MAX_ROWS} are supported")
+    if isinstance(k, bool):
+        raise KernelInputError(f"k must be a positive integer, got {k!r}")
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise KernelInputError(f"k must be a positive integer, got {k!r}") from None
+    if k <= 0:
+        raise KernelInputError(f"k must be a positive integer, got {k}")
+    if item_mask is not None:
+        require_shape(item_mask, "item_mask", 1, "a 1-D bool array with one entry per item")
+        require_dtype(item_mask, "item_mask", ("bool",))
+        if int(item_mask.shape[0]) != n_items:
+            raise KernelInputError(
+                f"item_mask must have one entry per item ({n_items}), got {int(item_mask.shape[0])}"
+            )
+    if excl_ids is not None:
+        (n_excluded,) = require_shape(excl_ids, "exclude ids", 1, "a 1-D array of item rows")
+        require_dtype(excl_ids, "exclude ids", INT_DTYPES)
+        n_lists = require_csr_offsets(excl_offsets, "exclude offsets", n_excluded, "exclude ids")
+        if n_lists != n_queries:
+            raise KernelInputError(
+                f"exclude offsets describe {n_lists} lists but there are {n_queries} queries"
+            )
+        require_ids_in_range(excl_ids, "exclude ids", n_items)
+    return _Call(kind, n_queries, n_items, dim, min(k, n_items), excl_offsets, excl_ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# (score, id) keys, shared by the CPU path and the Triton merge
+# ---------------------------------------------------------------------------------------------
+
+
+def _order_bits(bits: Any) -> Any:
+    """int32 float bits -> int32 with the floats' order (its own inverse)."""
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+def _encode_keys(scores: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+    """numpy twin of the kernel's _order_key, for finite or +-inf float32 scores."""
+    scores = np.where(scores == 0, np.float32(0), scores).astype(np.float32, copy=False)
+    ordered = _order_bits(scores.view(np.int32)).astype(np.int64)
+    return (ordered << 32) | (_ID_MASK - item_ids.astype(np.int64, copy=False))
+
+
+def _decode_keys(keys: Any) -> tuple[Any, Any]:
+    """int64 keys (numpy or torch) -> (float32 scores, int64 ids); empty/-inf slots: -inf, -1."""
+    if is_torch_tensor(keys):
+        import torch
+
+        high, f32 = (keys >> 32).to(torch.int32), torch.float32
+    else:
+        high, f32 = (keys >> 32).astype(np.int32), np.float32
+    scores = _order_bits(high).view(f32)
+    ids = _ID_MASK - (keys & _ID_MASK)
+    invalid = (keys == EMPTY_KEY) | (scores == float("-inf"))
+    scores[invalid] = float("-inf")
+    ids[invalid] = -1
+    return scores, ids
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton launcher
+# ---------------------------------------------------------------------------------------------
+
+
+def score_topk_triton(queries: Any, items: Any, k: int, *, exclude: Any = None,
+                      item_mask: Any = None) -> tuple[Any, Any]:  # fmt: skip
+    """Run the Triton kernel on torch tensors of any device (CUDA, or CPU under TRITON_INTERPRET=1).
+
+    Same contract as `score_topk`; k is limited to kernels._launch.MAX_TRITON_TOPK.
+    """
+    call = _check_args(queries, items, k, exclude, item_mask)
+    if not call.kind.is_torch:
+        raise KernelInputError("score_topk_triton takes torch tensors; use score_topk for numpy")
+    return _launch_triton(call, queries, items, item_mask)
+
+
+def _launch_triton(call: _Call, queries: Any, items: Any, item_mask: Any) -> tuple[Any, Any]:
+    import torch
+
+    device = items.device
+    n_queries, n_items, k_out = call.n_queries, call.n_items, call.k_out
+    if n_queries == 0 or k_out == 0:
+        return (
+            torch.empty((n_queries, k_out), dtype=torch.float32, device=device),
+            torch.empty((n_queries, k_out), dtype=torch.int64, device=device),
+        )
+    blocks = score_topk_blocks(n_queries, n_items, call.dim, k_out)
+    q = rows_contiguous(queries.to(items.dtype))
+    x = rows_contiguous(items)
+    part = torch.empty(
+        (n_queries, blocks.n_item_progs, blocks.K_PAD), dtype=torch.int64, device=device
+    )
+    mask = item_mask.contiguous().view(torch.uint8) if item_mask is not None else part
+    if call.exclude_ids is not None:
+        excl_offsets = call.exclude_offsets.to(torch.int64).contiguous()
+        excl_ids, cursor = _sorted_exclusions(
+            excl_offsets, call.exclude_ids.to(torch.int64), n_items, blocks.tile_items,
+            blocks.n_item_progs,
+        )  # fmt: skip
+    else:
+        excl_offsets = excl_ids = cursor = part
+    _score_topk_kernel[lambda meta: (cdiv(n_queries, meta["BLOCK_B"]), blocks.n_item_progs)](
+        q, x, mask, excl_ids, excl_offsets, cursor,
+        part,
+        n_queries, n_items, call.dim, blocks.tiles_per_prog, next_power_of_2(n_queries),
+        q.stride(0), x.stride(0), cursor.stride(0), part.stride(0),
+        K_PAD=blocks.K_PAD, LOG_K_PAD=blocks.K_PAD.bit_length() - 1,
+        BLOCK_N=blocks.BLOCK_N, LOG_BLOCK_N=blocks.BLOCK_N.bit_length() - 1, BLOCK_D=blocks.BLOCK_D,
+        HAS_MASK=item_mask is not None, HAS_EXCLUDE=call.exclude_ids is not None,
+        DOT_IN_FP32=dot_in_fp32(dtype_name(items)),
+        DOT_PRECISION=dot_precision(dtype_name(items)),
+    )  # fmt: skip
+    # Keys are unique per (score, id), so topk on them is the exact merge, ties included.
+    keys = torch.topk(part.view(n_queries, -1), k_out, dim=1).values
+    return _decode_keys(keys)
+
+
+def _sorted_exclusions(
+    offsets: Any, ids: Any, n_items: int, range_items: int, n_ranges: int
+) -> tuple[Any, Any]:
+    """Sort each query's excluded ids; cursor[b, r] = first index of query b's ids >= range r."""
+    import torch
+
+    n_queries = offsets.numel() - 1
+    rows = torch.repeat_interleave(torch.arange(n_queries, device=ids.device), offsets.diff())
+    # One global sort of row * items + id sorts within rows and keeps rows grouped.
+    codes = torch.sort(rows * n_items + ids).values
+    range_starts = torch.arange(n_ranges, device=ids.device) * range_items
+    probes = torch.arange(n_queries, device=ids.device)[:, None] * n_items + range_starts[None, :]
+    cursor = torch.searchsorted(codes, probes.contiguous())
+    return (codes - rows * n_items).contiguous(), cursor.contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# Torch reference twin
+# ---------------------------------------------------------------------------------------------
+
+
+def score_topk_reference(queries: Any, items: Any, k: int, *, exclude: Any = None,
+                         item_mask: Any = None) -> tuple[Any, Any]:  # fmt: skip
+    """Plain-torch twin of `score_topk`: the full (queries x items) fp32 score matrix, -inf for
+    ruled-out items, then a stable descending sort (equal scores keep lower ids first)."""
+    import torch
+
+    queries, items = torch.as_tensor(queries), torch.as_tensor(items)
+    scores = queries.to(items.dtype).float() @ items.float().T
+    scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+    if item_mask is not None:
+        scores[:, torch.as_tensor(item_mask)] = float("-inf")
+    if exclude is not None:
+        offsets, ids = (torch.as_tensor(x).long() for x in exclude)
+        rows = torch.arange(scores.shape[0], device=scores.device)
+        scores[torch.repeat_interleave(rows, offsets.diff().to(scores.device)), ids] = float("-inf")
+    k_out = min(k, items.shape[0])
+    top_scores, top_ids = torch.sort(scores, dim=1, descending=True, stable=True)
+    top_scores, top_ids = top_scores[:, :k_out].contiguous(), top_ids[:, :k_out].contiguous()
+    top_ids[top_scores == float("-inf")] = -1
+    return top_scores, top_ids
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU path
+# ---------------------------------------------------------------------------------------------
+
+
+def _score_topk_cpu(
+    queries: np.ndarray,
+    read_items: Callable[[int, int], np.ndarray],
+    n_items: int,
+    k_out: int,
+    exclude: tuple[np.ndarray, np.ndarray] | None,
+    item_mask: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Chunked BLAS scores with a running top-K per query (numpy only).
+
+    queries: (B, d) float32; read_items(c0, c1): items[c0:c1] as (c1 - c0, d) float32.
+    Each chunk of items is read once: one sgemm into a (B x chunk) block that stays in cache,
+    ruled-out items set to -inf, then only scores strictly above a query's current K-th score
+    become candidates (chunks arrive in id order, so an equal score has a higher id and loses
+    the tie, and a threshold that lags behind is merely loose). Candidates wait as int64 keys
+    until about k/2 per query have piled up, then one np.partition per merge, vectorised over
+    queries, refreshes the top-K and the thresholds. Past the first chunks few scores pass, so
+    the selection costs about one compare per score.
+    """
+    n_queries = queries.shape[0]
+    running = np.full((n_queries, k_out), EMPTY_KEY, dtype=np.int64)
+    threshold = np.full(n_queries, -np.inf, dtype=np.float32)
+    chunk = cpu_chunk_rows(n_queries)
+    # Chunks start at 4k rows and double up to `chunk`, so the thresholds firm up before the
+    # long chunks arrive: each chunk then brings about k candidates per query, not thousands.
+    # (A 2048-row first chunk was up to 2x slower at N=1e5, B=64..256: B x 2048 candidates.)
+    first = min(chunk, max(64, 4 * k_out))
+    # Merging costs O(B * k) plus ~40 us of numpy calls whatever it merges; waiting for
+    # B * k / 2 candidates (4 k at least) made B=256, k=100 (245 chunks) 25 % faster and B=1
+    # 5 % faster than merging after every chunk.
+    merge_at = max(n_queries * k_out // 2, 4 * k_out)
+    score_buffer = np.empty(n_queries * chunk, dtype=np.float32)
+    hit_buffer = np.empty(n_queries * chunk, dtype=bool)
+    if exclude is not None:
+        excl_offsets, excl_ids = exclude
+        by_item = np.argsort(excl_ids, kind="stable")
+        excl_rows = np.repeat(np.arange(n_queries), np.diff(excl_offsets))[by_item]
+        excl_ids = excl_ids[by_item]
+    masked = np.flatnonzero(item_mask) if item_mask is not None else None
+    pending_rows: list[np.ndarray] = []
+    pending_keys: list[np.ndarray] = []
+    n_pending = 0
+    c0 = 0
+    while c0 < n_items:
+        c1 = min(n_items, c0 + min(chunk, max(first, c0)))
+        scores = score_buffer[: n_queries * (c1 - c0)].reshape(n_queries, c1 - c0)
+        hit = hit_buffer[: n_queries * (c1 - c0)].reshape(n_queries, c1 - c0)
+        np.matmul(queries, read_items(c0, c1).T, out=scores)
+        if masked is not None:
+            lo, hi = np.searchsorted(masked, (c0, c1))
+            scores[:, masked[lo:hi] - c0] = -np.inf
+        if exclude is not None:
+            lo, hi = np.searchsorted(excl_ids, (c0, c1))
+            scores[excl_rows[lo:hi], excl_ids[lo:hi] - c0] = -np.inf
+        # NaN and -inf never pass: NaN compares false, and the threshold is at least -inf.
+        # flatnonzero + divmod: 2-D np.nonzero was 20x slower on a (64 x 16384) block.
+        hits = np.flatnonzero(np.greater(scores, threshold[:, None], out=hit))
+        if hits.size:
+            rows, cols = np.divmod(hits, c1 - c0)
+            pending_rows.append(rows)
+            pending_keys.append(_encode_keys(scores[rows, cols], cols + c0))
+            n_pending += hits.size
+        c0 = c1
+        if n_pending >= merge_at or (c0 >= n_items and n_pending):
+            _merge_candidates(
+                running, threshold, np.concatenate(pending_rows), np.concatenate(pending_keys)
+            )
+            pending_rows, pending_keys, n_pending = [], [], 0
+    best_first = np.sort(running, axis=1)[:, ::-1]
+    return _decode_keys(np.ascontiguousarray(best_first))
+
+
+def _merge_candidates(
+    running: np.ndarray, threshold: np.ndarray, rows: np.ndarray, keys: np.ndarray
+) -> None:
+    """Merge candidate keys of query `rows` into the running top-K; refresh the thresholds."""
+    n_queries, k_out = running.shape
+    order = np.argsort(rows, kind="stable")
+    rows, keys = rows[order], keys[order]
+    counts = np.bincount(rows, minlength=n_queries)
+    active = np.flatnonzero(counts)
+    width = int(counts.max())
+    slot = np.empty(n_queries, dtype=np.intp)
+    slot[active] = np.arange(active.size)
+    starts = np.cumsum(counts[active]) - counts[active]
+    pos = np.arange(rows.size) - np.repeat(starts, counts[active])
+    pool = np.full((active.size, k_out + width), EMPTY_KEY, dtype=np.int64)
+    pool[:, :k_out] = running[active]
+    pool[slot[rows], k_out + pos] = keys
+    kept = np.partition(pool, width, axis=1)[:, width:]  # the k_out largest keys
+    running[active] = kept
+    worst = kept.min(axis=1)
+    worst_scores, _ = _decode_keys(worst.copy())
+    # A query's threshold stays -inf until it holds k_out real candidates.
+    threshold[active] = np.where(worst == EMPTY_KEY, -np.inf, worst_scores)
+
+
+def _run_cpu(call: _Call, queries: Any, items: Any, item_mask: Any) -> tuple[Any, Any]:
+    """Feed numpy arrays or CPU tensors to _score_topk_cpu; results in the caller's kind."""
+    exclude = None
+    if not call.kind.is_torch:
+        q = np.ascontiguousarray(queries.astype(items.dtype, copy=False), dtype=np.float32)
+        if items.dtype == np.float32:
+            read_items = lambda c0, c1: items[c0:c1]  # noqa: E731
+        else:
+            read_items = lambda c0, c1: items[c0:c1].astype(np.float32)  # noqa: E731
+        if call.exclude_ids is not None:
+            exclude = (
+                np.asarray(call.exclude_offsets, dtype=np.int64),
+                np.asarray(call.exclude_ids, dtype=np.int64),
+            )
+        return _score_topk_cpu(q, read_items, call.n_items, call.k_out, exclude, item_mask)
+
+    import torch
+
+    # numpy's OpenBLAS beat torch's CPU matmul on this path (bench/kernels.py), so tensors are
+    # viewed as numpy arrays; bf16 has no numpy dtype and is upcast chunk by chunk.
+    q = queries.to(items.dtype).float().contiguous().numpy()
+    if items.dtype == torch.float32:
+        items_np = items.numpy()
+        read_items = lambda c0, c1: items_np[c0:c1]  # noqa: E731
+    elif items.dtype == torch.float16:
+        items_np = items.numpy()
+        read_items = lambda c0, c1: items_np[c0:c1].astype(np.float32)  # noqa: E731
+    else:
+        read_items = lambda c0, c1: items[c0:c1].float().numpy()  # noqa: E731
+    if call.exclude_ids is not None:
+        exclude = (call.exclude_offsets.long().numpy(), call.exclude_ids.long().numpy())
+    mask = item_mask.numpy() if item_mask is not None else None
+    scores, ids = _score_topk_cpu(q, read_items, call.n_items, call.k_out, exclude, mask)
+    return torch.from_numpy(scores), torch.from_numpy(ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public op
+# ---------------------------------------------------------------------------------------------
+
+
+def score_topk(queries: Any, items: Any, k: int, *, exclude: Any = None,
+               item_mask: Any = None) -> tuple[Any, Any]:  # fmt: skip
+    """Top-k items per query by inner product, best first, lower id first on equal scores.
+
+    Args:
+        queries: (B, d) float32, float16 or bfloat16; cast to the items' dtype before scoring.
+        items: (N, d) float32, float16 or bfloat16. Scores accumulate in float32.
+        k: number of results per query, > 0; k > N returns N columns.
+        exclude: optional CSR pair (offsets (B + 1,), ids (nnz,)) of item rows query b must
+            never get: ids[offsets[b]:offsets[b + 1]], each in [0, N).
+        item_mask: optional (N,) bool; True means "never serve this item".
+
+    Returns:
+        (scores, ids): (B, min(k, N)) float32 and int64. Where fewer servable items remain, the
+        tail holds id -1 and score -inf. numpy in, numpy out (without importing torch); torch
+        in, torch out on the same device (CUDA runs the Triton kernel).
+
+    Raises:
+        KernelInputError: malformed shapes, dtypes, offsets, k, or an id outside the items; on
+            CUDA also k > 1024 (the Triton kernel keeps its top-K in registers).
+    """
+    call = _check_args(queries, items, k, exclude, item_mask)
+    if call.kind.is_cuda:
+        return _launch_triton(call, queries, items, item_mask)
+    if call.kind.is_torch and call.kind.device != "cpu":
+        raise KernelInputError(f"items are on {call.kind.device}; score_topk runs on CUDA or CPU")
+    if call.n_queries == 0 or call.k_out == 0:
+        return _empty_result(call)
+    return _run_cpu(call, queries, items, item_mask)
+
+
+def _empty_result(call: _Call) -> tuple[Any, Any]:
+    shape = (call.n_queries, call.k_out)
+    scores, ids = np.empty(shape, dtype=np.float32), np.empty(shape, dtype=np.int64)
+    if call.kind.is_torch:
+        import torch
+
+        return torch.from_numpy(scores), torch.from_numpy(ids)
+    return scores, ids

@@ -1,0 +1,208 @@
+"""score_topk against its torch reference: Triton kernel (interpreter / CUDA) and the CPU path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kernels import KernelInputError, score_topk, score_topk_reference, score_topk_triton
+from tests.kernels.checks import assert_close, assert_topk_match
+from tests.kernels.impls import IMPLS, from_numpy, run
+
+# Tolerances from measurement: worst |got - want| over SHAPES was 1.1e-5 (fp32), 2.3e-5 (fp16)
+# and 5.7e-6 (bf16) for scores up to ~40 in magnitude, on the interpreter and the CPU path alike:
+# every path multiplies the same rounded inputs and accumulates in fp32, so only the summation
+# order differs. atol is set ~4x above the worst case.
+DTYPE_TOL = [
+    pytest.param(torch.float32, 1e-4, 1e-5, id="fp32"),
+    pytest.param(torch.float16, 1e-4, 1e-5, id="fp16"),
+    pytest.param(torch.bfloat16, 1e-4, 1e-5, id="bf16"),
+]
+
+# A covering set, not the cartesian product: the interpreter runs every tl op as numpy calls
+# (about 0.1-0.5 s per case here), so each shape carries one or two awkward features.
+SHAPES = [
+    # (B, N, d, k)
+    pytest.param(1, 300, 64, 1, id="B1-K1"),  # one query (15 padded rows), K=1, N % tile != 0
+    pytest.param(7, 257, 100, 10, id="B7-d100"),  # d=100: masked columns; ragged last tile
+    pytest.param(64, 190, 16, 100, id="B64-K100"),  # 4 query blocks; K_PAD 128 > 64-item tile
+    pytest.param(7, 90, 128, 100, id="Kgt-N"),  # K > N: N columns come back
+    pytest.param(7, 700, 64, 10, id="B7-multi-tile"),  # tiles that merge and tiles that skip
+]
+
+
+def _inputs(B, N, d, dtype, *, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, d, generator=g).to(dtype), torch.randn(N, d, generator=g).to(dtype)
+
+
+def _all_scores(queries, items, exclude=None, item_mask=None):
+    """(B, N) reference scores, -inf where ruled out: the full ranking from the reference."""
+    scores, ids = score_topk_reference(
+        queries, items, items.shape[0], exclude=exclude, item_mask=item_mask
+    )
+    full = torch.full((queries.shape[0], items.shape[0]), float("-inf"))
+    valid = ids >= 0
+    rows = torch.arange(queries.shape[0])[:, None].expand_as(ids)
+    full[rows[valid], ids[valid]] = scores[valid]
+    return full
+
+
+def _check(impl, queries, items, k, *, atol=1e-4, rtol=1e-5, exclude=None, item_mask=None):
+    got = run(impl, score_topk, score_topk_triton, queries, items, k,
+              exclude=exclude, item_mask=item_mask)  # fmt: skip
+    want = score_topk_reference(queries, items, k, exclude=exclude, item_mask=item_mask)
+    assert got[0].dtype == torch.float32 and got[1].dtype == torch.int64
+    assert got[0].shape == (queries.shape[0], min(k, items.shape[0]))
+    all_scores = _all_scores(queries, items, exclude, item_mask)
+    assert_topk_match(*got, *want, all_scores, atol=atol, rtol=rtol)
+    return got, want
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOL)
+@pytest.mark.parametrize("B, N, d, k", SHAPES)
+def test_matches_reference(impl, B, N, d, k, dtype, atol, rtol):
+    queries, items = _inputs(B, N, d, dtype)
+    _check(impl, queries, items, k, atol=atol, rtol=rtol)
+
+
+def _random_exclude(B, N, max_len, g):
+    lengths = torch.randint(0, max_len + 1, (B,), generator=g)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    return offsets, torch.randint(0, N, (int(offsets[-1]),), generator=g)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_exclusions_and_mask(impl):
+    """Random per-query exclusions (duplicates included) and a global mask, over 2 item ranges."""
+    g = torch.Generator().manual_seed(1)
+    queries, items = _inputs(9, 333, 32, torch.float32, seed=1)
+    exclude = _random_exclude(9, 333, 60, g)
+    item_mask = torch.rand(333, generator=g) < 0.25
+    _check(impl, queries, items, 20, exclude=exclude, item_mask=item_mask)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_lower_id_first_on_ties(impl):
+    """The ordering promise, exactly: scores on a coarse grid are exact in any summation order
+    (multiples of 1/8, small integers), and values in {-2..2} force many equal scores."""
+    g = torch.Generator().manual_seed(2)
+    queries = torch.randint(-2, 3, (5, 24), generator=g).float()
+    items = torch.randint(-2, 3, (400, 24), generator=g).float() / 8
+    # Duplicated rows spread over the id range: equal scores whose ids are far apart.
+    items[[7, 150, 301, 399]] = items[42].clone()
+    exclude = _random_exclude(5, 400, 30, g)
+    for k in (1, 37, 128):
+        got, want = _check(impl, queries, items, k, atol=0.0, rtol=0.0, exclude=exclude)
+        assert torch.equal(got[0], want[0]), "scores differ on an exact grid"
+        assert torch.equal(got[1], want[1]), f"k={k}: ids differ from lower-id-first order"
+
+
+CPU_IMPLS = [p for p in IMPLS if p.values[0].startswith("cpu")]
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_cpu_path_across_many_chunks(impl):
+    """The CPU path's doubling chunks, lagging thresholds and batched merges, with equal scores
+    straddling chunk boundaries: 20000 items on the coarse grid, exact against the reference."""
+    g = torch.Generator().manual_seed(6)
+    queries = torch.randint(-2, 3, (5, 8), generator=g).float()
+    items = torch.randint(-2, 3, (20_000, 8), generator=g).float() / 8
+    exclude = _random_exclude(5, 20_000, 500, g)
+    item_mask = torch.rand(20_000, generator=g) < 0.1
+    for k in (1, 50, 1500):  # 1500 > the Triton kernel's limit: the CPU path has none
+        got, want = _check(impl, queries, items, k, atol=0.0, rtol=0.0, exclude=exclude,
+                           item_mask=item_mask)  # fmt: skip
+        assert torch.equal(got[1], want[1]), f"k={k}: ids differ from lower-id-first order"
+
+
+TRITON_IMPLS = [p for p in IMPLS if p.values[0].startswith("triton")]
+
+
+@pytest.mark.parametrize("impl", TRITON_IMPLS)
+def test_triton_k_limit_is_an_error(impl):
+    queries, items = _inputs(2, 2000, 16, torch.float32)
+    with pytest.raises(KernelInputError, match="k=1025 exceeds the Triton kernel's limit"):
+        run(impl, score_topk, score_topk_triton, queries, items, 1025)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_every_item_excluded_or_masked(impl):
+    """Fewer servable items than k: the tail is id -1 / score -inf, whole rows when none remain."""
+    queries, items = _inputs(3, 50, 16, torch.float32, seed=3)
+    # query 0: every item excluded; query 1: nothing; query 2: all but items 4, 9, 49
+    kept = {4, 9, 49}
+    ids = torch.cat([torch.arange(50), torch.tensor([i for i in range(50) if i not in kept])])
+    offsets = torch.tensor([0, 50, 50, len(ids)])
+    got, _ = _check(impl, queries, items, 10, exclude=(offsets, ids))
+    assert (got[1][0] == -1).all() and torch.isneginf(got[0][0]).all()
+    assert (got[1][1] >= 0).all()
+    assert sorted(got[1][2][:3].tolist()) == sorted(kept) and (got[1][2][3:] == -1).all()
+
+    all_masked = torch.ones(50, dtype=torch.bool)
+    got, _ = _check(impl, queries, items, 7, item_mask=all_masked)
+    assert (got[1] == -1).all() and torch.isneginf(got[0]).all()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_nan_scores_are_not_served(impl):
+    queries, items = _inputs(4, 80, 16, torch.float32, seed=4)
+    items[[3, 40]] = float("nan")
+    got, _ = _check(impl, queries, items, 80)
+    assert not torch.isin(got[1], torch.tensor([3, 40])).any()
+    assert (got[1][:, -2:] == -1).all()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_empty_query_batch(impl):
+    queries, items = _inputs(0, 30, 16, torch.float32)
+    scores, ids = run(impl, score_topk, score_topk_triton, queries, items, 5)
+    assert scores.shape == ids.shape == (0, 5)
+
+
+def _bad_calls():
+    q, x = np.zeros((2, 8), np.float32), np.zeros((10, 8), np.float32)
+    offs, ids = np.array([0, 1, 2]), np.array([3, 4])
+    return [
+        ("k must be a positive", (q, x, 0), {}),
+        ("k must be a positive", (q, x, -3), {}),
+        ("k must be a positive", (q, x, 2.5), {}),
+        ("queries have dim 8 but items have dim 4", (q, x[:, :4], 3), {}),
+        ("items must have dtype", (q, x.astype(np.float64), 3), {}),
+        ("queries must be a", (q[0], x, 3), {}),
+        ("exclude ids holds id 10", (q, x, 3), {"exclude": (offs, np.array([3, 10]))}),
+        ("exclude ids holds id -1", (q, x, 3), {"exclude": (offs, np.array([-1, 2]))}),
+        ("exclude offsets must start at 0", (q, x, 3), {"exclude": (np.array([1, 1, 2]), ids)}),
+        ("exclude offsets must not decrease", (q, x, 3),
+         {"exclude": (np.array([0, 2, 1, 2]), ids)}),  # fmt: skip
+        (r"exclude offsets\[-1\] must equal", (q, x, 3), {"exclude": (np.array([0, 1, 1]), ids)}),
+        ("describe 1 lists but there are 2 queries", (q, x, 3),
+         {"exclude": (np.array([0, 2]), ids)}),  # fmt: skip
+        ("exclude must be a CSR pair", (q, x, 3), {"exclude": ids}),
+        ("item_mask must have dtype", (q, x, 3), {"item_mask": np.zeros(10, np.int8)}),
+        ("item_mask must have one entry per item", (q, x, 3), {"item_mask": np.zeros(9, bool)}),
+    ]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("match, args, kwargs", _bad_calls())
+def test_bad_input_is_an_error(impl, match, args, kwargs):
+    kwargs = {k: from_numpy(v) for k, v in kwargs.items()}
+    with pytest.raises(KernelInputError, match=match):
+        run(impl, score_topk, score_topk_triton, *from_numpy(args), **kwargs)
+
+
+def test_mixed_array_kinds_are_an_error():
+    q, x = np.zeros((2, 8), np.float32), torch.zeros(10, 8)
+    with pytest.raises(KernelInputError, match="items is a torch tensor on cpu but queries is"):
+        score_topk(q, x, 3)
+
+
+def test_fp16_numpy_queries_round_to_the_items_dtype():
+    """Queries are cast to the items' dtype first, on every path (here: numpy fp16 items)."""
+    queries, items = _inputs(3, 64, 16, torch.float32, seed=5)
+    got = score_topk(queries.numpy(), items.half().numpy(), 5)
+    want = score_topk_reference(queries, items.half(), 5)
+    assert_close(got[0], want[0], atol=1e-4, rtol=1e-5, name="scores")
