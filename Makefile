@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO ?= var/demo
 GRPC_PORT ?= 8001
+UPDATER_PORT ?= 50051
 
 .PHONY: serve test lint venv clean demo bench-kernels
 
@@ -25,7 +26,7 @@ $(DEMO)/repository/retrieve/1/manifest.json: $(STAMP)
 demo: $(DEMO)/repository/retrieve/1/manifest.json
 
 serve: demo
-	$(BIN)/freshrec serve --repository $(DEMO)/repository --grpc-port $(GRPC_PORT)
+	$(BIN)/freshrec serve --repository $(DEMO)/repository --grpc-port $(GRPC_PORT) --updater-port $(UPDATER_PORT)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

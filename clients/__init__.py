@@ -1,5 +1,6 @@
-"""freshrec's Python client: `from clients import Client`."""
+"""freshrec's Python clients: `from clients import Client, UpdaterClient`."""
 
 from clients.client import Client, Recommendation
+from clients.updater_client import FeedbackResult, UpdaterClient
 
-__all__ = ["Client", "Recommendation"]
+__all__ = ["Client", "FeedbackResult", "Recommendation", "UpdaterClient"]

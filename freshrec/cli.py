@@ -14,6 +14,9 @@ from pathlib import Path
 log = logging.getLogger("freshrec")
 
 DEFAULT_URL = "127.0.0.1:8001"
+DEFAULT_UPDATER_PORT = 50051
+DEFAULT_UPDATER_URL = f"127.0.0.1:{DEFAULT_UPDATER_PORT}"
+UPDATER_RETRY_S = 10.0  # a crashed updater whose restart failed is tried again this much later
 
 
 class UserError(Exception):
@@ -40,6 +43,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     except (BuildError, DataError) as exc:
         raise UserError(str(exc)) from exc
     print(f"data: {result.ratings}")
+    print("quality on the latest 20% of events by time (trained on the earliest 80%):")
     print(result.quality_table)
     print(f"user tower exported to ONNX (max |onnx - torch| = {result.onnx_max_abs_err:.2e})")
     if result.tensorrt_plan is not None:
@@ -70,10 +74,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.start()
     except SetupError as exc:
         raise UserError(str(exc)) from exc
+    updater = None
+    if not args.no_updater:
+        try:
+            updater = _start_updater(args, repository, server.grpc_url)
+        except UserError:
+            server.stop()
+            raise
+    updater_note = f", updater {updater.url} (log {updater.log_path})" if updater else ""
     print(
         f"freshrec ready in {time.monotonic() - started:.1f} s: gRPC {server.grpc_url} "
         f"(HTTP {args.host}:{server.http_port}, metrics {args.host}:{server.metrics_port}); "
-        f"server log {log_path}. Ctrl-C stops.",
+        f"server log {log_path}{updater_note}. Ctrl-C stops.",
         flush=True,
     )
     stop = {"now": False}
@@ -83,14 +95,93 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, _request_stop)
     signal.signal(signal.SIGTERM, _request_stop)
+    retry_at = 0.0
     try:
         while not stop["now"]:
             if server.process is None or server.process.poll() is not None:
                 raise UserError(f"tritonserver exited unexpectedly; see {log_path}")
+            if updater is not None and not updater.alive() and time.monotonic() >= retry_at:
+                # Triton keeps serving the last good version; a restart recovers from the log
+                print(f"freshrec: updater exited (code {updater.process.returncode}); restarting, "
+                      f"see {updater.log_path}", file=sys.stderr, flush=True)
+                updater.stop()
+                try:
+                    updater = _start_updater(args, repository, server.grpc_url)
+                except UserError as exc:  # keep serving; try again later
+                    print(f"freshrec: {exc}", file=sys.stderr, flush=True)
+                    retry_at = time.monotonic() + UPDATER_RETRY_S
             time.sleep(0.2)
     finally:
+        if updater is not None:
+            updater.stop()
         code = server.stop()
         print(f"freshrec stopped (tritonserver exit code {code})", flush=True)
+    return 0
+
+
+def _start_updater(args: argparse.Namespace, repository: Path, triton_url: str):
+    from updater.process import UpdaterExited, UpdaterProcess
+
+    updater = UpdaterProcess(repository, triton_url, host=args.host, port=args.updater_port,
+                             log_path=repository.parent / "updater.log")
+    try:
+        return updater.start()
+    except UpdaterExited as exc:
+        updater.stop()
+        raise UserError(f"the updater did not start: {exc}") from exc
+
+
+def _updater_call(args: argparse.Namespace, method: str, *call_args, **kwargs):
+    """Call UpdaterClient(args.updater).<method>; an RPC error is one line on stderr."""
+    import grpc
+
+    from clients import UpdaterClient
+
+    try:
+        with UpdaterClient(args.updater) as client:
+            return getattr(client, method)(*call_args, **kwargs)
+    except grpc.RpcError as exc:
+        raise UserError(f"{method} failed: {exc.code().name}: {exc.details()}") from exc
+
+
+def cmd_updater(args: argparse.Namespace) -> int:
+    from updater.main import config_from_args, run_updater
+
+    logging.getLogger().setLevel(logging.INFO if args.verbose else logging.WARNING)
+    try:
+        run_updater(config_from_args(args))
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    result = _updater_call(args, "feedback", args.user, args.item, args.kind, value=args.value,
+                           event_id=args.event_id, timestamp=args.timestamp)
+    if result.rejected:
+        raise UserError(f"rejected: {result.rejected[0]['field']}: {result.rejected[0]['reason']}")
+    print(json.dumps({"accepted": result.accepted, "duplicate": bool(result.duplicate_event_ids),
+                      "offset": result.last_offset}))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    print(json.dumps(_updater_call(args, "status"), indent=2))
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    print(json.dumps(_updater_call(args, "publish"), indent=2))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    print(json.dumps(_updater_call(args, "rollback", args.to), indent=2))
+    return 0
+
+
+def cmd_forget_user(args: argparse.Namespace) -> int:
+    print(json.dumps(_updater_call(args, "forget_user", args.user), indent=2))
     return 0
 
 
@@ -109,6 +200,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         raise UserError(f"recommend failed: {exc}") from exc
     print(json.dumps({"user_id": args.user, **answer.to_json()}, indent=2))
     return 0
+
+
+def _updater_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--updater", default=DEFAULT_UPDATER_URL,
+                        help=f"updater gRPC address (default {DEFAULT_UPDATER_URL})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,7 +231,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--log", type=Path, help="server log file (default: beside the repository)")
+    p.add_argument("--updater-port", type=int, default=DEFAULT_UPDATER_PORT,
+                   help=f"updater sidecar gRPC port (default {DEFAULT_UPDATER_PORT})")
+    p.add_argument("--no-updater", action="store_true", help="serve only; no feedback, no updates")
     p.set_defaults(func=cmd_serve)
+
+    from updater.main import add_arguments as add_updater_arguments  # argparse only: light
+
+    p = sub.add_parser("updater", help="run the updater sidecar alone (next to a running Triton)")
+    add_updater_arguments(p)
+    p.set_defaults(func=cmd_updater)
+
+    p = sub.add_parser("feedback", help="send one feedback event to the updater")
+    p.add_argument("--user", type=int, required=True, help="external user id")
+    p.add_argument("--item", type=int, required=True, help="external item id")
+    p.add_argument("--kind", default="click", help="click | purchase | rating | skip (default click)")
+    p.add_argument("--value", type=float, default=0.0, help="the rating, for --kind rating (1..5)")
+    p.add_argument("--event-id", help="idempotency key (default: a random one)")
+    p.add_argument("--timestamp", type=float, help="Unix seconds (default: now)")
+    _updater_flag(p)
+    p.set_defaults(func=cmd_feedback)
+
+    p = sub.add_parser("status", help="the updater's status (prints JSON)")
+    _updater_flag(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("publish", help="publish a version with all durable feedback now")
+    _updater_flag(p)
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("rollback", help="serve the previous (or a named) version's tables again")
+    p.add_argument("--to", type=int, help="the version to roll back to (default: the previous one)")
+    _updater_flag(p)
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("forget-user", help="remove a user's row, history and logged events")
+    p.add_argument("--user", type=int, required=True, help="external user id")
+    _updater_flag(p)
+    p.set_defaults(func=cmd_forget_user)
 
     p = sub.add_parser("recommend", help="ask the server for a user's top-K items (prints JSON)")
     p.add_argument("--user", type=int, required=True, help="external user id")

@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ MANIFEST = "manifest.json"
 TABLES_DIR = "tables"
 DEFAULT_SHARD_ROWS = 1 << 18
 _TMP_PREFIX = ".tmp-"
+_FAILED_PREFIX = ".failed-"
 
 
 class VersionError(Exception):
@@ -179,6 +181,9 @@ def write_version(
     meta: dict | None = None,
     changed_rows: dict[str, np.ndarray] | None = None,
     shard_rows: int = DEFAULT_SHARD_ROWS,
+    shard_bytes: int | None = None,
+    timings: dict[str, float] | None = None,
+    before_rename: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a complete version and make it visible with one atomic rename.
 
@@ -187,8 +192,16 @@ def write_version(
     changed_rows: with ``parent``, name -> row indices that differ from the parent's table of the
         same shape and dtype; shards holding none of them are hard-linked from the parent.
         A table not named here is written in full.
+    shard_bytes: if given, each table's shard holds as many rows as fit in this many bytes
+        (at least one), instead of ``shard_rows``: narrow tables (ids, accumulators) then get
+        as few shards as wide ones, which keeps a sparse publish's link and manifest work small.
+    timings: if given, receives "write_s" (shards, files, manifest, fsyncs) and "rename_s" (the
+        rename and the fsync of the model folder), in seconds.
+    before_rename: called with the complete, fsynced temporary folder just before the rename
+        (fault injection in crash tests; a crash there must leave nothing visible).
     Returns the published version folder. Raises VersionError if it exists already.
     """
+    started = time.perf_counter()
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     final = model_dir / str(version)
@@ -203,9 +216,10 @@ def write_version(
         specs = {}
         for name, array in tables.items():
             array = np.asarray(array)
-            reusable = _reusable_shards(parent_manifest, name, array, changed_rows, shard_rows)
+            rows_per_shard = shard_rows if shard_bytes is None else _rows_for_bytes(array, shard_bytes)
+            reusable = _reusable_shards(parent_manifest, name, array, changed_rows, rows_per_shard)
             shards = []
-            for index, (start, stop) in enumerate(_shard_bounds(array.shape[0], shard_rows)):
+            for index, (start, stop) in enumerate(_shard_bounds(array.shape[0], rows_per_shard)):
                 file = f"{TABLES_DIR}/{name}.{index:04d}.npy"
                 if index in reusable:
                     # unchanged rows: a hard link costs nothing and keeps the parent's checksum
@@ -236,14 +250,25 @@ def write_version(
         if tables:
             _fsync_path(tmp / TABLES_DIR)
         _fsync_path(tmp)
+        if before_rename is not None:
+            before_rename(tmp)
+        renaming = time.perf_counter()
         os.rename(tmp, final)
         # fsync the parent folder after rename, or a crash can forget the new version
         _fsync_path(model_dir)
+        if timings is not None:
+            timings["write_s"] = renaming - started
+            timings["rename_s"] = time.perf_counter() - renaming
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("published %s", final)
     return final
+
+
+def _rows_for_bytes(array: np.ndarray, shard_bytes: int) -> int:
+    row_bytes = max(1, array.itemsize * int(np.prod(array.shape[1:], dtype=np.int64)))
+    return max(1, shard_bytes // row_bytes)
 
 
 def _reusable_shards(
@@ -319,3 +344,94 @@ def remove_stale_temporaries(model_dir: Path) -> list[Path]:
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry)
     return removed
+
+
+def verify_new_shards(version_dir: Path, parent_dir: Path) -> Manifest:
+    """`verify_version` for a version whose parent was verified already: shards that are hard links
+    of the parent's (same inode) are trusted, every other shard and file is checksummed. Costs
+    O(rows changed) instead of O(table), which keeps a publish's verify off the table size."""
+    version_dir, parent_dir = Path(version_dir), Path(parent_dir)
+    manifest = read_manifest(version_dir)
+    if manifest.version != int(version_dir.name):
+        raise VersionError(f"{version_dir}: manifest says version {manifest.version}")
+    for name, spec in manifest.tables.items():
+        if sum(s.rows for s in spec.shards) != spec.shape[0]:
+            raise VersionError(f"{version_dir}: table {name}: shard rows do not add up")
+        for shard in spec.shards:
+            mine, theirs = version_dir / shard.file, parent_dir / shard.file
+            try:
+                if theirs.exists() and os.stat(mine).st_ino == os.stat(theirs).st_ino:
+                    continue
+                if _sha256(mine) != shard.sha256:
+                    raise VersionError(f"{version_dir}: {shard.file}: checksum mismatch")
+            except OSError as exc:
+                raise VersionError(f"{version_dir}: {shard.file}: {exc}") from exc
+    for name, digest in manifest.files.items():
+        if _sha256(version_dir / name) != digest:
+            raise VersionError(f"{version_dir}: {name}: checksum mismatch")
+    return manifest
+
+
+def written_shards(version_dir: Path, parent_dir: Path) -> list[Path]:
+    """Shard files of a version that are not hard links of its parent's (written for it)."""
+    version_dir, parent_dir = Path(version_dir), Path(parent_dir)
+    found = []
+    for spec in read_manifest(version_dir).tables.values():
+        for shard in spec.shards:
+            mine, theirs = version_dir / shard.file, parent_dir / shard.file
+            if theirs.exists() and os.stat(mine).st_ino == os.stat(theirs).st_ino:
+                continue
+            found.append(mine)
+    return found
+
+
+def quarantine_version(model_dir: Path, version: int) -> Path:
+    """Move a published version out of the numbered namespace (to `.failed-<N>-<ns>`), so Triton
+    never loads it and no later scan lists it. Atomic: one rename, then an fsync of the folder."""
+    model_dir = Path(model_dir)
+    target = model_dir / f"{_FAILED_PREFIX}{version}-{time.time_ns()}"
+    os.rename(model_dir / str(version), target)
+    _fsync_path(model_dir)
+    log.warning("quarantined version %s of %s as %s", version, model_dir, target.name)
+    return target
+
+
+def list_quarantined(model_dir: Path) -> list[tuple[int, Path]]:
+    """(version, folder) of quarantined versions, ascending."""
+    model_dir = Path(model_dir)
+    found = []
+    if model_dir.is_dir():
+        for entry in model_dir.iterdir():
+            if entry.name.startswith(_FAILED_PREFIX):
+                number = entry.name[len(_FAILED_PREFIX):].split("-", 1)[0]
+                if number.isdigit():
+                    found.append((int(number), entry))
+    return sorted(found)
+
+
+def next_version_number(model_dir: Path) -> int:
+    """One past every version number ever used here, quarantined ones included, so a number is
+    never reused for different contents."""
+    used = list_versions(model_dir) + [v for v, _ in list_quarantined(model_dir)]
+    return max(used, default=0) + 1
+
+
+def remove_quarantined(path: Path) -> None:
+    """Delete a quarantined folder (from list_quarantined), atomically out of sight first."""
+    path = Path(path)
+    if not path.name.startswith(_FAILED_PREFIX):
+        raise VersionError(f"{path} is not a quarantined version folder")
+    doomed = path.parent / f"{_TMP_PREFIX}gc-{path.name.lstrip('.')}-{time.monotonic_ns()}"
+    os.rename(path, doomed)
+    _fsync_path(path.parent)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def remove_version(model_dir: Path, version: int) -> None:
+    """Delete a published version: renamed to a temporary name first (atomic disappearance; a
+    crash mid-delete leaves a temporary that remove_stale_temporaries cleans), then removed."""
+    model_dir = Path(model_dir)
+    doomed = model_dir / f"{_TMP_PREFIX}gc-{version}-{time.monotonic_ns()}"
+    os.rename(model_dir / str(version), doomed)
+    _fsync_path(model_dir)
+    shutil.rmtree(doomed, ignore_errors=True)

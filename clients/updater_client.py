@@ -1,0 +1,135 @@
+"""A client for freshrec's updater sidecar: feedback events and admin calls over gRPC.
+
+    with UpdaterClient("127.0.0.1:50051") as up:
+        up.feedback(user_id=7, item_id=42, kind="click")
+        up.status()["serving_versions"]["retrieve"]
+
+Errors are grpc.RpcError; bad events come back as INVALID_ARGUMENT naming the field.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import grpc
+
+from updater.proto import freshrec_updater_pb2 as pb
+from updater.proto import freshrec_updater_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+DEFAULT_UPDATER_URL = "127.0.0.1:50051"
+DEFAULT_TIMEOUT_S = 30.0
+ADMIN_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    accepted: int
+    duplicate_event_ids: list[str]
+    rejected: list[dict] = field(default_factory=list)  # {index, event_id, field, reason}
+    last_offset: int = 0
+
+
+def _event(event: Mapping) -> pb.Event:
+    message = pb.Event(event_id=str(event.get("event_id") or uuid.uuid4().hex),
+                       kind=str(event.get("kind", "")), value=float(event.get("value", 0.0)))
+    for name in ("user_id", "item_id"):
+        if event.get(name) is not None:
+            setattr(message, name, int(event[name]))
+    if event.get("timestamp") is not None:
+        message.timestamp = float(event["timestamp"])
+    return message
+
+
+def _result(reply: pb.SendReply) -> FeedbackResult:
+    return FeedbackResult(
+        accepted=reply.accepted, duplicate_event_ids=list(reply.duplicate_event_ids),
+        rejected=[{"index": r.index, "event_id": r.event_id, "field": r.field, "reason": r.reason}
+                  for r in reply.rejected],
+        last_offset=reply.last_offset)
+
+
+def _as_dict(message) -> dict:
+    """A reply as plain Python (ints stay ints, unlike protobuf's JSON mapping of int64)."""
+    out = {}
+    for fd in message.DESCRIPTOR.fields:
+        value = getattr(message, fd.name)
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            out[fd.name] = dict(value)
+        elif fd.is_repeated:
+            out[fd.name] = [_as_dict(v) if fd.message_type is not None else v for v in value]
+        elif fd.message_type is not None:
+            out[fd.name] = _as_dict(value)
+        else:
+            out[fd.name] = value
+    return out
+
+
+class UpdaterClient:
+    """`UpdaterClient(url)`: feedback, feedback_batch, feedback_stream, status, publish,
+    rollback, forget_user. A context manager."""
+
+    def __init__(self, url: str = DEFAULT_UPDATER_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.url = url
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(url)
+        self._feedback = pb_grpc.FeedbackStub(self._channel)
+        self._admin = pb_grpc.AdminStub(self._channel)
+
+    def feedback(self, user_id: int, item_id: int, kind: str = "click", *, value: float = 0.0,
+                 event_id: str | None = None, timestamp: float | None = None) -> FeedbackResult:
+        """Send one event; returns once it is durable. A missing event_id gets a random one, so
+        retry with the same explicit event_id to stay idempotent."""
+        return self.feedback_batch([{"event_id": event_id, "user_id": user_id, "item_id": item_id,
+                                     "kind": kind, "value": value, "timestamp": timestamp}])
+
+    def feedback_batch(self, events: Iterable[Mapping]) -> FeedbackResult:
+        """Send events (dicts with event_id, user_id, item_id, kind, value, timestamp) in one call."""
+        request = pb.SendRequest(events=[_event(e) for e in events])
+        return _result(self._feedback.Send(request, timeout=self.timeout_s))
+
+    def feedback_stream(self, batches: Iterable[Iterable[Mapping]]) -> FeedbackResult:
+        """Client-streaming: each batch is committed as it arrives; one reply for the stream."""
+        requests = (pb.SendRequest(events=[_event(e) for e in batch]) for batch in batches)
+        return _result(self._feedback.SendStream(requests, timeout=self.timeout_s))
+
+    def status(self) -> dict:
+        return _as_dict(self._admin.Status(pb.StatusRequest(), timeout=self.timeout_s))
+
+    def publish(self) -> dict:
+        return _as_dict(self._admin.Publish(pb.PublishRequest(), timeout=ADMIN_TIMEOUT_S))
+
+    def rollback(self, to: int | None = None) -> dict:
+        request = pb.RollbackRequest() if to is None else pb.RollbackRequest(to_version=to)
+        return _as_dict(self._admin.Rollback(request, timeout=ADMIN_TIMEOUT_S))
+
+    def forget_user(self, user_id: int) -> dict:
+        return _as_dict(self._admin.ForgetUser(pb.ForgetUserRequest(user_id=user_id),
+                                               timeout=ADMIN_TIMEOUT_S))
+
+    def wait_ready(self, *, timeout_s: float = 120.0, process=None) -> dict:
+        """Poll Status until the updater answers; `process` (a Popen) fails fast if it died."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"updater exited with code {process.returncode}")
+            try:
+                return self.status()
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> UpdaterClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

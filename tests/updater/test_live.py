@@ -1,0 +1,309 @@
+"""The updater against a real tritonserver: freshness, reload under load, crashes, rollback, forget.
+
+One Triton serves this module's own repository; each test starts real updater processes on the
+same repository and log, so the tests run in file order and each asserts relative to the state
+it finds. Nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+
+import grpc
+import numpy as np
+import pytest
+
+from clients import Client, UpdaterClient
+from model_repository import contract as c
+from model_repository import versions
+from updater import faults
+from updater.main import LOG_FILE
+
+pytestmark = pytest.mark.integration
+WAIT_S = 60.0
+
+
+def _new_id(base=10_000_000):
+    return base + uuid.uuid4().int % 1_000_000
+
+
+def _wait_published(up: UpdaterClient, offset: int, *, timeout_s: float = WAIT_S) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = up.status()
+        if status["last_published_offset"] >= offset:
+            return status
+        assert time.monotonic() < deadline, f"offset {offset} not published: {status}"
+        time.sleep(0.05)
+
+
+def _serving_tables(repository):
+    model_dir = repository / c.RETRIEVE
+    version = versions.latest_version(model_dir)
+    manifest, tables = versions.load_tables(model_dir / str(version))
+    return manifest, {name: np.array(t) for name, t in tables.items()}
+
+
+def _clicks(user_id, item_ids, *, prefix=None):
+    prefix = prefix or uuid.uuid4().hex
+    return [dict(event_id=f"{prefix}-{n}", user_id=user_id, item_id=i, kind="click")
+            for n, i in enumerate(item_ids)]
+
+
+def _log_db(repository):
+    return sqlite3.connect(repository.parent / "updater" / LOG_FILE)
+
+
+def test_a_click_moves_similar_items_up_for_that_user(repository, triton, start_updater):
+    updater = start_updater()
+    manifest, tables = _serving_tables(repository)
+    user_id = int(tables["user_ids"][3])
+    n_items = len(tables["item_ids"])
+    with Client(triton.grpc_url) as client, UpdaterClient(updater.url) as up:
+        before = client.recommend(user_id, k=n_items)
+        # the clicked item: one the user ranks low today; "like it": its nearest items by row
+        clicked = before.item_ids[int(n_items * 0.8)]
+        rows = tables["item_rows"]
+        row = int(np.flatnonzero(tables["item_ids"] == clicked)[0])
+        cosine = rows @ rows[row] / (np.linalg.norm(rows, axis=1) * np.linalg.norm(rows[row]))
+        cosine[row] = -np.inf
+        similar = set(tables["item_ids"][np.argsort(-cosine)[:10]].tolist())
+        result = up.feedback_batch(_clicks(user_id, [clicked] * 3))
+        assert result.accepted == 3
+        status = _wait_published(up, result.last_offset)
+        after = client.recommend(user_id, k=n_items)
+    assert after.version == status["published_version"] > before.version
+    rank = lambda rec: np.mean([rec.item_ids.index(i) for i in similar])  # noqa: E731
+    assert rank(after) < rank(before), (rank(before), rank(after))
+    assert after.item_ids.index(clicked) < before.item_ids.index(clicked)
+    _, tables = _serving_tables(repository)
+    user_row = int(np.flatnonzero(tables["user_ids"] == user_id)[0])
+    assert tables["user_history"][user_row, -3:].tolist() == [row] * 3
+
+
+def test_resent_events_count_once_and_bad_events_name_their_field(repository, start_updater):
+    updater = start_updater()
+    user_id = _new_id()
+    items = [int(i) for i in _serving_tables(repository)[1]["item_ids"][:4]]
+    events = _clicks(user_id, items)
+    with UpdaterClient(updater.url) as up:
+        first = up.feedback_batch(events)
+        again = up.feedback_batch(events)
+        streamed = up.feedback_stream([events[:2], events[2:]])
+        assert (first.accepted, len(first.duplicate_event_ids)) == (4, 0)
+        sent_ids = sorted(e["event_id"] for e in events)
+        assert (again.accepted, sorted(again.duplicate_event_ids)) == (0, sent_ids)
+        assert streamed.accepted == 0 and len(streamed.duplicate_event_ids) == 4
+        bad = [dict(event_id="x1", user_id=user_id, item_id=1, kind="like"),
+               dict(event_id="x2", item_id=1, kind="click"),
+               dict(event_id="x3", user_id=user_id, item_id=1, kind="click", timestamp=3.0),
+               dict(event_id=f"ok-{uuid.uuid4().hex}", user_id=user_id, item_id=items[0], kind="click")]
+        mixed = up.feedback_batch(bad)
+        assert mixed.accepted == 1
+        assert [(r["index"], r["field"]) for r in mixed.rejected] == [(0, "kind"), (1, "user_id"),
+                                                                       (2, "timestamp")]
+        with pytest.raises(grpc.RpcError) as caught:
+            up.feedback(user_id, 1, "like")
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "kind" in caught.value.details()
+        _wait_published(up, mixed.last_offset)
+    _, tables = _serving_tables(repository)
+    row = int(np.flatnonzero(tables["user_ids"] == user_id)[0])
+    item_rows = [int(np.flatnonzero(tables["item_ids"] == i)[0]) for i in items + [items[0]]]
+    history = tables["user_history"][row]
+    assert history[history >= 0].tolist() == item_rows  # each event applied exactly once
+    with _log_db(repository) as db:
+        assert db.execute("SELECT COUNT(*) FROM events WHERE user_id = ?", (user_id,)).fetchone()[0] == 5
+
+
+def test_reloads_under_concurrent_load_fail_no_request(repository, triton, start_updater):
+    updater = start_updater()
+    user_ids = [int(u) for u in _serving_tables(repository)[1]["user_ids"][:8]]
+    stop, failures, seen = threading.Event(), [], set()
+    served = [0]
+
+    def hammer(seed):
+        with Client(triton.grpc_url) as client:
+            n = 0
+            while not stop.is_set():
+                try:
+                    seen.add(client.recommend(user_ids[(seed + n) % len(user_ids)], k=5).version)
+                    served[0] += 1
+                except Exception as exc:  # noqa: BLE001 - any failure is the finding
+                    failures.append(repr(exc))
+                n += 1
+
+    threads = [threading.Thread(target=hammer, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        with UpdaterClient(updater.url) as up:
+            start_version = up.status()["published_version"]
+            for n in range(4):  # four publishes, each a Triton reload, under load
+                result = up.feedback(user_ids[n], int(_serving_tables(repository)[1]["item_ids"][n]))
+                status = _wait_published(up, result.last_offset)
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert status["published_version"] >= start_version + 4
+    assert len(seen) >= 2 and served[0] > 0  # answers really came from several versions
+
+
+def _check_recovered(repository, up, client, *, user_id, items):
+    """After a restart: every acknowledged event is in the log once and in the serving version
+    once, the serving version is the newest one on disk and it verifies."""
+    status = _wait_published(up, up.status()["log_offset"])
+    model_dir = repository / c.RETRIEVE
+    assert not [p for p in model_dir.iterdir() if p.name.startswith(".tmp-")]
+    newest = versions.latest_version(model_dir)
+    assert status["published_version"] == newest == status["serving_versions"]["retrieve"]
+    assert client.recommend(user_id, k=3).version == newest
+    for v in versions.list_versions(model_dir):
+        versions.verify_version(model_dir / str(v))
+    _, tables = _serving_tables(repository)
+    row = int(np.flatnonzero(tables["user_ids"] == user_id)[0])
+    history = tables["user_history"][row]
+    want = [int(np.flatnonzero(tables["item_ids"] == i)[0]) for i in items]
+    assert history[history >= 0].tolist() == want[-history.shape[0]:]
+    with _log_db(repository) as db:
+        assert db.execute("SELECT COUNT(*) FROM events WHERE user_id = ?",
+                          (user_id,)).fetchone()[0] == len(items)
+
+
+@pytest.mark.parametrize("point", faults.CRASH_POINTS)
+def test_kill_9_at_each_point_then_restart_recovers(point, repository, triton, start_updater):
+    updater = start_updater(extra_env={faults.CRASH_ENV: point})
+    user_id = _new_id()
+    items = [int(i) for i in _serving_tables(repository)[1]["item_ids"][10:16]]
+    events = _clicks(user_id, items)
+    model_dir = repository / c.RETRIEVE
+    with Client(triton.grpc_url) as client:
+        serving_before = client.recommend(user_id, k=3).version
+        with UpdaterClient(updater.url) as up:
+            try:
+                up.feedback_batch(events)  # durable before the reply; the crash follows it
+            except grpc.RpcError:
+                pass  # killed before the reply left: the client retries below, idempotently
+        assert updater.wait_exit() == -9
+        # Triton kept serving a complete version all along
+        serving = client.recommend(user_id, k=3).version
+        assert serving in versions.list_versions(model_dir)
+        if point in ("mid_batch", "before_rename", "after_rename"):
+            assert serving == serving_before
+        if point == "before_rename":
+            assert [p for p in model_dir.iterdir() if p.name.startswith(".tmp-")]
+            assert versions.latest_version(model_dir) == serving_before
+        if point == "after_rename":
+            assert versions.latest_version(model_dir) == serving_before + 1
+        restarted = start_updater()
+        with UpdaterClient(restarted.url) as up:
+            retry = up.feedback_batch(events)
+            assert retry.accepted == 0 and len(retry.duplicate_event_ids) == len(events)
+            _check_recovered(repository, up, client, user_id=user_id, items=items)
+
+
+def test_kill_9_under_streaming_feedback_loses_nothing(repository, triton, start_updater):
+    updater = start_updater()
+    user_id = _new_id()
+    items = [int(i) for i in _serving_tables(repository)[1]["item_ids"]]
+    acked, stop = [], threading.Event()
+
+    def send():
+        with UpdaterClient(updater.url) as up:
+            for n in range(10_000):
+                if stop.is_set():
+                    return
+                event = _clicks(user_id, [items[n % len(items)]], prefix=f"s{n}")
+                try:
+                    up.feedback_batch(event)
+                except grpc.RpcError:
+                    return
+                acked.append(event[0]["item_id"])
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    while len(acked) < 40:
+        time.sleep(0.01)
+    updater.kill()  # kill -9 wherever it is: mid-batch, mid-publish, mid-reload
+    stop.set()
+    sender.join()
+    restarted = start_updater()
+    with UpdaterClient(restarted.url) as up, Client(triton.grpc_url) as client:
+        with _log_db(repository) as db:
+            stored = db.execute('SELECT item_id FROM events WHERE user_id = ? ORDER BY "offset"',
+                                (user_id,)).fetchall()
+        stored = [s[0] for s in stored]
+        assert stored[: len(acked)] == acked  # every acknowledged event, in order, once
+        assert len(stored) <= len(acked) + 1  # at most the one in flight when it died
+        _check_recovered(repository, up, client, user_id=user_id, items=stored)
+
+
+def test_a_version_that_fails_verification_is_never_served(repository, triton, start_updater):
+    updater = start_updater(extra_env={faults.FAULT_ENV: "corrupt_once"})
+    user_id = _new_id()
+    item = int(_serving_tables(repository)[1]["item_ids"][0])
+    with UpdaterClient(updater.url) as up, Client(triton.grpc_url) as client:
+        before = up.status()["published_version"]
+        result = up.feedback(user_id, item)
+        status = _wait_published(up, result.last_offset)  # the retry after the failure
+        failed = status["failed_versions"]
+        assert len(failed) == 1 and "checksum" in failed[0]["reason"]
+        bad = failed[0]["version"]
+        assert bad > before and bad not in status["kept_versions"]
+        assert not (repository / c.RETRIEVE / str(bad)).exists()
+        assert (repository / c.RETRIEVE / failed[0]["moved_to"]).is_dir()
+        assert status["published_version"] > bad
+        assert client.recommend(user_id, k=3).version == status["published_version"]
+
+
+def test_rollback_serves_the_previous_tables_in_a_new_version(repository, triton, start_updater):
+    updater = start_updater()
+    model_dir = repository / c.RETRIEVE
+    with UpdaterClient(updater.url) as up, Client(triton.grpc_url) as client:
+        result = up.feedback(_new_id(), int(_serving_tables(repository)[1]["item_ids"][1]))
+        status = _wait_published(up, result.last_offset)
+        current = status["published_version"]
+        previous = max(v for v in status["kept_versions"] if v < current)
+        reply = up.rollback()
+        assert reply["version"] > current
+        assert client.recommend(0, k=3).version == reply["version"]
+        _, target = versions.load_tables(model_dir / str(previous))
+        _, rolled = versions.load_tables(model_dir / str(reply["version"]))
+        for name in ("user_ids", "user_rows", "item_rows", "user_history"):
+            np.testing.assert_array_equal(rolled[name], target[name], err_msg=name)
+        assert versions.read_manifest(model_dir / str(reply["version"])).parent == previous
+        with pytest.raises(grpc.RpcError) as caught:
+            up.rollback(to=999_999)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_forget_user_leaves_no_trace(repository, triton, start_updater):
+    updater = start_updater()
+    _, tables = _serving_tables(repository)
+    user_id = int(tables["user_ids"][5])  # in the base model too: every kept version holds them
+    marker = f"forget-me-{uuid.uuid4().hex}"
+    with UpdaterClient(updater.url) as up, Client(triton.grpc_url) as client:
+        result = up.feedback_batch(_clicks(user_id, [int(tables["item_ids"][7])] * 2, prefix=marker))
+        _wait_published(up, result.last_offset)
+        reply = up.forget_user(user_id)
+        assert reply["deleted_events"] >= 2
+        status = up.status()
+        assert status["serving_versions"]["retrieve"] == reply["version"]
+        assert client.recommend(user_id, k=3).version == reply["version"]
+    model_dir = repository / c.RETRIEVE
+    for version in versions.list_versions(model_dir):
+        _, kept = versions.load_tables(model_dir / str(version))
+        assert user_id not in np.asarray(kept["user_ids"]), version
+    assert reply["removed_versions"]
+    for _, quarantined in versions.list_quarantined(model_dir):  # failed versions are scrubbed too
+        assert user_id not in np.asarray(versions.load_tables(quarantined)[1]["user_ids"])
+    with _log_db(repository) as db:
+        assert db.execute("SELECT COUNT(*) FROM events WHERE user_id = ?", (user_id,)).fetchone()[0] == 0
+    for file in (repository.parent / "updater").glob(LOG_FILE + "*"):
+        assert marker.encode() not in file.read_bytes(), file.name

@@ -1,0 +1,129 @@
+"""The sparse trainer: only touched rows move, steps are clipped, tables grow, replay is exact."""
+
+import numpy as np
+import pytest
+import torch
+
+from exporter.train import UserTower
+from updater.events import validate
+from updater.settings import TrainerConfig
+from updater.trainer import SparseTrainer
+
+DIM, USERS, ITEMS, HISTORY = 8, 6, 40, 5
+NOW = 1_790_000_000.0
+
+
+def _tables(seed=0):
+    rng = np.random.default_rng(seed)
+    history = np.full((USERS, HISTORY), -1, np.int64)
+    history[:, -2:] = rng.integers(0, ITEMS, size=(USERS, 2))
+    return {
+        "user_ids": np.arange(USERS, dtype=np.int64) * 10 + 1000,
+        "item_ids": np.arange(ITEMS, dtype=np.int64) * 7 + 500,
+        "user_rows": rng.normal(0, 0.3, (USERS, DIM)).astype(np.float32),
+        "item_rows": rng.normal(0, 0.3, (ITEMS, DIM)).astype(np.float32),
+        "user_history": history,
+        "item_popularity": rng.integers(0, 9, ITEMS).astype(np.float32),
+    }
+
+
+def _tower():
+    torch.manual_seed(0)
+    return UserTower(DIM)
+
+
+def _event(offset, user_id, item_id, kind="click", value=0.0):
+    e = validate(f"e{offset}", user_id, item_id, kind, value, NOW, now=NOW)
+    return type(e)(e.event_id, e.user_id, e.item_id, e.kind, e.value, e.timestamp, offset=offset)
+
+
+def _score(trainer, user_row, item_row):
+    t = trainer.tables()
+    hist = t["user_history"][user_row]
+    rows = hist[hist >= 0]
+    weights = 0.8 ** np.arange(rows.size)[::-1]
+    pooled = (weights[:, None] * t["item_rows"][rows]).sum(0) / weights.sum()
+    with torch.no_grad():
+        query = trainer.tower(torch.from_numpy(t["user_rows"][user_row][None].copy()),
+                              torch.from_numpy(pooled[None].astype(np.float32)))[0].numpy()
+    return float(t["item_rows"][item_row] @ query)
+
+
+def test_a_click_raises_the_item_and_moves_only_touched_rows():
+    tables = _tables()
+    trainer = SparseTrainer(tables, _tower(), config=TrainerConfig(negatives=4))
+    before = {k: np.array(v) for k, v in trainer.tables().items()}
+    score_before = _score(trainer, 2, 11)
+    trainer.apply(_event(1, user_id=1020, item_id=500 + 7 * 11))
+    after = trainer.tables()
+    changed = trainer.changed_rows()
+    for name in ("user_rows", "item_rows", "user_history", "item_popularity"):
+        differs = np.flatnonzero(np.any((after[name] != before[name]).reshape(len(before[name]), -1), 1))
+        assert set(differs) <= set(changed[name]), name  # every changed row is reported
+    assert set(changed["user_rows"]) == {2}
+    assert 11 in changed["item_rows"] and len(changed["item_rows"]) <= 1 + 4
+    assert after["user_history"][2, -1] == 11  # appended, most recent last
+    np.testing.assert_array_equal(after["user_history"][2, :-1], before["user_history"][2, 1:])
+    assert after["item_popularity"][11] == before["item_popularity"][11] + 1
+    assert _score(trainer, 2, 11) > score_before
+
+
+def test_a_skip_lowers_the_item_and_leaves_history_alone():
+    trainer = SparseTrainer(_tables(), _tower())
+    history = np.array(trainer.tables()["user_history"][3])
+    before = _score(trainer, 3, 20)
+    trainer.apply(_event(1, user_id=1030, item_id=500 + 7 * 20, kind="skip"))
+    assert _score(trainer, 3, 20) < before
+    np.testing.assert_array_equal(trainer.tables()["user_history"][3], history)
+
+
+def test_each_step_is_clipped_per_row():
+    max_step = 1e-3
+    trainer = SparseTrainer(_tables(), _tower(), config=TrainerConfig(lr=100.0, max_step=max_step))
+    before = {k: np.array(v) for k, v in trainer.tables().items()}
+    trainer.apply(_event(1, user_id=1000, item_id=500, kind="purchase"))
+    for name in ("user_rows", "item_rows"):
+        moved = np.linalg.norm(trainer.tables()[name] - before[name], axis=1)
+        assert moved.max() > 0
+        assert moved.max() <= max_step * (1 + 1e-5), name
+
+
+def test_new_users_and_items_get_rows_and_tables_grow():
+    trainer = SparseTrainer(_tables(), _tower())
+    for offset in range(1, 41):  # 40 new users and items: several capacity doublings
+        trainer.apply(_event(offset, user_id=90_000 + offset, item_id=80_000 + offset))
+    t = trainer.tables()
+    assert len(t["user_ids"]) == USERS + 40 and len(t["item_ids"]) == ITEMS + 40
+    assert {len(t[n]) for n in ("user_rows", "user_history", "user_adagrad")} == {USERS + 40}
+    assert {len(t[n]) for n in ("item_rows", "item_popularity", "item_adagrad")} == {ITEMS + 40}
+    assert t["user_ids"][-1] == 90_040 and t["item_ids"][-1] == 80_040
+    assert t["user_history"][-1, -1] == ITEMS + 39  # the new item's row
+    assert set(trainer.changed_rows()["user_ids"]) == set(range(USERS, USERS + 40))
+
+
+def test_replaying_the_same_events_gives_the_same_tables():
+    events = [_event(o, 1000 + 10 * (o % USERS), 500 + 7 * (o % ITEMS), kind)
+              for o, kind in zip(range(1, 30), ["click", "skip", "purchase"] * 10)]
+    one, two = SparseTrainer(_tables(), _tower()), SparseTrainer(_tables(), _tower())
+    for e in events:
+        one.apply(e)
+    for e in events:
+        two.apply(e)
+    for name, table in one.tables().items():
+        np.testing.assert_array_equal(table, two.tables()[name], err_msg=name)
+
+
+def test_forget_user_removes_every_user_table_row():
+    trainer = SparseTrainer(_tables(), _tower())
+    assert trainer.forget_user(1010)
+    t = trainer.tables()
+    assert 1010 not in t["user_ids"] and len(t["user_rows"]) == USERS - 1
+    assert trainer.user_index == {int(u): r for r, u in enumerate(t["user_ids"])}
+    assert "user_rows" not in trainer.changed_rows()  # rows moved: written in full
+    assert not trainer.forget_user(1010)
+
+
+@pytest.mark.parametrize("field, value", [("lr", 0.0), ("negatives", 0), ("max_step", -1.0)])
+def test_trainer_config_names_the_bad_field(field, value):
+    with pytest.raises(ValueError, match=f"TrainerConfig.{field}"):
+        TrainerConfig(**{field: value})

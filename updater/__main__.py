@@ -1,0 +1,5 @@
+import sys
+
+from updater.main import main
+
+sys.exit(main())

@@ -1,0 +1,259 @@
+"""The updater's one worker thread: log -> trainer -> publisher, plus admin commands.
+
+Everything that touches trainer state or publishes runs on this thread, in order, so a publish
+never sees a half-applied event and admin commands (publish now, rollback, forget) never race the
+trainer. gRPC handlers only append to the durable log and wake the thread up.
+
+Exactly-once: the trainer's state is always "tables of the current version + events with offset
+> its feedback_offset, applied in offset order". After a crash, recovery reloads the newest good
+version and replays the log after its feedback_offset, so an event is in a published version
+exactly once, however the process died.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+
+from model_repository import contract as c
+from model_repository.pooling import DEFAULT_RECENCY_DECAY
+from updater import faults
+from updater.log import FeedbackLog
+from updater.publisher import Publisher, PublishError
+from updater.settings import PublishPolicy, TrainerConfig
+from updater.trainer import SparseTrainer
+
+log = logging.getLogger(__name__)
+
+READ_BATCH = 2000
+IDLE_WAIT_S = 0.05
+FAILURE_BACKOFF_S = 2.0
+RATE_WINDOW_S = 10.0
+TOWER_FILE = "tower.pt"  # exporter.build.TOWER_FILE
+
+
+class CommandError(RuntimeError):
+    """An admin command that cannot be done; `code` is the gRPC status name to answer with."""
+
+    def __init__(self, message: str, code: str = "FAILED_PRECONDITION"):
+        super().__init__(message)
+        self.code = code
+
+
+def load_user_tower(repository: Path, version: int):
+    from exporter.train import load_tower  # torch: the updater process only, never serving
+
+    return load_tower(Path(repository) / c.USER_TOWER / str(version) / TOWER_FILE)
+
+
+class Engine:
+    def __init__(self, feedback_log: FeedbackLog, publisher: Publisher, *,
+                 policy: PublishPolicy | None = None, trainer_config: TrainerConfig | None = None):
+        self.log = feedback_log
+        self.publisher = publisher
+        self.policy = policy or PublishPolicy()
+        self.trainer_config = trainer_config or TrainerConfig()
+        self.trainer: SparseTrainer | None = None
+        self.applied_offset = 0
+        self.published_offset = 0
+        self._last_publish = 0.0
+        self._events_since_publish = 0
+        self._backoff_until = 0.0
+        self._commands: queue.Queue = queue.Queue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="updater-engine", daemon=True)
+        self._accepted: deque[tuple[float, int]] = deque()
+        self._accepted_lock = threading.Lock()
+
+    # -- start-up -------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Newest good version -> trainer state; pending forgets redone. Replay of the log after
+        its feedback_offset happens in the loop, like any new event."""
+        manifest = self.publisher.recover()
+        _, tables = self.publisher.load_tables(manifest.version)
+        tower = load_user_tower(self.publisher.repository, int(manifest.meta["user_tower_version"]))
+        self.trainer = SparseTrainer(
+            tables, tower, recency_decay=float(manifest.meta.get("recency_decay", DEFAULT_RECENCY_DECAY)),
+            config=self.trainer_config)
+        self.applied_offset = self.published_offset = manifest.feedback_offset
+        behind = self.log.last_offset() - manifest.feedback_offset
+        log.info("recovered at retrieve %s (offset %s); %s log events to replay",
+                 manifest.version, manifest.feedback_offset, max(behind, 0))
+        for user_id in self.log.pending_forgets():
+            log.warning("redoing the forget of a user interrupted by a crash")
+            self._forget(user_id, deleted=0)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+    def notify(self, accepted: int) -> None:
+        """Called by the intake after a durable append."""
+        if accepted:
+            with self._accepted_lock:
+                self._accepted.append((time.monotonic(), accepted))
+        self._wake.set()
+
+    def events_per_s(self) -> float:
+        now = time.monotonic()
+        with self._accepted_lock:
+            while self._accepted and self._accepted[0][0] < now - RATE_WINDOW_S:
+                self._accepted.popleft()
+            return sum(n for _, n in self._accepted) / RATE_WINDOW_S
+
+    def submit(self, fn, *args) -> Future:
+        """Run fn(*args) on the engine thread; the future holds its result or exception."""
+        future: Future = Future()
+        self._commands.put((future, fn, args))
+        self._wake.set()
+        return future
+
+    # -- the loop -------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(IDLE_WAIT_S)
+            self._wake.clear()
+            try:
+                self._run_commands()
+                self._consume()
+                if self._publish_due():
+                    self._publish(kind="publish")
+            except PublishError as exc:
+                log.error("%s; retrying in %.1f s", exc, FAILURE_BACKOFF_S)
+                self._backoff_until = time.monotonic() + FAILURE_BACKOFF_S
+            except Exception:  # noqa: BLE001 - the loop must survive and keep the log intact
+                log.exception("updater engine step failed")
+                self._backoff_until = time.monotonic() + FAILURE_BACKOFF_S
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                future, fn, args = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                future.set_exception(exc)
+
+    def _consume(self) -> None:
+        """Apply every durable event not applied yet, in offset order."""
+        while not self._stop.is_set():
+            events = self.log.read_after(self.applied_offset, limit=READ_BATCH)
+            if not events:
+                return
+            for n, event in enumerate(events):
+                if n == len(events) // 2 and n > 0:
+                    faults.crash_point("mid_batch")
+                self.trainer.apply(event)
+                self.applied_offset = event.offset
+                self._events_since_publish += 1
+            if self._events_since_publish >= self.policy.every_events:
+                return  # publish before reading more
+
+    def _pending(self) -> bool:
+        return self.applied_offset > self.published_offset or self.trainer.has_changes()
+
+    def _publish_due(self) -> bool:
+        now = time.monotonic()
+        if not self._pending() or now < self._backoff_until:
+            return False
+        return (now - self._last_publish >= self.policy.every_s
+                or self._events_since_publish >= self.policy.every_events)
+
+    def _probe_user(self) -> int:
+        ids = self.trainer.t["user_ids"].live
+        return int(ids[0]) if ids.size else 0
+
+    def _publish(self, *, kind: str, parent: int | None = None) -> int:
+        version = self.publisher.publish(
+            self.trainer.tables(), changed_rows=self.trainer.changed_rows(),
+            feedback_offset=self.applied_offset, probe_user=self._probe_user(), kind=kind,
+            parent=parent)
+        self.trainer.clear_changes()
+        self.published_offset = self.applied_offset
+        self._last_publish = time.monotonic()
+        self._events_since_publish = 0
+        return version
+
+    # -- admin commands (run on the engine thread through submit) -------------------------
+    def publish_now(self) -> tuple[bool, int, int]:
+        """(published, serving version, its feedback offset)."""
+        self._consume()
+        if not self._pending():
+            return False, self.publisher.current, self.published_offset
+        version = self._publish(kind="publish")
+        return True, version, self.published_offset
+
+    def rollback(self, to: int | None) -> tuple[int, int]:
+        """Publish a new version whose tables are hard links of `to` (default: the version before
+        the current one) and continue training from them. Events already applied are not
+        applied again: the rollback version's feedback_offset is the current log position."""
+        target = self.publisher.previous_version() if to is None else to
+        if target is None:
+            raise CommandError("no earlier version is kept to roll back to")
+        if target not in self.publisher.kept_versions():
+            raise CommandError(f"version {target} is not kept; kept: {self.publisher.kept_versions()}",
+                               code="NOT_FOUND")
+        self._consume()
+        _, tables = self.publisher.load_tables(target)
+        tables = {name: np.asarray(t) for name, t in tables.items()}
+        unchanged = {name: np.zeros(0, np.int64) for name in tables}
+        version = self.publisher.publish(
+            tables, changed_rows=unchanged, feedback_offset=self.applied_offset,
+            probe_user=int(tables["user_ids"][0]) if len(tables["user_ids"]) else 0,
+            kind="rollback", parent=target)
+        _, published = self.publisher.load_tables(version)
+        self.trainer.reset({name: np.asarray(t) for name, t in published.items()})
+        self.published_offset = self.applied_offset
+        self._last_publish = time.monotonic()
+        self._events_since_publish = 0
+        return version, self.published_offset
+
+    def forget_user(self, user_id: int) -> tuple[int, int, list[int]]:
+        """(version without the user, events deleted from the log, older versions removed)."""
+        deleted = self.log.forget_user(user_id)
+        return self._forget(user_id, deleted=deleted)
+
+    def _forget(self, user_id: int, *, deleted: int) -> tuple[int, int, list[int]]:
+        self._consume()  # the user's events are gone from the log; everyone else's go in
+        had_row = self.trainer.forget_user(user_id)
+        if had_row or self._pending():
+            self._publish(kind="forget")
+        # a version with the user is unsafe to keep for rollback: it would bring the user back
+        removed = self.publisher.remove_versions_holding_user(user_id)
+        self.log.clear_forget(user_id)
+        return self.publisher.current, deleted, removed
+
+    # -- status ---------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        trainer = self.trainer
+        log_offset = self.log.last_offset()
+        return {
+            "published_version": self.publisher.current or 0,
+            "last_published_offset": self.published_offset,
+            "log_offset": log_offset,
+            "applied_offset": self.applied_offset,
+            "queue_depth": self.log.count_after(self.published_offset),
+            "events_per_s": self.events_per_s(),
+            "kept_versions": self.publisher.kept_versions(),
+            "failed_versions": list(self.publisher.failed),
+            "users": trainer.n_users if trainer else 0,
+            "items": trainer.n_items if trainer else 0,
+            "recent_publishes": list(self.publisher.records),
+        }
+

@@ -1,0 +1,78 @@
+"""Feedback events: the kinds, validation that names the bad field, and the training label.
+
+An event is ``(event_id, user_id, item_id, kind, value, timestamp)``. Labels: click and purchase
+are positive (purchase weighs more), a rating >= 4 is positive and <= 2 negative (3 is neutral and
+trains nothing), a skip is negative.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+KINDS = ("click", "purchase", "rating", "skip")
+MAX_EVENT_ID_LEN = 200
+# absurd timestamps: before 2000-01-01 or more than a day in the future (clock skew allowance)
+MIN_TIMESTAMP = 946_684_800.0
+MAX_FUTURE_S = 86_400.0
+RATING_MIN, RATING_MAX = 1.0, 5.0
+LABEL_WEIGHTS = {"click": 1.0, "purchase": 3.0, "skip": 0.5}
+
+
+class EventError(ValueError):
+    """An event the caller got wrong; ``field`` names the offending field."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Event:
+    event_id: str
+    user_id: int
+    item_id: int
+    kind: str
+    value: float
+    timestamp: float
+    offset: int = 0  # log offset, set once the event is durable
+
+
+def validate(event_id: str, user_id: int | None, item_id: int | None, kind: str, value: float,
+             timestamp: float | None, *, now: float | None = None) -> Event:
+    """A checked Event, or EventError naming the first bad field. A missing timestamp is now."""
+    now = time.time() if now is None else now
+    if not event_id:
+        raise EventError("event_id", "is required")
+    if len(event_id) > MAX_EVENT_ID_LEN:
+        raise EventError("event_id", f"longer than {MAX_EVENT_ID_LEN} characters")
+    for name, value_ in (("user_id", user_id), ("item_id", item_id)):
+        if value_ is None:
+            raise EventError(name, "is required")
+        if value_ < 0:
+            raise EventError(name, f"must be >= 0, got {value_}")
+    if kind not in KINDS:
+        raise EventError("kind", f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+    if kind == "rating" and not RATING_MIN <= value <= RATING_MAX:
+        raise EventError("value", f"a rating must be in [{RATING_MIN:g}, {RATING_MAX:g}], got {value}")
+    if value != value:  # NaN
+        raise EventError("value", "is NaN")
+    if timestamp is None:
+        timestamp = now
+    elif not MIN_TIMESTAMP <= timestamp <= now + MAX_FUTURE_S:
+        raise EventError("timestamp", f"{timestamp} is not a plausible Unix time in seconds")
+    return Event(event_id, int(user_id), int(item_id), kind, float(value), float(timestamp))
+
+
+def label(event: Event) -> float:
+    """Signed training weight: > 0 pulls the item towards the user, < 0 pushes it away, 0 none."""
+    if event.kind == "rating":
+        if event.value >= 4:
+            return event.value - 3.0
+        if event.value <= 2:
+            return event.value - 3.0
+        return 0.0
+    if event.kind == "skip":
+        return -LABEL_WEIGHTS["skip"]
+    return LABEL_WEIGHTS[event.kind]

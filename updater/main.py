@@ -1,0 +1,136 @@
+"""`freshrec updater` / `python -m updater`: recover, then serve feedback and admin on gRPC.
+
+Start-up order: open the durable log, recover the newest good version (Triton made to serve it),
+start the engine (which replays the log after that version), and only then listen, so the first
+answered Status already describes a recovered updater.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from updater.settings import (
+    DEFAULT_KEEP_VERSIONS,
+    DEFAULT_LR,
+    DEFAULT_MAX_STEP,
+    DEFAULT_NEGATIVES,
+    DEFAULT_PUBLISH_EVERY_EVENTS,
+    DEFAULT_PUBLISH_EVERY_S,
+    DEFAULT_SHARD_KIB,
+    PublishPolicy,
+    TrainerConfig,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 50051
+DEFAULT_TRITON_URL = "127.0.0.1:8001"
+LOG_FILE = "feedback.sqlite"
+STATE_DIR = "updater"  # beside the repository, never inside it (Triton scans that folder)
+
+
+@dataclass(frozen=True)
+class UpdaterConfig:
+    repository: Path
+    triton_url: str = DEFAULT_TRITON_URL
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    state_dir: Path | None = None
+    policy: PublishPolicy = field(default_factory=PublishPolicy)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self):
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"UpdaterConfig.port must be in [0, 65535], got {self.port!r}")
+
+    @property
+    def log_path(self) -> Path:
+        state = self.state_dir if self.state_dir is not None else Path(self.repository).parent / STATE_DIR
+        return Path(state) / LOG_FILE
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The updater's flags, shared by `freshrec updater` and `python -m updater`."""
+    parser.add_argument("--repository", type=Path, default=Path("var/demo/repository"),
+                        help="the Triton model repository Triton serves")
+    parser.add_argument("--triton", default=DEFAULT_TRITON_URL,
+                        help=f"Triton gRPC address (default {DEFAULT_TRITON_URL})")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"updater gRPC port (default {DEFAULT_PORT})")
+    parser.add_argument("--state-dir", type=Path,
+                        help="where the feedback log lives (default: updater/ beside the repository)")
+    parser.add_argument("--publish-every-s", type=float, default=DEFAULT_PUBLISH_EVERY_S,
+                        help="publish at most this often while events arrive (T)")
+    parser.add_argument("--publish-every-events", type=int, default=DEFAULT_PUBLISH_EVERY_EVENTS,
+                        help="publish after this many new events even before T (M)")
+    parser.add_argument("--keep-versions", type=int, default=DEFAULT_KEEP_VERSIONS,
+                        help="published versions kept for rollback")
+    parser.add_argument("--shard-kib", type=int, default=DEFAULT_SHARD_KIB,
+                        help=f"table shard size in published versions (default {DEFAULT_SHARD_KIB} KiB)")
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="row-wise Adagrad learning rate")
+    parser.add_argument("--negatives", type=int, default=DEFAULT_NEGATIVES,
+                        help="sampled negative items per event")
+    parser.add_argument("--max-step", type=float, default=DEFAULT_MAX_STEP,
+                        help="clip of one event's step per row (L2 norm)")
+
+
+def config_from_args(args: argparse.Namespace) -> UpdaterConfig:
+    return UpdaterConfig(
+        repository=args.repository, triton_url=args.triton, host=args.host, port=args.port,
+        state_dir=args.state_dir,
+        policy=PublishPolicy(every_s=args.publish_every_s, every_events=args.publish_every_events,
+                             keep_versions=args.keep_versions, shard_kib=args.shard_kib),
+        trainer=TrainerConfig(lr=args.lr, negatives=args.negatives, max_step=args.max_step))
+
+
+def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -> None:
+    """Run until `stop` is set or SIGINT/SIGTERM arrives (main thread only)."""
+    import torch
+
+    from updater.engine import Engine
+    from updater.log import FeedbackLog
+    from updater.publisher import Publisher
+    from updater.service import grpc_server
+    from updater.triton_control import TritonControl
+
+    torch.set_num_threads(1)  # rows are tiny; leave the cores to Triton
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    feedback_log = FeedbackLog(config.log_path)
+    triton = TritonControl(config.triton_url)
+    publisher = Publisher(config.repository, triton, keep_versions=config.policy.keep_versions,
+                          shard_bytes=config.policy.shard_kib * 1024)
+    engine = Engine(feedback_log, publisher, policy=config.policy, trainer_config=config.trainer)
+    engine.recover()
+    engine.start()
+    server, port = grpc_server(f"{config.host}:{config.port}", feedback_log, engine, triton)
+    log.warning("updater ready on %s:%s (log %s, Triton %s, serving retrieve %s)",
+                config.host, port, config.log_path, config.triton_url, publisher.current)
+    try:
+        stop.wait()
+    finally:
+        server.stop(grace=2).wait()
+        engine.stop()
+        feedback_log.close()
+        triton.close()
+        log.warning("updater stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m updater", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_updater(config_from_args(args))
+    return 0

@@ -1,0 +1,211 @@
+"""Publishing retrieve versions: write (O(rows changed)), verify, load in Triton, probe, keep a few.
+
+    write_version(parent=current, changed_rows)   unchanged shards hard-linked, one atomic rename
+    verify_new_shards                             checksums of what was written
+    load_model("retrieve")                        Triton serves the newest version (latest 1)
+    probe                                         a recommend answered by exactly that version
+    gc                                            keep the newest `keep_versions`, delete older
+
+A version that fails any step is quarantined (renamed out of the numbered namespace, so Triton
+never loads it again), Triton is asked to load again so it serves the last good version, and the
+failure is kept for Status. Only this module talks to versions on the updater's side.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from model_repository import contract as c
+from model_repository import templates, versions
+from updater import faults
+from updater.triton_control import TritonControl, TritonError
+
+log = logging.getLogger(__name__)
+
+MAX_RECORDS = 64
+
+
+class PublishError(RuntimeError):
+    """A version was written but not served; it is quarantined and reported in Status."""
+
+
+@dataclass(frozen=True)
+class PublishRecord:
+    version: int
+    feedback_offset: int
+    started_at: float
+    kind: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FailedVersion:
+    version: int
+    reason: str
+    moved_to: str
+
+
+class Publisher:
+    def __init__(self, repository: Path, triton: TritonControl, *, keep_versions: int,
+                 shard_bytes: int):
+        self.repository = Path(repository)
+        self.model_dir = self.repository / c.RETRIEVE
+        self.triton = triton
+        self.keep_versions = keep_versions
+        self.shard_bytes = shard_bytes
+        self.current: int | None = None  # the last good version, served by Triton
+        self.records: list[PublishRecord] = []
+        self.failed: list[FailedVersion] = []
+
+    # -- recovery -------------------------------------------------------------------------
+    def recover(self) -> versions.Manifest:
+        """Drop half-written folders, pick the newest version that verifies, loads and answers
+        (quarantining newer ones that do not), and make Triton serve it. Returns its manifest."""
+        for path in versions.remove_stale_temporaries(self.model_dir):
+            log.warning("removed a half-written version folder left by a crash: %s", path.name)
+        for version in reversed(versions.list_versions(self.model_dir)):
+            version_dir = self.model_dir / str(version)
+            try:
+                manifest = versions.verify_version(version_dir)
+                started, timings = time.time(), {}
+                if self.triton.serving_versions((c.RETRIEVE,))[c.RETRIEVE] != version:
+                    log.warning("Triton does not serve retrieve %s, the newest good version: "
+                                "loading it", version)
+                    t0 = time.perf_counter()
+                    self.triton.load(c.RETRIEVE)
+                    timings["load_s"] = time.perf_counter() - t0
+                ids = versions.load_table(version_dir, manifest, "user_ids")
+                t0 = time.perf_counter()
+                self.triton.probe(version, int(ids[0]) if len(ids) else 0)
+                timings["probe_s"] = time.perf_counter() - t0
+            except versions.VersionError as exc:
+                self._quarantine(version, f"verification failed on recovery: {exc}")
+                continue
+            except TritonError as exc:
+                if not self.triton.is_live():
+                    raise  # Triton is down: nothing to learn about the version
+                self._quarantine(version, f"not served on recovery: {exc}")
+                self._restore_serving()
+                continue
+            self.current = version
+            self._record(version, manifest.feedback_offset, started, "recover", timings)
+            return manifest
+        raise PublishError(f"no retrieve version in {self.model_dir} verifies and serves")
+
+    # -- publishing -----------------------------------------------------------------------
+    def publish(self, tables: dict[str, np.ndarray], *, changed_rows: dict[str, np.ndarray] | None,
+                feedback_offset: int, probe_user: int, kind: str = "publish",
+                parent: int | None = None) -> int:
+        """Write, verify, load and probe a new version; returns its number. `parent` defaults to
+        the current version (a rollback passes its target). Raises PublishError on failure."""
+        parent = self.current if parent is None else parent
+        parent_dir = self.model_dir / str(parent)
+        meta = versions.read_manifest(parent_dir).meta
+        version = versions.next_version_number(self.model_dir)
+        started = time.time()
+        timings: dict[str, float] = {}
+        versions.write_version(
+            self.model_dir, version, tables, parent=parent, feedback_offset=feedback_offset,
+            meta=meta, changed_rows=changed_rows, shard_bytes=self.shard_bytes, timings=timings,
+            files={"model.py": templates.template(c.RETRIEVE)},
+            before_rename=lambda _tmp: faults.crash_point("before_rename"),
+        )
+        faults.crash_point("after_rename")
+        version_dir = self.model_dir / str(version)
+        if faults.take_fault("corrupt_once"):
+            _corrupt_a_new_shard(version_dir, parent_dir)
+        try:
+            t0 = time.perf_counter()
+            versions.verify_new_shards(version_dir, parent_dir)
+            timings["verify_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            self.triton.load(c.RETRIEVE)
+            timings["load_s"] = time.perf_counter() - t0
+            faults.crash_point("after_load")
+            t0 = time.perf_counter()
+            self.triton.probe(version, probe_user)
+            timings["probe_s"] = time.perf_counter() - t0
+        except (versions.VersionError, TritonError) as exc:
+            if isinstance(exc, TritonError) and not self.triton.is_live():
+                # not the version's fault: it stays on disk, Triton loads the newest when back
+                raise PublishError(f"Triton is unreachable; version {version} not loaded: {exc}") from exc
+            self._quarantine(version, str(exc))
+            self._restore_serving()
+            raise PublishError(f"version {version} not served: {exc}") from exc
+        self.current = version
+        self._record(version, feedback_offset, started, kind, timings)
+        self.collect_garbage()
+        log.info("published retrieve %s (offset %s, %s): %s", version, feedback_offset, kind,
+                 {k: round(v, 4) for k, v in timings.items()})
+        return version
+
+    def _restore_serving(self) -> None:
+        """After a quarantine the newest numbered version is the last good one: reload it."""
+        try:
+            self.triton.load(c.RETRIEVE)
+        except TritonError as exc:
+            log.error("reloading the last good version %s failed: %s", self.current, exc)
+
+    def _quarantine(self, version: int, reason: str) -> None:
+        moved = versions.quarantine_version(self.model_dir, version)
+        self.failed.append(FailedVersion(version, reason, moved.name))
+        log.error("version %s quarantined: %s", version, reason)
+
+    def _record(self, version, offset, started, kind, timings) -> None:
+        self.records.append(PublishRecord(version, offset, started, kind, dict(timings)))
+        del self.records[:-MAX_RECORDS]
+
+    def kept_versions(self) -> list[int]:
+        return versions.list_versions(self.model_dir)
+
+    def collect_garbage(self) -> list[int]:
+        """Delete all but the newest `keep_versions` versions (never the current one)."""
+        kept = self.kept_versions()
+        doomed = [v for v in kept[: max(0, len(kept) - self.keep_versions)] if v != self.current]
+        for version in doomed:
+            versions.remove_version(self.model_dir, version)
+        return doomed
+
+    def previous_version(self) -> int | None:
+        older = [v for v in self.kept_versions() if self.current is not None and v < self.current]
+        return older[-1] if older else None
+
+    def load_tables(self, version: int) -> tuple[versions.Manifest, dict[str, np.ndarray]]:
+        return versions.load_tables(self.model_dir / str(version))
+
+    def remove_versions_holding_user(self, user_id: int) -> list[int]:
+        """Delete every kept version except the current one, and every quarantined folder, whose
+        user_ids hold `user_id`. Returns the numbers of the kept versions removed."""
+        removed = []
+        for version in self.kept_versions():
+            if version != self.current and _holds_user(self.model_dir / str(version), user_id):
+                versions.remove_version(self.model_dir, version)
+                removed.append(version)
+        for _, path in versions.list_quarantined(self.model_dir):
+            if _holds_user(path, user_id):
+                versions.remove_quarantined(path)
+        return removed
+
+
+def _holds_user(version_dir: Path, user_id: int) -> bool:
+    try:
+        manifest = versions.read_manifest(version_dir)
+        ids = versions.load_table(version_dir, manifest, "user_ids")
+    except (versions.VersionError, OSError, ValueError):
+        return True  # unreadable: cannot prove the user is absent, so it goes
+    return bool(np.any(np.asarray(ids) == user_id))
+
+
+def _corrupt_a_new_shard(version_dir: Path, parent_dir: Path) -> None:
+    """Fault injection: flip the last byte of a shard written (not linked) for this version."""
+    written = versions.written_shards(version_dir, parent_dir)
+    if written:
+        data = bytearray(written[0].read_bytes())
+        data[-1] ^= 0xFF
+        written[0].write_bytes(bytes(data))
+        log.warning("fault injection: corrupted %s", written[0])

@@ -1,0 +1,55 @@
+"""The updater's settings: typed, checked, and free of heavy imports (the CLI reads the defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Publishing: at most every T seconds while events arrive, or after M events, whichever first.
+# T = 0.25 s keeps the wait for a publish well under the 1 s freshness goal (bench/freshness.py).
+DEFAULT_PUBLISH_EVERY_S = 0.25
+DEFAULT_PUBLISH_EVERY_EVENTS = 1000
+DEFAULT_KEEP_VERSIONS = 5
+# Shards of 128 KiB whatever the row width (1024 rows of 32 x fp32, 32768 ids): a changed row
+# rewrites its shard, the rest is hard-linked. Fixed rows per shard made the 4-byte-wide tables
+# (adagrad) 32x more shards than needed, and per-shard link + manifest work then grew with the
+# table: 1e6 rows, 100 changed: 822 ms with 1024 rows per shard (bench/freshness.py, (b)).
+DEFAULT_SHARD_KIB = 128
+# Training
+DEFAULT_LR = 0.05
+DEFAULT_NEGATIVES = 8
+DEFAULT_MAX_STEP = 0.25
+
+
+@dataclass(frozen=True)
+class PublishPolicy:
+    every_s: float = DEFAULT_PUBLISH_EVERY_S
+    every_events: int = DEFAULT_PUBLISH_EVERY_EVENTS
+    keep_versions: int = DEFAULT_KEEP_VERSIONS
+    shard_kib: int = DEFAULT_SHARD_KIB
+
+    def __post_init__(self):
+        if not self.every_s >= 0:
+            raise ValueError(f"PublishPolicy.every_s must be >= 0, got {self.every_s!r}")
+        if self.every_events < 1:
+            raise ValueError(f"PublishPolicy.every_events must be >= 1, got {self.every_events!r}")
+        if self.keep_versions < 2:
+            raise ValueError(f"PublishPolicy.keep_versions must be >= 2 (rollback needs one), "
+                             f"got {self.keep_versions!r}")
+        if self.shard_kib < 1:
+            raise ValueError(f"PublishPolicy.shard_kib must be >= 1, got {self.shard_kib!r}")
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    lr: float = DEFAULT_LR
+    negatives: int = DEFAULT_NEGATIVES
+    max_step: float = DEFAULT_MAX_STEP
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.lr > 0:
+            raise ValueError(f"TrainerConfig.lr must be > 0, got {self.lr!r}")
+        if self.negatives < 1:
+            raise ValueError(f"TrainerConfig.negatives must be >= 1, got {self.negatives!r}")
+        if not self.max_step > 0:
+            raise ValueError(f"TrainerConfig.max_step must be > 0, got {self.max_step!r}")

@@ -1,0 +1,213 @@
+"""Sparse fine-tuning of embedding rows from feedback, one event at a time, in log order.
+
+Per event only the touched rows move: the user's row, the event's item row and a few sampled
+negative item rows. The query is the frozen user tower applied to (user row, recency-pooled
+stored history), exactly as serving computes it; the loss is BPR of the event item against the
+negatives, signed by the event's label (a skip wants the negatives above the item). Rows step
+with row-wise Adagrad (one accumulator per row, the mean squared gradient, as FBGEMM's
+rowwise_adagrad), and each row's step is clipped to ``max_step`` in L2 norm, so one event
+cannot throw a row far. A positive event appends its item to the user's stored history
+(most recent last) and counts towards the item's popularity.
+
+Negatives come from a generator seeded with (seed, event offset): replaying the same events
+from the same tables gives the same tables, which is what crash recovery relies on.
+
+Tables live in arrays with headroom (capacity doubles) so new users and items cost amortised
+O(1); `tables()` hands out views with the real row counts.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from model_repository.pooling import DEFAULT_RECENCY_DECAY, recency_weights
+from updater.events import Event, label
+from updater.settings import TrainerConfig
+
+log = logging.getLogger(__name__)
+
+USER_TABLES = ("user_ids", "user_rows", "user_history", "user_adagrad")
+ITEM_TABLES = ("item_ids", "item_rows", "item_popularity", "item_adagrad")
+ADAGRAD_EPS = 1e-8
+NEW_ITEM_STD = 0.05  # exporter.train.INIT_STD: a new item starts like an untrained one
+
+
+class _Grown:
+    """A table with headroom: rows [0, n) are live, capacity doubles when it runs out."""
+
+    def __init__(self, array: np.ndarray, fill):
+        self.n = array.shape[0]
+        self.fill = fill
+        self.data = np.array(array, copy=True)
+
+    def append(self, row) -> int:
+        if self.n == self.data.shape[0]:
+            grown = np.full((max(2 * self.n, 16), *self.data.shape[1:]), self.fill,
+                            dtype=self.data.dtype)
+            grown[: self.n] = self.data[: self.n]
+            self.data = grown
+        self.data[self.n] = row
+        self.n += 1
+        return self.n - 1
+
+    def delete(self, row: int) -> None:
+        self.data[row : self.n - 1] = self.data[row + 1 : self.n].copy()
+        self.n -= 1
+        self.data[self.n] = self.fill
+
+    @property
+    def live(self) -> np.ndarray:
+        return self.data[: self.n]
+
+
+class SparseTrainer:
+    """Trainer state: the retrieve tables of one version plus what changed since it."""
+
+    def __init__(self, tables: dict[str, np.ndarray], tower: torch.nn.Module, *,
+                 recency_decay: float = DEFAULT_RECENCY_DECAY,
+                 config: TrainerConfig | None = None):
+        self.tower = tower.eval()
+        for p in self.tower.parameters():
+            p.requires_grad_(False)  # frozen: only rows train
+        self.decay = recency_decay
+        self.config = config or TrainerConfig()
+        self.reset(tables)
+
+    def reset(self, tables: dict[str, np.ndarray]) -> None:
+        """Start over from a version's tables (adagrad accumulators default to zero)."""
+        n_users, n_items = len(tables["user_ids"]), len(tables["item_ids"])
+        history_len = tables["user_history"].shape[1]
+        self.t = {
+            "user_ids": _Grown(tables["user_ids"], -1),
+            "user_rows": _Grown(tables["user_rows"], 0.0),
+            "user_history": _Grown(tables["user_history"], -1),
+            "user_adagrad": _Grown(tables.get("user_adagrad", np.zeros(n_users, np.float32)), 0.0),
+            "item_ids": _Grown(tables["item_ids"], -1),
+            "item_rows": _Grown(tables["item_rows"], 0.0),
+            "item_popularity": _Grown(tables["item_popularity"], 0.0),
+            "item_adagrad": _Grown(tables.get("item_adagrad", np.zeros(n_items, np.float32)), 0.0),
+        }
+        self.history_len = history_len
+        self.user_index = {int(u): r for r, u in enumerate(self.t["user_ids"].live)}
+        self.item_index = {int(i): r for r, i in enumerate(self.t["item_ids"].live)}
+        self.clear_changes()
+
+    def clear_changes(self) -> None:
+        """Forget what changed: called once a version holding the current tables is published."""
+        self.changed: dict[str, set[int]] = {name: set() for name in self.t}
+        self.rewritten: set[str] = set()  # tables whose rows moved (a user forgotten)
+
+    @property
+    def n_users(self) -> int:
+        return self.t["user_ids"].n
+
+    @property
+    def n_items(self) -> int:
+        return self.t["item_ids"].n
+
+    def tables(self) -> dict[str, np.ndarray]:
+        """The live tables by name (views: copy them if the trainer keeps running meanwhile)."""
+        return {name: table.live for name, table in self.t.items()}
+
+    def changed_rows(self) -> dict[str, np.ndarray]:
+        """Rows changed since the last clear_changes, for versions.write_version (tables whose
+        rows moved are left out, so they are written in full)."""
+        return {name: np.fromiter(sorted(rows), dtype=np.int64, count=len(rows))
+                for name, rows in self.changed.items() if name not in self.rewritten}
+
+    def has_changes(self) -> bool:
+        return bool(self.rewritten) or any(self.changed.values())
+
+    def _user_row(self, user_id: int) -> int:
+        row = self.user_index.get(user_id)
+        if row is None:
+            dim = self.t["user_rows"].data.shape[1]
+            row = self.t["user_ids"].append(user_id)
+            # a new user starts with a zero row: served from history alone, as trained for
+            # (exporter.train's user_dropout)
+            self.t["user_rows"].append(np.zeros(dim, np.float32))
+            self.t["user_history"].append(np.full(self.history_len, -1, np.int64))
+            self.t["user_adagrad"].append(0.0)
+            self.user_index[user_id] = row
+            for name in USER_TABLES:
+                self.changed[name].add(row)
+        return row
+
+    def _item_row(self, item_id: int) -> int:
+        row = self.item_index.get(item_id)
+        if row is None:
+            dim = self.t["item_rows"].data.shape[1]
+            init = np.random.default_rng([self.config.seed, item_id]).normal(0, NEW_ITEM_STD, dim)
+            row = self.t["item_ids"].append(item_id)
+            self.t["item_rows"].append(init.astype(np.float32))
+            self.t["item_popularity"].append(0.0)
+            self.t["item_adagrad"].append(0.0)
+            self.item_index[item_id] = row
+            for name in ITEM_TABLES:
+                self.changed[name].add(row)
+        return row
+
+    def _pooled(self, user_row: int) -> np.ndarray:
+        history = self.t["user_history"].data[user_row]
+        rows = history[history >= 0]
+        dim = self.t["item_rows"].data.shape[1]
+        if rows.size == 0:
+            return np.zeros(dim, np.float32)
+        weights = recency_weights(np.array([0, rows.size]), decay=self.decay)
+        return (weights[:, None] * self.t["item_rows"].data[rows]).sum(0).astype(np.float32)
+
+    def _adagrad_step(self, table: str, acc_table: str, rows: np.ndarray, grads: np.ndarray) -> None:
+        acc = self.t[acc_table].data
+        acc[rows] += np.mean(grads * grads, axis=1)
+        step = self.config.lr * grads / (np.sqrt(acc[rows])[:, None] + ADAGRAD_EPS)
+        norms = np.linalg.norm(step, axis=1, keepdims=True)
+        step *= np.minimum(1.0, self.config.max_step / np.maximum(norms, 1e-12))  # per-event clip
+        self.t[table].data[rows] -= step.astype(np.float32)
+        self.changed[table].update(int(r) for r in rows)
+        self.changed[acc_table].update(int(r) for r in rows)
+
+    def apply(self, event: Event) -> None:
+        """Train on one event and update the user's history and the item's popularity."""
+        user_row = self._user_row(event.user_id)
+        item_row = self._item_row(event.item_id)
+        weight = label(event)
+        if weight != 0 and self.n_items > 1:
+            self._train_step(event, user_row, item_row, weight)
+        if weight > 0:
+            history = self.t["user_history"].data[user_row]
+            history[:-1] = history[1:].copy()
+            history[-1] = item_row
+            self.changed["user_history"].add(user_row)
+            self.t["item_popularity"].data[item_row] += 1.0
+            self.changed["item_popularity"].add(item_row)
+
+    def _train_step(self, event: Event, user_row: int, item_row: int, weight: float) -> None:
+        rng = np.random.default_rng([self.config.seed, event.offset])
+        negatives = rng.integers(0, self.n_items - 1, size=self.config.negatives)
+        negatives = np.unique(negatives + (negatives >= item_row))  # never the event's item
+        user = torch.from_numpy(self.t["user_rows"].data[user_row].copy()).requires_grad_(True)
+        pooled = torch.from_numpy(self._pooled(user_row))
+        item_rows = np.concatenate([[item_row], negatives])
+        items = torch.from_numpy(self.t["item_rows"].data[item_rows].copy()).requires_grad_(True)
+        query = self.tower(user[None], pooled[None])[0]
+        scores = items @ query
+        margin = scores[0] - scores[1:] if weight > 0 else scores[1:] - scores[0]
+        loss = -abs(weight) * torch.nn.functional.logsigmoid(margin).mean()
+        loss.backward()
+        self._adagrad_step("user_rows", "user_adagrad", np.array([user_row]),
+                           user.grad.numpy()[None].astype(np.float64))
+        self._adagrad_step("item_rows", "item_adagrad", item_rows, items.grad.numpy().astype(np.float64))
+
+    def forget_user(self, user_id: int) -> bool:
+        """Remove a user's row, history and accumulator. Returns False if the user had no row."""
+        row = self.user_index.pop(user_id, None)
+        if row is None:
+            return False
+        for name in USER_TABLES:
+            self.t[name].delete(row)
+            self.rewritten.add(name)
+        self.user_index = {int(u): r for r, u in enumerate(self.t["user_ids"].live)}
+        return True

@@ -1,0 +1,86 @@
+"""The updater's side of Triton: explicit load_model, which version serves, and the probe."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from model_repository import contract as c
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 60.0
+PROBE_DEADLINE_S = 5.0
+
+
+class TritonError(RuntimeError):
+    """Triton refused or failed a control or probe call; the message says which."""
+
+
+class TritonControl:
+    """Thread-safe wrapper of one tritonclient gRPC connection."""
+
+    def __init__(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.url = url
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._client = grpcclient.InferenceServerClient(url)
+
+    def load(self, model: str) -> None:
+        """load_model: Triton rescans the model folder and serves its newest version (policy
+        latest 1); the old version keeps serving until the new one is ready."""
+        with self._lock:
+            try:
+                self._client.load_model(model, client_timeout=self.timeout_s)
+            except Exception as exc:  # noqa: BLE001 - tritonclient raises several types
+                raise TritonError(f"load_model({model}) failed: {exc}") from exc
+
+    def is_live(self) -> bool:
+        with self._lock:
+            try:
+                return bool(self._client.is_server_live(client_timeout=5.0))
+            except Exception:  # noqa: BLE001 - unreachable is the answer
+                return False
+
+    def serving_versions(self, models: tuple[str, ...]) -> dict[str, int]:
+        """model -> the newest READY version (-1 when none is ready or Triton does not answer)."""
+        found = {m: -1 for m in models}
+        with self._lock:
+            try:
+                index = self._client.get_model_repository_index()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("repository index from %s failed: %s", self.url, exc)
+                return found
+        for entry in index.models:
+            if entry.name in found and entry.state == "READY" and entry.version.isdigit():
+                found[entry.name] = max(found[entry.name], int(entry.version))
+        return found
+
+    def probe(self, version: int, user_id: int) -> None:
+        """A real recommend request must be answered by `version` (retried briefly while the
+        ensemble still routes to the old one). Raises TritonError otherwise."""
+        inputs = [grpcclient.InferInput(c.USER_ID, [1, 1], "INT64"),
+                  grpcclient.InferInput(c.K, [1, 1], "INT32")]
+        inputs[0].set_data_from_numpy(np.array([[user_id]], dtype=np.int64))
+        inputs[1].set_data_from_numpy(np.array([[1]], dtype=np.int32))
+        deadline = time.monotonic() + PROBE_DEADLINE_S
+        answered = None
+        while True:
+            with self._lock:
+                try:
+                    result = self._client.infer(c.RECOMMEND, inputs, client_timeout=self.timeout_s)
+                    answered = int(result.as_numpy(c.VERSION).reshape(-1)[0])
+                except Exception as exc:  # noqa: BLE001
+                    raise TritonError(f"probe of version {version} failed: {exc}") from exc
+            if answered == version:
+                return
+            if time.monotonic() > deadline:
+                raise TritonError(f"probe: version {answered} answered, expected {version}")
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self._client.close()
