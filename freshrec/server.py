@@ -91,6 +91,18 @@ def project_pythonpath() -> str:
     return os.pathsep.join(dict.fromkeys(paths))
 
 
+def die_with_parent() -> None:
+    """Popen preexec_fn: the child gets SIGTERM when the process that started it dies, so a
+    killed test run or `kill -9` of `freshrec serve` leaves no orphaned server holding ports."""
+    import ctypes
+
+    pr_set_pdeathsig = 1  # from <sys/prctl.h>
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except OSError:  # not Linux/glibc: nothing to arm, the server is stopped explicitly anyway
+        pass
+
+
 def free_port(host: str = DEFAULT_HOST) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -181,6 +193,7 @@ class TritonServer:
             stdout=self._log_handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
+            preexec_fn=die_with_parent,
         )
         try:
             self.wait_ready(timeout_s=timeout_s)

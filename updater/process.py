@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 
+from freshrec.server import die_with_parent
 from updater.proto import freshrec_updater_pb2 as pb
 from updater.proto import freshrec_updater_pb2_grpc as pb_grpc
 
@@ -63,8 +64,10 @@ class UpdaterProcess:
         self._log = open(self.log_path, "ab")
         env = dict(os.environ if self.env is None else self.env)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+        # its own session: a terminal's Ctrl-C reaches `freshrec serve`, which stops it in order
         self.process = subprocess.Popen(self.command(), cwd=PROJECT_ROOT, env=env, stdout=self._log,
-                                        stderr=subprocess.STDOUT)
+                                        stderr=subprocess.STDOUT, start_new_session=True,
+                                        preexec_fn=die_with_parent)
         if wait:
             self.wait_ready(timeout_s=timeout_s)
         return self
