@@ -38,15 +38,22 @@ def _tensor(name: str, values: np.ndarray) -> grpcclient.InferInput:
 
 
 def recommend_inputs(
-    user_id: int,
+    user_id: int | None,
     *,
     k: int | None = None,
     history: Sequence[int] | None = None,
     exclude: Sequence[int] | None = None,
     exclude_seen: bool = False,
+    text: str | bytes | None = None,
 ) -> list[grpcclient.InferInput]:
-    """The request tensors for one recommend call (batch dimension of 1)."""
-    inputs = [_tensor(c.USER_ID, np.array([[user_id]], dtype=np.int64))]
+    """The request tensors for one recommend call (batch dimension of 1). ``user_id`` may be None
+    only with ``text`` (text search); ``text`` as bytes is sent as given (UTF-8 expected)."""
+    inputs = []
+    if user_id is not None:
+        inputs.append(_tensor(c.USER_ID, np.array([[user_id]], dtype=np.int64)))
+    if text is not None:
+        raw = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        inputs.append(_tensor(c.QUERY_TEXT, np.array([[raw]], dtype=np.object_)))
     if k is not None:
         inputs.append(_tensor(c.K, np.array([[k]], dtype=np.int32)))
     if history is not None:
@@ -59,7 +66,8 @@ def recommend_inputs(
 
 
 class Client:
-    """`Client(url).recommend(user_id, k=10, history=None, exclude=None)`; a context manager."""
+    """`Client(url).recommend(user_id, k=10, history=None, exclude=None, text=None)`; a context
+    manager. `Client(url).recommend(None, text="space opera")` is text search."""
 
     def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S,
                  model: str = c.RECOMMEND):
@@ -70,19 +78,21 @@ class Client:
 
     def recommend(
         self,
-        user_id: int,
+        user_id: int | None,
         k: int = c.DEFAULT_K,
         history: Sequence[int] | None = None,
         exclude: Sequence[int] | None = None,
         *,
         exclude_seen: bool = False,
+        text: str | bytes | None = None,
     ) -> Recommendation:
-        """Top-k items for a user, best first. Raises tritonclient's InferenceServerException
-        (status INVALID_ARGUMENT naming the field) on bad input."""
+        """Top-k items for a user, best first; with ``text``, blended with (or, for user None,
+        searched by) that text. Raises tritonclient's InferenceServerException (status
+        INVALID_ARGUMENT naming the field) on bad input."""
         result = self._grpc.infer(
             self.model,
             recommend_inputs(user_id, k=k, history=history, exclude=exclude,
-                             exclude_seen=exclude_seen),
+                             exclude_seen=exclude_seen, text=text),
             outputs=[grpcclient.InferRequestedOutput(n) for n in (c.ITEM_IDS, c.SCORES, c.VERSION)],
             client_timeout=self.timeout_s,
         )

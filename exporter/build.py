@@ -2,8 +2,13 @@
 
 The repository holds three models: `user_tower` (ONNX file run by onnxruntime in the python
 backend; a TensorRT plan beside it on GPU hosts), `retrieve` (python backend over the version's
-tables) and `recommend` (the public ensemble entry point). Version 1 of each is written through
-model_repository.versions, the owner of the on-disk format.
+tables) and `recommend` (the public ensemble entry point); a fourth, `text_encoder` (MiniLM,
+tokenizers + onnxruntime), when the items have titles and ``text_encoder`` is not turned off.
+Version 1 of each is written through model_repository.versions, the owner of the on-disk format.
+
+With the text encoder, a random DEFAULT_COLD_FRACTION of the titled items is held out of training
+entirely (cold items), every titled item without training events gets its row from its projected
+title, and the build reports recall@10 on cold-item targets next to random and popularity.
 """
 
 from __future__ import annotations
@@ -19,9 +24,19 @@ import numpy as np
 from exporter import data as datasets
 from exporter.evaluate import evaluate, format_quality_table
 from exporter.onnx_export import build_tensorrt_plan, check_onnx_parity, export_user_tower
+from exporter.text_projection import (
+    TextProjection,
+    apply_text_rows,
+    cold_item_quality,
+    drop_items,
+    pick_cold_items,
+    titled_rows,
+)
 from exporter.train import TrainConfig, TrainedModel, save_tower, train_base_model
 from model_repository import configs, templates, versions
 from model_repository import contract as c
+from model_repository.text_encoding import ONNX_FILE as TEXT_ONNX_FILE
+from model_repository.text_encoding import TOKENIZER_FILE, TextEncoderRuntime
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +46,8 @@ ONNX_FILE = "model.onnx"
 TOWER_FILE = "tower.pt"
 PLAN_FILE = "model.plan"
 FIRST_VERSION = 1
+COLD_TABLE_COLUMNS = ("recall@10", "ndcg@10")
+ENCODE_BATCH = 128  # titles per onnxruntime call while building
 
 
 class BuildError(RuntimeError):
@@ -44,10 +61,27 @@ class BuildResult:
     quality_table: str
     onnx_max_abs_err: float
     tensorrt_plan: Path | None
+    text_parity_max_abs_err: float | None = None  # None: built without the text encoder
+    cold_quality_table: str = ""                  # "" : built without the text encoder
+    cold_items: int = 0
 
 
-def retrieve_tables(model: TrainedModel) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class TextExport:
+    """What the `text_encoder` version and retrieve's text tables are written from."""
+
+    onnx_path: Path
+    tokenizer_path: Path
+    projection: TextProjection
+
+
+def retrieve_tables(model: TrainedModel, projection: TextProjection | None = None
+                    ) -> dict[str, np.ndarray]:
     """The tables a retrieve version serves from, by name (the names model.py reads)."""
+    text = {} if projection is None else {
+        "text_projection": np.asarray(projection.weight, dtype=np.float32),
+        "text_projection_bias": np.asarray(projection.bias, dtype=np.float32),
+    }
     return {
         "user_ids": np.asarray(model.user_ids, dtype=np.int64),
         "item_ids": np.asarray(model.item_ids, dtype=np.int64),
@@ -55,11 +89,14 @@ def retrieve_tables(model: TrainedModel) -> dict[str, np.ndarray]:
         "item_rows": np.asarray(model.item_rows, dtype=np.float32),
         "user_history": np.asarray(model.user_history, dtype=np.int64),
         "item_popularity": np.asarray(model.item_popularity, dtype=np.float32),
+        **text,
     }
 
 
-def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = True) -> BuildResult:
-    """Export `model` as version 1 of a fresh repository. Returns what was written."""
+def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = True,
+                     text: TextExport | None = None) -> BuildResult:
+    """Export `model` as version 1 of a fresh repository (with `text_encoder` when ``text`` is
+    given). Returns what was written."""
     repository = Path(repository)
     dim = int(model.item_rows.shape[1])
     with tempfile.TemporaryDirectory(prefix="freshrec-export-") as scratch:
@@ -76,17 +113,29 @@ def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = 
         versions.write_version(
             repository / c.USER_TOWER, FIRST_VERSION, {}, files=tower_files, meta={"dim": dim}
         )
+    text_meta = {}
+    if text is not None:
+        configs.write_config(repository / c.TEXT_ENCODER, configs.text_encoder_config())
+        versions.write_version(
+            repository / c.TEXT_ENCODER, FIRST_VERSION, {},
+            files={"model.py": templates.template(c.TEXT_ENCODER), TEXT_ONNX_FILE: text.onnx_path,
+                   TOKENIZER_FILE: text.tokenizer_path},
+            meta={"dim": c.TEXT_DIM, "max_tokens": c.MAX_TEXT_TOKENS,
+                  "max_chars": c.MAX_TEXT_CHARS},
+        )
+        text_meta = {"text_encoder_version": FIRST_VERSION, "text_weight": c.DEFAULT_TEXT_WEIGHT}
     configs.write_config(repository / c.RETRIEVE, configs.retrieve_config())
     versions.write_version(
         repository / c.RETRIEVE,
         FIRST_VERSION,
-        retrieve_tables(model),
+        retrieve_tables(model, text.projection if text is not None else None),
         files={"model.py": templates.template(c.RETRIEVE)},
         meta={
             "dim": dim,
             "user_tower_version": FIRST_VERSION,
             "history_len": model.config.history_len,
             "recency_decay": model.config.recency_decay,
+            **text_meta,
         },
     )
     configs.write_config(repository / c.RECOMMEND, configs.recommend_config())
@@ -106,8 +155,12 @@ def build(
     force: bool = False,
     progress: bool = True,
     tensorrt: bool = True,
+    text_encoder: bool | None = None,
 ) -> BuildResult:
-    """Train on the earliest 80 % of events, evaluate on the rest, export version 1 under out/."""
+    """Train on the earliest 80 % of events, evaluate on the rest, export version 1 under out/.
+
+    ``text_encoder``: export MiniLM as `text_encoder`, learn the text projection, hold cold items
+    out and report their quality; None (the default) means "when the items have titles"."""
     out = Path(out)
     repository = out / REPOSITORY_DIR
     if repository.exists():
@@ -123,9 +176,51 @@ def build(
         ratings = Path(data)
         dataset = datasets.read_dataset(ratings, items)
     train, test = datasets.split_by_time(dataset.interactions)
+    has_titles = dataset.items is not None and any(t.strip() for t in dataset.items.titles)
+    if text_encoder is None:
+        text_encoder = has_titles
+    if text_encoder and not has_titles:
+        raise BuildError("the text encoder needs item titles: give --items with titles, or turn "
+                         "it off with --no-text-encoder")
+    cold_ids = pick_cold_items(dataset.items) if text_encoder else np.zeros(0, np.int64)
+    train = drop_items(train, cold_ids)  # cold items: held out of training entirely
     log.info("training on %d events, evaluating on %d", len(train), len(test))
     model = train_base_model(train, items=dataset.items, config=config or TrainConfig(),
                              progress=progress)
-    quality = format_quality_table(evaluate(model, train, test))
-    result = write_repository(model, repository, tensorrt=tensorrt)
-    return BuildResult(repository, ratings, quality, result.onnx_max_abs_err, result.tensorrt_plan)
+    if not text_encoder:
+        quality = format_quality_table(evaluate(model, train, test))
+        result = write_repository(model, repository, tensorrt=tensorrt)
+        return BuildResult(repository, ratings, quality, result.onnx_max_abs_err,
+                           result.tensorrt_plan)
+    with tempfile.TemporaryDirectory(prefix="freshrec-text-") as scratch:
+        text, parity = _text_export(model, dataset.items, Path(scratch))
+        quality = format_quality_table(evaluate(model, train, test))
+        cold = format_quality_table(cold_item_quality(model, train, test, cold_ids),
+                                    columns=COLD_TABLE_COLUMNS)
+        result = write_repository(model, repository, tensorrt=tensorrt, text=text)
+    return BuildResult(repository, ratings, quality, result.onnx_max_abs_err, result.tensorrt_plan,
+                       text_parity_max_abs_err=parity, cold_quality_table=cold,
+                       cold_items=int(cold_ids.size))
+
+
+def _text_export(model: TrainedModel, items: datasets.Items, scratch: Path
+                 ) -> tuple[TextExport, float]:
+    """Export MiniLM to ONNX under ``scratch`` (parity checked), encode every title with it, fit
+    the projection and give titled items without training events their projected rows."""
+    from exporter.text_encoder import (  # torch + transformers: only builds with text need them
+        check_text_parity,
+        export_text_encoder,
+        load_torch_encoder,
+        tokenizer_file,
+    )
+
+    tokenizer_path = tokenizer_file()
+    encoder = load_torch_encoder()
+    onnx_path = export_text_encoder(encoder, scratch / TEXT_ONNX_FILE)
+    parity = check_text_parity(encoder, onnx_path, tokenizer_path=tokenizer_path)
+    runtime = TextEncoderRuntime(onnx_path, tokenizer_path)
+    rows, titles = titled_rows(model, items)
+    text_emb = np.concatenate([runtime.encode(titles[i:i + ENCODE_BATCH])
+                               for i in range(0, len(titles), ENCODE_BATCH)])
+    projection, _ = apply_text_rows(model, rows, text_emb)
+    return TextExport(onnx_path, tokenizer_path, projection), parity

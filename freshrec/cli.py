@@ -38,7 +38,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     try:
         result = build(
             args.out, data=args.data, items=args.items, synthetic=args.synthetic, force=args.force,
-            progress=not args.quiet,
+            progress=not args.quiet, text_encoder=False if args.no_text_encoder else None,
         )
     except (BuildError, DataError) as exc:
         raise UserError(str(exc)) from exc
@@ -46,6 +46,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     print("quality on the latest 20% of events by time (trained on the earliest 80%):")
     print(result.quality_table)
     print(f"user tower exported to ONNX (max |onnx - torch| = {result.onnx_max_abs_err:.2e})")
+    if result.text_parity_max_abs_err is not None:
+        print(f"text encoder (all-MiniLM-L6-v2) exported to ONNX "
+              f"(max |onnx - torch| = {result.text_parity_max_abs_err:.2e})")
+        print(f"cold items ({result.cold_items} titled items held out of training, rows from "
+              "their projected titles), test targets that are cold items only:")
+        print(result.cold_quality_table)
+    else:
+        print("text encoder: not built (no item titles, or --no-text-encoder)")
     if result.tensorrt_plan is not None:
         print(f"TensorRT plan: {result.tensorrt_plan}")
     else:
@@ -60,9 +68,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     repository = Path(args.repository)
     log_path = Path(args.log) if args.log else repository.parent / "tritonserver.log"
+    # load every model the repository has: text_encoder only exists in builds with titles
+    models = tuple(m for m in (c.USER_TOWER, c.TEXT_ENCODER, c.RETRIEVE, c.RECOMMEND)
+                   if (repository / m).is_dir())
     server = TritonServer(
         repository,
-        models=(c.USER_TOWER, c.RETRIEVE, c.RECOMMEND),
+        models=models,
         host=args.host,
         grpc_port=args.grpc_port,
         http_port=args.http_port,
@@ -188,17 +199,23 @@ def cmd_forget_user(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     from tritonclient.utils import InferenceServerException
 
+    if args.user is None and args.text is None:
+        raise UserError("give --user ID, --text TEXT, or both")
+
     from clients import Client
 
     try:
         with Client(args.url) as client:
             answer = client.recommend(
                 args.user, k=args.k, history=args.history, exclude=args.exclude,
-                exclude_seen=args.exclude_seen,
+                exclude_seen=args.exclude_seen, text=args.text,
             )
     except InferenceServerException as exc:
         raise UserError(f"recommend failed: {exc}") from exc
-    print(json.dumps({"user_id": args.user, **answer.to_json()}, indent=2))
+    asked = {"user_id": args.user} if args.user is not None else {}
+    if args.text is not None:
+        asked["text"] = args.text
+    print(json.dumps({**asked, **answer.to_json()}, indent=2))
     return 0
 
 
@@ -222,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder (repository/ goes in it)")
     p.add_argument("--force", action="store_true", help="replace an existing repository")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-text-encoder", action="store_true",
+                   help="no text_encoder model, text projection or cold-item hold-out "
+                        "(default: built when the items have titles)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("serve", help="start tritonserver on a model repository")
@@ -271,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_forget_user)
 
     p = sub.add_parser("recommend", help="ask the server for a user's top-K items (prints JSON)")
-    p.add_argument("--user", type=int, required=True, help="external user id")
+    p.add_argument("--user", type=int, help="external user id (required unless --text is given)")
+    p.add_argument("--text", help="query text: blended with the user's taste, or, without --user, "
+                                  "a text search over the catalogue")
     p.add_argument("--k", type=int, default=10, help="how many items (default 10)")
     p.add_argument("--history", type=_id_list, help="recent item ids, most recent last: 1,2,3")
     p.add_argument("--exclude", type=_id_list, help="item ids never to return: 4,5")

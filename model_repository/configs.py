@@ -37,6 +37,7 @@ def _add_query_io(config) -> None:
     _add_input(config, c.HISTORY, mc.TYPE_INT64, [-1], optional=True, ragged=True)
     _add_input(config, c.EXCLUDE, mc.TYPE_INT64, [-1], optional=True, ragged=True)
     _add_input(config, c.EXCLUDE_SEEN, mc.TYPE_BOOL, [1], optional=True)
+    _add_input(config, c.QUERY_TEXT, mc.TYPE_STRING, [1], optional=True)
     _add_output(config, c.ITEM_IDS, mc.TYPE_INT64, [-1])
     _add_output(config, c.SCORES, mc.TYPE_FP32, [-1])
     _add_output(config, c.VERSION, mc.TYPE_INT64, [1])
@@ -67,13 +68,22 @@ def user_tower_config(*, dim: int, instances: int = 1) -> mc.ModelConfig:
     return config
 
 
+def text_encoder_config(*, instances: int = 1,
+                        queue_delay_us: int = DEFAULT_QUEUE_DELAY_US) -> mc.ModelConfig:
+    """TEXT (BYTES, UTF-8, tokenised in the model) -> TEXT_EMB (FP32, normalised)."""
+    config = _python_model(c.TEXT_ENCODER, instances=instances, queue_delay_us=queue_delay_us)
+    _add_input(config, c.TEXT, mc.TYPE_STRING, [1])
+    _add_output(config, c.TEXT_EMB, mc.TYPE_FP32, [c.TEXT_DIM])
+    return config
+
+
 def recommend_config() -> mc.ModelConfig:
     """The public entry point: an ensemble with one step, so clients keep one stable name while
     `retrieve` versions come and go underneath it."""
     config = mc.ModelConfig(name=c.RECOMMEND, platform="ensemble", max_batch_size=c.MAX_BATCH_SIZE)
     _add_query_io(config)
     step = config.ensemble_scheduling.step.add(model_name=c.RETRIEVE, model_version=-1)
-    for name in (c.USER_ID, c.K, c.HISTORY, c.EXCLUDE, c.EXCLUDE_SEEN):
+    for name in (c.USER_ID, c.K, c.HISTORY, c.EXCLUDE, c.EXCLUDE_SEEN, c.QUERY_TEXT):
         step.input_map[name] = name
     for name in (c.ITEM_IDS, c.SCORES, c.VERSION):
         step.output_map[name] = name

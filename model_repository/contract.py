@@ -4,6 +4,7 @@
 RECOMMEND = "recommend"      # public entry point (ensemble over RETRIEVE)
 RETRIEVE = "retrieve"        # python backend: id maps, gather/pool, tower call, score + top-K
 USER_TOWER = "user_tower"    # python backend running the ONNX user tower with onnxruntime
+TEXT_ENCODER = "text_encoder"  # python backend: tokenizers + ONNX MiniLM with onnxruntime
 
 # recommend / retrieve inputs
 USER_ID = "USER_ID"          # INT64 [1]
@@ -11,6 +12,7 @@ K = "K"                      # INT32 [1], optional, default DEFAULT_K
 HISTORY = "HISTORY"          # INT64 [-1], optional, external item ids, most recent last
 EXCLUDE = "EXCLUDE"          # INT64 [-1], optional, external item ids never to return
 EXCLUDE_SEEN = "EXCLUDE_SEEN"  # BOOL [1], optional: also exclude the history used for the query
+QUERY_TEXT = "QUERY_TEXT"    # BYTES [1], optional, UTF-8: blend (or, with no USER_ID, search) by text
 
 # recommend / retrieve outputs
 ITEM_IDS = "ITEM_IDS"        # INT64 [-1], best first
@@ -22,5 +24,18 @@ USER_EMB = "USER_EMB"        # FP32 [d], the user's row (zeros for an unknown us
 HISTORY_EMB = "HISTORY_EMB"  # FP32 [d], recency-weighted pool of recent item rows
 QUERY = "QUERY"              # FP32 [d]
 
+# text_encoder tensors
+TEXT = "TEXT"                # BYTES [1], UTF-8, tokenised on the server
+TEXT_EMB = "TEXT_EMB"        # FP32 [TEXT_DIM], L2-normalised mean-pooled MiniLM embedding
+
 DEFAULT_K = 10
+TEXT_DIM = 384               # all-MiniLM-L6-v2's hidden size
+# Text limits, checked before any work: an empty (or all-whitespace) text, more than MAX_TEXT_CHARS
+# characters or more than MAX_TEXT_TOKENS word pieces ([CLS] and [SEP] included; the model's own
+# limit, sentence_bert_config.json) is INVALID_ARGUMENT naming the field, never silently truncated.
+MAX_TEXT_CHARS = 2000
+MAX_TEXT_TOKENS = 256
+# query = user_query + TEXT_WEIGHT * ||user_query|| * unit(projected text) when QUERY_TEXT comes
+# with a user (row or history); without one the query is the projected text alone.
+DEFAULT_TEXT_WEIGHT = 1.0
 MAX_BATCH_SIZE = 64

@@ -7,6 +7,12 @@ when there is none. Rows -> query: the history is pooled with recency weights (k
 and the user tower turns (user row, pooled history) into a query. Query -> answer: one fused
 score + top-K pass over the item table (kernels.score_topk) with per-request exclusions.
 
+Text (QUERY_TEXT): the text's embedding (the `text_encoder` model, through the `TextFn` given)
+is projected into the item space with the version's `text_projection` tables; with a user (a
+row or a usable history) it is blended into the user's query (see `blend_text`), otherwise the
+projected text is the query: pure text search over the catalogue. Without QUERY_TEXT nothing
+changes.
+
 Imports stay light (numpy and kernels' numpy path only): the stub imports this on every reload.
 """
 
@@ -24,6 +30,9 @@ from model_repository import versions
 from model_repository.pooling import DEFAULT_RECENCY_DECAY, recency_weights
 
 TowerFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# decoded texts -> (B, TEXT_DIM) float32 embeddings; raises RequestError for a text it refuses
+TextFn = Callable[[list[str]], np.ndarray]
+TEXT_TABLES = ("text_projection", "text_projection_bias")
 
 
 class RequestError(ValueError):
@@ -34,11 +43,12 @@ class RequestError(ValueError):
 class Query:
     """One request, decoded. Arrays are 1-D; None where the optional input was not sent."""
 
-    user_id: int
+    user_id: int | None
     k: int = c.DEFAULT_K
     history: np.ndarray | None = None
     exclude: np.ndarray | None = None
     exclude_seen: bool = False
+    text: str | None = None  # QUERY_TEXT, decoded and checked; None when not sent
 
 
 @dataclass(frozen=True)
@@ -65,17 +75,79 @@ def _id_list(inputs: dict, name: str) -> np.ndarray | None:
     return np.asarray(value, dtype=np.int64).reshape(-1)
 
 
+def decode_text(raw, field: str, *, max_chars: int = c.MAX_TEXT_CHARS) -> str:
+    """One BYTES element -> str. Raises RequestError naming ``field`` for bytes that are not
+    UTF-8, an empty or all-whitespace text, or more than ``max_chars`` characters."""
+    if isinstance(raw, str):
+        text = raw
+    else:
+        try:
+            text = bytes(raw).decode("utf-8")
+        except (UnicodeDecodeError, TypeError):
+            raise RequestError(f"{field} must be UTF-8 text") from None
+    if not text.strip():
+        raise RequestError(f"{field} is empty")
+    if len(text) > max_chars:
+        raise RequestError(f"{field} is too long: {len(text)} characters, the limit is "
+                           f"{max_chars}")
+    return text
+
+
 def decode_query(inputs: dict) -> Query:
-    """Inputs by tensor name (numpy arrays, batch dim included) -> Query. Raises RequestError."""
-    if inputs.get(c.USER_ID) is None:
-        raise RequestError(f"{c.USER_ID} is required")
+    """Inputs by tensor name (numpy arrays, batch dim included) -> Query. Raises RequestError.
+
+    USER_ID is required unless QUERY_TEXT is given (then a missing user means text search)."""
+    text = _one_value(inputs, c.QUERY_TEXT, None, lambda raw: decode_text(raw, c.QUERY_TEXT))
+    if inputs.get(c.USER_ID) is None and text is None:
+        raise RequestError(f"{c.USER_ID} is required (unless {c.QUERY_TEXT} is given)")
     return Query(
         user_id=_one_value(inputs, c.USER_ID, None, int),
         k=_one_value(inputs, c.K, c.DEFAULT_K, int),
         history=_id_list(inputs, c.HISTORY),
         exclude=_id_list(inputs, c.EXCLUDE),
         exclude_seen=_one_value(inputs, c.EXCLUDE_SEEN, False, bool),
+        text=text,
     )
+
+
+def blend_text(user_query: np.ndarray, projected_text: np.ndarray, *,
+               weight: float = c.DEFAULT_TEXT_WEIGHT) -> np.ndarray:
+    """user_query + weight * ||user_query|| * projected_text / ||projected_text||, row-wise.
+
+    Both (B, d) float32. Scaling the text to the user query's norm makes ``weight`` mean the
+    same for every user: 1.0 lets text and user pull equally, 0 ignores the text.
+    """
+    user_norm = np.linalg.norm(user_query, axis=1, keepdims=True)
+    text_norm = np.linalg.norm(projected_text, axis=1, keepdims=True)
+    unit = projected_text / np.where(text_norm > 0, text_norm, 1.0)
+    return (user_query + weight * user_norm * unit).astype(np.float32)
+
+
+def embed_texts(queries: list[Query], encode: TextFn) -> list[np.ndarray | RequestError | None]:
+    """The text embedding (TEXT_DIM,) of each query with text, None for the others.
+
+    All texts go to ``encode`` in one call; if it refuses the batch, each text is encoded alone,
+    so one bad text fails only its own request (its slot holds the RequestError)."""
+    picked = [i for i, q in enumerate(queries) if q.text is not None]
+    out: list[np.ndarray | RequestError | None] = [None] * len(queries)
+    if not picked:
+        return out
+    try:
+        emb = encode([queries[i].text for i in picked])
+        for row, i in enumerate(picked):
+            out[i] = emb[row]
+        return out
+    except RequestError:
+        pass
+    for i in picked:
+        try:
+            out[i] = encode([queries[i].text])[0]
+        except RequestError as exc:
+            out[i] = exc
+    return out
+
+
+_NO_USER = np.iinfo(np.int64).min  # stands for a missing USER_ID in id look-ups: never a row
 
 
 class IdMap:
@@ -104,6 +176,7 @@ class Retriever:
     """A loaded retrieve version answering batches of queries."""
 
     def __init__(self, version_dir: Path, tower: TowerFn):
+        """``tower``: (user_emb, history_emb) -> query, each (B, d) float32."""
         self.version_dir = Path(version_dir)
         self.manifest, tables = versions.load_tables(self.version_dir)
         self.version = self.manifest.version
@@ -118,6 +191,15 @@ class Retriever:
         self.popularity = popularity
         self.decay = float(self.manifest.meta.get("recency_decay", DEFAULT_RECENCY_DECAY))
         self.tower = tower
+        # (TEXT_DIM, d) and (d,): text embedding -> item space; absent in a version built
+        # without the text encoder, which then refuses QUERY_TEXT
+        self.text_projection = tables.get(TEXT_TABLES[0])
+        self.text_projection_bias = tables.get(TEXT_TABLES[1])
+        self.text_weight = float(self.manifest.meta.get("text_weight", c.DEFAULT_TEXT_WEIGHT))
+
+    @property
+    def has_text(self) -> bool:
+        return self.text_projection is not None and self.text_projection_bias is not None
 
     @property
     def n_items(self) -> int:
@@ -128,6 +210,14 @@ class Retriever:
             raise RequestError(f"{c.K} must be >= 1, got {query.k}")
         if query.k > self.n_items:
             raise RequestError(f"{c.K}={query.k} exceeds the catalogue size {self.n_items}")
+        if query.text is not None and not self.has_text:
+            raise RequestError(f"{c.QUERY_TEXT} is not supported: retrieve version {self.version} "
+                               "was built without the text encoder")
+
+    def project_text(self, text_emb: np.ndarray) -> np.ndarray:
+        """(B, TEXT_DIM) text embeddings -> (B, d) float32 points in the item space."""
+        return (np.asarray(text_emb, np.float32) @ self.text_projection
+                + self.text_projection_bias).astype(np.float32)
 
     def _history_rows(self, query: Query, user_row: int) -> np.ndarray:
         if query.history is not None and query.history.size:
@@ -138,11 +228,16 @@ class Retriever:
             return stored[stored >= 0]
         return np.zeros(0, dtype=np.int64)
 
-    def answer(self, queries: list[Query]) -> list[Answer]:
-        """Answer a batch. Every query must have passed `check`."""
+    def answer(self, queries: list[Query], text_emb: list[np.ndarray | None] | None = None
+               ) -> list[Answer]:
+        """Answer a batch. Every query must have passed `check`; ``text_emb`` holds the
+        (TEXT_DIM,) embedding of each query's text (None where it has none; see `embed_texts`)."""
         if not queries:
             return []
-        user_rows = self.users.rows(np.array([q.user_id for q in queries], dtype=np.int64))
+        text_emb = text_emb if text_emb is not None else [None] * len(queries)
+        # no USER_ID (text search) maps like an unknown user: no row
+        user_rows = self.users.rows(np.array(
+            [q.user_id if q.user_id is not None else _NO_USER for q in queries], dtype=np.int64))
         histories = [self._history_rows(q, int(r)) for q, r in zip(queries, user_rows)]
         excludes = []
         for q, h in zip(queries, histories):
@@ -153,17 +248,30 @@ class Retriever:
             excludes.append(np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64))
 
         answers: list[Answer | None] = [None] * len(queries)
-        # an unknown user with no usable history has nothing to personalise from
+        # an unknown user with no usable history and no text has nothing to personalise from
         personal = [i for i, (r, h) in enumerate(zip(user_rows, histories)) if r >= 0 or h.size]
-        for i in set(range(len(queries))) - set(personal):
+        scored = [i for i in range(len(queries)) if i in set(personal) or text_emb[i] is not None]
+        for i in set(range(len(queries))) - set(scored):
             answers[i] = self._popular(queries[i].k, excludes[i])
-        if personal:
-            for i, answer in zip(personal, self._personal(queries, user_rows, histories,
-                                                           excludes, personal)):
+        if scored:
+            query_vecs = np.zeros((len(scored), self.item_rows.shape[1]), dtype=np.float32)
+            is_personal = np.array([i in set(personal) for i in scored], dtype=bool)
+            if is_personal.any():
+                query_vecs[is_personal] = self._user_queries(user_rows, histories, personal)
+            with_text = [j for j, i in enumerate(scored) if text_emb[i] is not None]
+            if with_text:
+                projected = self.project_text(np.stack([text_emb[scored[j]] for j in with_text]))
+                blend = is_personal[with_text]
+                query_vecs[with_text] = np.where(
+                    blend[:, None],
+                    blend_text(query_vecs[with_text], projected, weight=self.text_weight),
+                    projected)
+            for i, answer in zip(scored, self._top_k(queries, query_vecs, excludes, scored)):
                 answers[i] = answer
         return answers  # type: ignore[return-value]
 
-    def _personal(self, queries, user_rows, histories, excludes, picked) -> list[Answer]:
+    def _user_queries(self, user_rows, histories, picked) -> np.ndarray:
+        """(len(picked), d) float32 queries from user rows and pooled histories (the tower)."""
         dim = self.item_rows.shape[1]
         rows = user_rows[picked]
         user_emb = np.zeros((len(picked), dim), dtype=np.float32)
@@ -175,8 +283,9 @@ class Retriever:
         ids = np.concatenate(lists).astype(np.int64) if offsets[-1] else np.zeros(0, np.int64)
         weights = recency_weights(offsets, decay=self.decay)
         pooled = kernels.gather_pool(self.item_rows, ids, offsets, weights=weights, mode="sum")
-        query_vecs = np.asarray(self.tower(user_emb, np.asarray(pooled, np.float32)), np.float32)
+        return np.asarray(self.tower(user_emb, np.asarray(pooled, np.float32)), np.float32)
 
+    def _top_k(self, queries, query_vecs, excludes, picked) -> list[Answer]:
         ex_lists = [excludes[i] for i in picked]
         ex_offsets = np.zeros(len(picked) + 1, dtype=np.int64)
         np.cumsum([e.size for e in ex_lists], out=ex_offsets[1:])

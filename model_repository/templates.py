@@ -7,7 +7,7 @@ from pathlib import Path
 from model_repository import contract as c
 
 _HERE = Path(__file__).resolve().parent
-MODELS_WITH_CODE = (c.RETRIEVE, c.USER_TOWER)
+MODELS_WITH_CODE = (c.RETRIEVE, c.USER_TOWER, c.TEXT_ENCODER)
 
 
 def template(model: str) -> Path:

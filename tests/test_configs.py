@@ -12,6 +12,7 @@ QUERY_INPUTS = {
     c.HISTORY: (mc.TYPE_INT64, [-1], True),
     c.EXCLUDE: (mc.TYPE_INT64, [-1], True),
     c.EXCLUDE_SEEN: (mc.TYPE_BOOL, [1], True),
+    c.QUERY_TEXT: (mc.TYPE_STRING, [1], True),  # BYTES on the wire
 }
 QUERY_OUTPUTS = {
     c.ITEM_IDS: (mc.TYPE_INT64, [-1]),
@@ -58,3 +59,13 @@ def test_user_tower_takes_and_returns_rows_of_the_table_width(tmp_path):
     assert config.backend == "python"
     assert {i.name: list(i.dims) for i in config.input} == {c.USER_EMB: [48], c.HISTORY_EMB: [48]}
     assert [(o.name, list(o.dims)) for o in config.output] == [(c.QUERY, [48])]
+
+
+def test_text_encoder_takes_bytes_and_returns_unit_vectors_of_minilm_width(tmp_path):
+    config = _round_trip(tmp_path, configs.text_encoder_config())
+    assert config.backend == "python"
+    assert config.max_batch_size == c.MAX_BATCH_SIZE
+    assert [(i.name, i.data_type, list(i.dims), i.optional) for i in config.input] == [
+        (c.TEXT, mc.TYPE_STRING, [1], False)]
+    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [
+        (c.TEXT_EMB, mc.TYPE_FP32, [c.TEXT_DIM])]

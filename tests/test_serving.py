@@ -6,7 +6,14 @@ import pytest
 from model_repository import contract as c
 from model_repository import versions
 from model_repository.pooling import recency_weights
-from model_repository.serving import Query, RequestError, Retriever, decode_query
+from model_repository.serving import (
+    Query,
+    RequestError,
+    Retriever,
+    blend_text,
+    decode_query,
+    embed_texts,
+)
 
 DIM = 8
 N_USERS, N_ITEMS = 30, 50
@@ -123,3 +130,103 @@ def test_decode_fills_defaults():
     query = decode_query({c.USER_ID: np.array([[42]], dtype=np.int64)})
     assert (query.user_id, query.k, query.history, query.exclude, query.exclude_seen) == (
         42, c.DEFAULT_K, None, None, False)
+
+
+# --- QUERY_TEXT: decoding, blending and text search (the text embedding is given) ---
+
+TEXT_DIM = 6  # the projection's input width; the real encoder's is c.TEXT_DIM
+
+
+@pytest.fixture(scope="module")
+def text_retriever(tmp_path_factory, retriever):
+    _, tables = retriever
+    rng = np.random.default_rng(4)
+    text_tables = {**tables,
+                   "text_projection": rng.normal(size=(TEXT_DIM, DIM)).astype(np.float32),
+                   "text_projection_bias": rng.normal(size=DIM).astype(np.float32)}
+    path = versions.write_version(tmp_path_factory.mktemp("repo") / "retrieve", 5, text_tables,
+                                  meta={"recency_decay": 0.5, "text_weight": 0.5})
+    return Retriever(path, _tower), text_tables
+
+
+def _text_reference(tables, text_emb, user_query=None, weight=0.5, k=5):
+    projected = text_emb @ tables["text_projection"] + tables["text_projection_bias"]
+    if user_query is None:
+        query = projected
+    else:
+        query = user_query + weight * np.linalg.norm(user_query) * projected / np.linalg.norm(projected)
+    score = tables["item_rows"] @ query.astype(np.float32)
+    top = sorted(range(N_ITEMS), key=lambda r: (-score[r], r))[:k]
+    return tables["item_ids"][top], score[top]
+
+
+def test_text_without_a_user_is_text_search(text_retriever):
+    model, tables = text_retriever
+    emb = np.random.default_rng(5).normal(size=TEXT_DIM).astype(np.float32)
+    (answer,) = model.answer([Query(user_id=None, k=5, text="space opera")], [emb])
+    want_ids, want_scores = _text_reference(tables, emb)
+    np.testing.assert_array_equal(answer.item_ids, want_ids)
+    np.testing.assert_allclose(answer.scores, want_scores, rtol=1e-5, atol=1e-5)
+
+
+def test_text_with_a_known_user_blends_into_the_user_query(text_retriever):
+    model, tables = text_retriever
+    user = int(tables["user_ids"][3])
+    emb = np.random.default_rng(6).normal(size=TEXT_DIM).astype(np.float32)
+    plain, with_text = model.answer(
+        [Query(user_id=user, k=5), Query(user_id=user, k=5, text="x")], [None, emb])
+    np.testing.assert_array_equal(plain.item_ids, _reference(tables, user, 5)[0])  # unchanged
+    rows = [r for r in tables["user_history"][3] if r >= 0]
+    weights = recency_weights(np.array([0, len(rows)]), decay=0.5)
+    pooled = sum((w * tables["item_rows"][r] for w, r in zip(weights, rows)), np.zeros(DIM))
+    user_query = _tower(tables["user_rows"][3], pooled)
+    want_ids, want_scores = _text_reference(tables, emb, user_query=user_query)
+    np.testing.assert_array_equal(with_text.item_ids, want_ids)
+    np.testing.assert_allclose(with_text.scores, want_scores, rtol=1e-4, atol=1e-4)
+
+
+def test_blend_weight_zero_ignores_the_text_and_scales_with_the_user_norm():
+    user = np.array([[3.0, 4.0]], np.float32)
+    text = np.array([[0.0, 10.0]], np.float32)
+    np.testing.assert_allclose(blend_text(user, text, weight=0.0), user)
+    np.testing.assert_allclose(blend_text(user, text, weight=1.0), [[3.0, 9.0]])  # + 5 * (0, 1)
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b"\xff\xfeabc", "QUERY_TEXT must be UTF-8"),
+        (b"", "QUERY_TEXT is empty"),
+        (b" \t\n", "QUERY_TEXT is empty"),
+        (("a" * (c.MAX_TEXT_CHARS + 1)).encode(), "QUERY_TEXT is too long"),
+    ],
+    ids=["not-utf8", "empty", "whitespace", "too-many-chars"],
+)
+def test_decode_rejects_bad_text_naming_the_field(raw, message):
+    with pytest.raises(RequestError, match=message):
+        decode_query({c.USER_ID: np.array([[1]]), c.QUERY_TEXT: np.array([[raw]], dtype=object)})
+
+
+def test_user_id_is_optional_only_with_text():
+    query = decode_query({c.QUERY_TEXT: np.array([["naïve café".encode()]], dtype=object)})
+    assert (query.user_id, query.text) == (None, "naïve café")
+    with pytest.raises(RequestError, match="USER_ID is required"):
+        decode_query({c.K: np.array([[3]], np.int32)})
+
+
+def test_a_version_without_text_tables_refuses_query_text(retriever):
+    model, _ = retriever
+    with pytest.raises(RequestError, match="QUERY_TEXT is not supported"):
+        model.check(Query(user_id=None, text="space"))
+
+
+def test_one_refused_text_fails_only_its_own_query():
+    def encode(texts):
+        if any("bad" in t for t in texts):
+            raise RequestError("QUERY_TEXT is too long")
+        return np.ones((len(texts), 2), np.float32)
+
+    queries = [Query(user_id=1, text="good"), Query(user_id=2), Query(user_id=3, text="bad")]
+    first, second, third = embed_texts(queries, encode)
+    np.testing.assert_array_equal(first, [1.0, 1.0])
+    assert second is None and isinstance(third, RequestError)

@@ -1,7 +1,8 @@
 """Triton python backend: `retrieve`. Template, copied into every version folder; edit it here only.
 
 Request -> Query -> Retriever (model_repository.serving) -> outputs, one response per request in
-request order. The user tower runs in the `user_tower` model, called through BLS.
+request order. The user tower runs in the `user_tower` model and QUERY_TEXT is embedded by the
+`text_encoder` model, both called through BLS.
 """
 
 import os
@@ -21,7 +22,7 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from model_repository import contract as c  # noqa: E402
-from model_repository.serving import RequestError, Retriever, decode_query  # noqa: E402
+from model_repository.serving import RequestError, Retriever, decode_query, embed_texts  # noqa: E402
 
 
 def _error(message, code):
@@ -34,6 +35,7 @@ class TritonPythonModel:
         self.logger = pb_utils.Logger
         self.retriever = Retriever(version_dir, self._tower)
         self.tower_version = int(self.retriever.manifest.meta.get("user_tower_version", -1))
+        self.text_version = int(self.retriever.manifest.meta.get("text_encoder_version", -1))
 
     def _tower(self, user_emb, history_emb):
         request = pb_utils.InferenceRequest(
@@ -46,6 +48,23 @@ class TritonPythonModel:
         if response.has_error():
             raise RuntimeError(f"user_tower: {response.error().message()}")
         return pb_utils.get_output_tensor_by_name(response, c.QUERY).as_numpy()
+
+    def _encode(self, texts):
+        request = pb_utils.InferenceRequest(
+            model_name=c.TEXT_ENCODER,
+            model_version=self.text_version,
+            requested_output_names=[c.TEXT_EMB],
+            inputs=[pb_utils.Tensor(c.TEXT, np.array([[t.encode()] for t in texts], dtype=object))],
+        )
+        response = request.exec()
+        if response.has_error():
+            error = response.error()
+            # Triton 2.51 hands a BLS caller the callee's error without its INVALID_ARG code (an
+            # integration test saw it fail), so a refusal is recognised by its message, which names TEXT.
+            if error.message().startswith(f"{c.TEXT} "):
+                raise RequestError(f"{c.QUERY_TEXT} rejected by {c.TEXT_ENCODER}: {error.message()}")
+            raise RuntimeError(f"text_encoder (code {error.code()}): {error.message()}")
+        return pb_utils.get_output_tensor_by_name(response, c.TEXT_EMB).as_numpy()
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -60,7 +79,13 @@ class TritonPythonModel:
             queries.append(query)
             slots.append(slot)
         try:
-            answers = self.retriever.answer(queries)
+            text_emb = embed_texts(queries, self._encode)
+            refused = [i for i, e in enumerate(text_emb) if isinstance(e, RequestError)]
+            for i in refused:
+                responses[slots[i]] = _error(str(text_emb[i]), pb_utils.TritonError.INVALID_ARG)
+            keep = [i for i in range(len(queries)) if i not in set(refused)]
+            queries, slots = [queries[i] for i in keep], [slots[i] for i in keep]
+            answers = self.retriever.answer(queries, [text_emb[i] for i in keep])
         except Exception as exc:  # noqa: BLE001 - every failure must become a response
             self.logger.log_error(f"retrieve failed: {exc!r}")
             answers = [None] * len(queries)

@@ -17,6 +17,12 @@ from model_repository import contract as c
 SMALL_DATA = dict(n_users=300, n_items=250, n_events=12_000, n_categories=6, seed=1)
 SMALL_TRAIN = TrainConfig(dim=16, epochs=2, seed=1)
 MODELS = (c.USER_TOWER, c.RETRIEVE, c.RECOMMEND)
+# Text search needs an item space that has learned the categories: on SMALL_DATA after 2 epochs
+# "recipe kitchen" returns mostly other categories; this set (5 s to build on 2 cores, MiniLM
+# export included) returns 10/10 of the asked category for 5 of the 6 category names tried.
+TEXT_DATA = dict(n_users=800, n_items=300, n_events=60_000, n_categories=6, seed=2)
+TEXT_TRAIN = TrainConfig(dim=32, epochs=6, seed=2)
+TEXT_MODELS = (*MODELS, c.TEXT_ENCODER)
 
 _servers: list[TritonServer] = []
 
@@ -24,13 +30,13 @@ _servers: list[TritonServer] = []
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("build")
-    return build(out, synthetic=True, synthetic_kwargs=SMALL_DATA, config=SMALL_TRAIN,
-                 progress=False, tensorrt=False)
+    return build(out, synthetic=True, synthetic_kwargs=TEXT_DATA, config=TEXT_TRAIN,
+                 progress=False, tensorrt=False, text_encoder=True)
 
 
 @pytest.fixture(scope="session")
 def server(built):
-    srv = TritonServer(built.repository, models=MODELS, grpc_port=0, http_port=0, metrics_port=0,
+    srv = TritonServer(built.repository, models=TEXT_MODELS, grpc_port=0, http_port=0, metrics_port=0,
                        log_path=Path(built.repository).parent / "tritonserver.log")
     srv.start()
     _servers.append(srv)

@@ -1,5 +1,7 @@
 """gRPC recommend through the real tritonserver, against a torch reference of the same version."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -156,3 +158,121 @@ def test_bad_input_is_invalid_argument_naming_the_field(server, client, referenc
     assert field in caught.value.message(), caught.value.message()
     # and the server keeps serving
     assert len(client.recommend(_known(reference, 0), k=3).item_ids) == 3
+
+
+# --- QUERY_TEXT: text search and blending through the real server ---
+
+CATEGORY_WORDS = {"space": "galaxy orbit rocket", "cooking": "recipe kitchen spice",
+                  "sports": "football match stadium", "music": "guitar melody concert"}
+
+
+@pytest.fixture(scope="module")
+def text_reference(built):
+    """The same retrieve + text_encoder versions answered in-process (numpy, onnxruntime)."""
+    from exporter.data import read_items
+    from model_repository.serving import Query, Retriever
+    from model_repository.text_encoding import TextEncoderRuntime
+
+    repository = built.repository
+    tower = load_tower(repository / c.USER_TOWER / "1" / "tower.pt")
+
+    def run_tower(user_emb, history_emb):
+        with torch.no_grad():
+            return tower(torch.from_numpy(user_emb), torch.from_numpy(history_emb)).numpy()
+
+    retriever = Retriever(repository / c.RETRIEVE / "1", run_tower)
+    runtime = TextEncoderRuntime.from_version(repository / c.TEXT_ENCODER / "1")
+    items = read_items(built.ratings.parent / "items.csv")
+
+    def answer(user_id, text, k=10):
+        return retriever.answer([Query(user_id=user_id, k=k, text=text)], runtime.encode([text]))[0]
+
+    return answer, dict(zip(items.ids.tolist(), items.categories))
+
+
+@pytest.mark.parametrize("category", sorted(CATEGORY_WORDS))
+def test_text_search_without_a_user_returns_the_category(client, text_reference, category):
+    answer_here, category_of = text_reference
+    answer = client.recommend(None, k=10, text=CATEGORY_WORDS[category])
+    assert answer.version == 1
+    got = [category_of[i] for i in answer.item_ids]
+    assert got.count(category) >= 7, got  # measured 10 of 10 for each
+    want = answer_here(None, CATEGORY_WORDS[category])
+    assert answer.item_ids == want.item_ids.tolist()
+    np.testing.assert_allclose(answer.scores, want.scores, atol=SCORE_ATOL, rtol=1e-5)
+
+
+def test_text_with_a_user_blends_and_moves_towards_the_text(client, reference, text_reference):
+    answer_here, category_of = text_reference
+    user = _known(reference, 7)
+    plain = client.recommend(user, k=10)
+    blended = client.recommend(user, k=10, text=CATEGORY_WORDS["cooking"])
+    want = answer_here(user, CATEGORY_WORDS["cooking"])
+    assert blended.item_ids == want.item_ids.tolist()
+    np.testing.assert_allclose(blended.scores, want.scores, atol=SCORE_ATOL, rtol=1e-5)
+    cooking = [sum(category_of[i] == "cooking" for i in a.item_ids) for a in (plain, blended)]
+    assert cooking[1] > cooking[0] or cooking[0] == 10, cooking
+    reference.check_topk(client.recommend(user, k=10), user, 10)  # no text: unchanged
+
+
+def _text_input(name, raw):
+    tensor = grpcclient.InferInput(name, [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[raw]], dtype=np.object_))
+    return tensor
+
+
+BAD_TEXTS = [
+    pytest.param(b"", id="empty"),
+    pytest.param(b"   ", id="whitespace"),
+    pytest.param(b"\xff\xfe space", id="not-utf8"),
+    pytest.param(b"a" * (c.MAX_TEXT_CHARS + 1), id="too-many-characters"),
+    pytest.param(" ".join(["galaxy"] * c.MAX_TEXT_TOKENS).encode(), id="too-many-word-pieces"),
+]
+
+
+@pytest.mark.parametrize("raw", BAD_TEXTS)
+@pytest.mark.parametrize("with_user", [True, False], ids=["user", "no-user"])
+def test_bad_query_text_is_invalid_argument_naming_query_text(server, client, reference, raw,
+                                                              with_user):
+    inputs = [_text_input(c.QUERY_TEXT, raw)]
+    if with_user:
+        inputs.append(_tensor(c.USER_ID, np.array([[_known(reference, 0)]], np.int64)))
+    with pytest.raises(InferenceServerException) as caught:
+        _raw_infer(server, inputs)
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT", caught.value
+    assert c.QUERY_TEXT in caught.value.message(), caught.value.message()
+    assert len(client.recommend(None, k=3, text="space").item_ids) == 3  # still serving
+
+
+@pytest.mark.parametrize("raw", BAD_TEXTS)
+def test_text_encoder_rejects_bad_text_naming_text(server, raw):
+    with grpcclient.InferenceServerClient(server.grpc_url) as raw_client:
+        with pytest.raises(InferenceServerException) as caught:
+            raw_client.infer(c.TEXT_ENCODER, [_text_input(c.TEXT, raw)])
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT", caught.value
+    assert c.TEXT in caught.value.message(), caught.value.message()
+
+
+def test_a_refused_text_in_a_batch_fails_only_its_own_request(server, client):
+    """Concurrent requests share a batch (dynamic batching); the over-long text fails alone."""
+    too_long = " ".join(["galaxy"] * c.MAX_TEXT_TOKENS)
+    with grpcclient.InferenceServerClient(server.grpc_url) as raw_client:
+        results = []
+        for text in ["recipe kitchen", too_long, "guitar concert"] * 4:
+            raw_client.async_infer(c.RECOMMEND, recommend_inputs(None, k=5, text=text),
+                                   callback=lambda result, error: results.append((result, error)))
+        deadline = time.monotonic() + 30
+        while len(results) < 12 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    errors = [e for _, e in results if e is not None]
+    assert len(results) == 12 and len(errors) == 4, errors
+    assert all(c.QUERY_TEXT in e.message() for e in errors)
+
+
+def test_text_encoder_embeds_like_the_in_process_runtime(server, built):
+    from model_repository.text_encoding import TextEncoderRuntime
+
+    runtime = TextEncoderRuntime.from_version(built.repository / c.TEXT_ENCODER / "1")
+    with grpcclient.InferenceServerClient(server.grpc_url) as raw_client:
+        result = raw_client.infer(c.TEXT_ENCODER, [_text_input(c.TEXT, "naïve café".encode())])
+    np.testing.assert_allclose(result.as_numpy(c.TEXT_EMB), runtime.encode(["naïve café"]), atol=1e-5)
