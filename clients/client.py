@@ -10,6 +10,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import np_to_triton_dtype
 
+from clients.updater_client import DEFAULT_UPDATER_URL, FeedbackResult, UpdaterClient
 from model_repository import contract as c
 
 log = logging.getLogger(__name__)
@@ -70,11 +71,21 @@ class Client:
     manager. `Client(url).recommend(None, text="space opera")` is text search."""
 
     def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 model: str = c.RECOMMEND):
+                 model: str = c.RECOMMEND, updater_url: str = DEFAULT_UPDATER_URL):
         self.url = url
         self.timeout_s = timeout_s
         self.model = model
+        self.updater_url = updater_url
         self._grpc = grpcclient.InferenceServerClient(url)
+        self._updater: UpdaterClient | None = None
+
+    def feedback(self, user_id: int, item_id: int, kind: str = "click", **options) -> FeedbackResult:
+        """Send one feedback event to the updater sidecar at ``updater_url``; the options are
+        UpdaterClient.feedback's (value, event_id, timestamp). Feedback does not go through Triton:
+        the updater logs it durably and publishes a version that includes it."""
+        if self._updater is None:
+            self._updater = UpdaterClient(self.updater_url, timeout_s=self.timeout_s)
+        return self._updater.feedback(user_id, item_id, kind, **options)
 
     def recommend(
         self,
@@ -107,6 +118,8 @@ class Client:
 
     def close(self) -> None:
         self._grpc.close()
+        if self._updater is not None:
+            self._updater.close()
 
     def __enter__(self) -> Client:
         return self

@@ -84,6 +84,22 @@ def test_a_click_moves_similar_items_up_for_that_user(repository, triton, start_
     assert tables["user_history"][user_row, -3:].tolist() == [row] * 3
 
 
+def test_the_recommend_client_sends_feedback_to_the_updater(repository, triton, start_updater):
+    updater = start_updater()
+    user_id = _new_id()
+    item_id = int(_serving_tables(repository)[1]["item_ids"][2])
+    with Client(triton.grpc_url, updater_url=updater.url) as client, UpdaterClient(updater.url) as up:
+        sent = client.feedback(user_id, item_id, "click", event_id=f"client-{user_id}")
+        again = client.feedback(user_id, item_id, "click", event_id=f"client-{user_id}")
+        assert (sent.accepted, again.accepted) == (1, 0)
+        assert again.duplicate_event_ids == [f"client-{user_id}"]
+        status = _wait_published(up, sent.last_offset)
+        answer = client.recommend(user_id, k=3)
+    assert answer.version == status["published_version"]
+    _, tables = _serving_tables(repository)
+    assert user_id in tables["user_ids"].tolist()  # the new user got a row from that click
+
+
 def test_resent_events_count_once_and_bad_events_name_their_field(repository, start_updater):
     updater = start_updater()
     user_id = _new_id()
