@@ -48,7 +48,11 @@ def recommend_inputs(
     text: str | bytes | None = None,
 ) -> list[grpcclient.InferInput]:
     """The request tensors for one recommend call (batch dimension of 1). ``user_id`` may be None
-    only with ``text`` (text search); ``text`` as bytes is sent as given (UTF-8 expected)."""
+    only with ``text`` (text search); ``text`` as bytes is sent as given (UTF-8 expected).
+
+    HISTORY, EXCLUDE and EXCLUDE_SEEN are always sent (empty / False when not asked for): Triton's
+    dynamic batcher only batches requests that carry the same inputs, and bench.e2e measured
+    1.7-1.8x the throughput at 8 and 32 users with every call padded this way."""
     inputs = []
     if user_id is not None:
         inputs.append(_tensor(c.USER_ID, np.array([[user_id]], dtype=np.int64)))
@@ -57,12 +61,10 @@ def recommend_inputs(
         inputs.append(_tensor(c.QUERY_TEXT, np.array([[raw]], dtype=np.object_)))
     if k is not None:
         inputs.append(_tensor(c.K, np.array([[k]], dtype=np.int32)))
-    if history is not None:
-        inputs.append(_tensor(c.HISTORY, np.asarray(history, dtype=np.int64).reshape(1, -1)))
-    if exclude is not None:
-        inputs.append(_tensor(c.EXCLUDE, np.asarray(exclude, dtype=np.int64).reshape(1, -1)))
-    if exclude_seen:
-        inputs.append(_tensor(c.EXCLUDE_SEEN, np.array([[True]], dtype=np.bool_)))
+    for name, ids in ((c.HISTORY, history), (c.EXCLUDE, exclude)):
+        ids = np.asarray([] if ids is None else ids, dtype=np.int64)
+        inputs.append(_tensor(name, ids.reshape(1, -1)))
+    inputs.append(_tensor(c.EXCLUDE_SEEN, np.array([[exclude_seen]], dtype=np.bool_)))
     return inputs
 
 

@@ -231,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from clients.loadtest import add_loadtest_parser
+
+    add_loadtest_parser(sub)
+
     p = sub.add_parser("build", help="train a base model and export a Triton model repository")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="ratings file: u.data, ratings.dat or ratings.csv")

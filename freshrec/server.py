@@ -182,6 +182,10 @@ class TritonServer:
             p for p in (str(install.libs), env.get("LD_LIBRARY_PATH", "")) if p
         )
         env[PYTHONPATH_ENV] = project_pythonpath()
+        # one BLAS thread per stub: several model instances and Triton's own threads share the
+        # cores, and bench.e2e measured +15-30 % req/s and a lower p99 with this at 8 users
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(name, "1")
         if self.log_path is None:
             self.log_path = self._workdir / "tritonserver.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,10 @@ DEFAULT_KEEP_VERSIONS = 5
 # table: 1e6 rows, 100 changed: 822 ms with 1024 rows per shard (bench/freshness.py, (b)).
 DEFAULT_SHARD_KIB = 128
 # Training
-DEFAULT_LR = 0.05
+# bench.quality's prequential replay (synthetic data, first 4 windows, recall@10; static model
+# 0.207): lr 0.05 -> 0.159, 0.01 -> 0.197, 0.005 -> 0.204, 0.002 -> 0.208; full replay at 0.002
+# beats the static model by 11 % (0.214 vs 0.194)
+DEFAULT_LR = 0.002
 DEFAULT_NEGATIVES = 8
 DEFAULT_MAX_STEP = 0.25
 
