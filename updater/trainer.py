@@ -13,7 +13,8 @@ Negatives come from a generator seeded with (seed, event offset): replaying the 
 from the same tables gives the same tables, which is what crash recovery relies on.
 
 Tables live in arrays with headroom (capacity doubles) so new users and items cost amortised
-O(1); `tables()` hands out views with the real row counts.
+O(1); `tables()` hands out views with the real row counts. Tables the trainer does not train
+(the text projection, ...) are carried unchanged into every version it publishes.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ class SparseTrainer:
             "item_popularity": _Grown(tables["item_popularity"], 0.0),
             "item_adagrad": _Grown(tables.get("item_adagrad", np.zeros(n_items, np.float32)), 0.0),
         }
+        # not trained here, but part of the version: passed through unchanged (hard-linked)
+        self.fixed = {name: np.asarray(t) for name, t in tables.items() if name not in self.t}
         self.history_len = history_len
         self.user_index = {int(u): r for r, u in enumerate(self.t["user_ids"].live)}
         self.item_index = {int(i): r for r, i in enumerate(self.t["item_ids"].live)}
@@ -109,14 +112,16 @@ class SparseTrainer:
         return self.t["item_ids"].n
 
     def tables(self) -> dict[str, np.ndarray]:
-        """The live tables by name (views: copy them if the trainer keeps running meanwhile)."""
-        return {name: table.live for name, table in self.t.items()}
+        """Every table of the version by name: the live trained ones (views: copy them if the
+        trainer keeps running meanwhile) and the fixed ones it carries."""
+        return {**self.fixed, **{name: table.live for name, table in self.t.items()}}
 
     def changed_rows(self) -> dict[str, np.ndarray]:
         """Rows changed since the last clear_changes, for versions.write_version (tables whose
         rows moved are left out, so they are written in full)."""
-        return {name: np.fromiter(sorted(rows), dtype=np.int64, count=len(rows))
-                for name, rows in self.changed.items() if name not in self.rewritten}
+        changed = {name: np.fromiter(sorted(rows), dtype=np.int64, count=len(rows))
+                   for name, rows in self.changed.items() if name not in self.rewritten}
+        return {**{name: np.zeros(0, np.int64) for name in self.fixed}, **changed}
 
     def has_changes(self) -> bool:
         return bool(self.rewritten) or any(self.changed.values())

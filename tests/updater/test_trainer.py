@@ -127,3 +127,13 @@ def test_forget_user_removes_every_user_table_row():
 def test_trainer_config_names_the_bad_field(field, value):
     with pytest.raises(ValueError, match=f"TrainerConfig.{field}"):
         TrainerConfig(**{field: value})
+
+
+def test_tables_it_does_not_train_are_carried_into_every_version_unchanged():
+    tables = _tables()
+    projection = np.random.default_rng(3).normal(size=(12, DIM)).astype(np.float32)
+    trainer = SparseTrainer({**tables, "text_projection": projection}, _tower())
+    trainer.apply(_event(1, user_id=1000, item_id=500))
+    trainer.forget_user(1010)
+    np.testing.assert_array_equal(trainer.tables()["text_projection"], projection)
+    assert trainer.changed_rows()["text_projection"].size == 0  # hard-linked from the parent
