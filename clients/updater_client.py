@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 DEFAULT_UPDATER_URL = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 30.0
 ADMIN_TIMEOUT_S = 300.0
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # updater.service.MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True)
@@ -72,12 +73,13 @@ def _as_dict(message) -> dict:
 
 class UpdaterClient:
     """`UpdaterClient(url)`: feedback, feedback_batch, feedback_stream, status, publish,
-    rollback, forget_user. A context manager."""
+    rollback, forget_user, add_items. A context manager."""
 
     def __init__(self, url: str = DEFAULT_UPDATER_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.url = url
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(url)
+        self._channel = grpc.insecure_channel(
+            url, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
         self._feedback = pb_grpc.FeedbackStub(self._channel)
         self._admin = pb_grpc.AdminStub(self._channel)
 
@@ -111,6 +113,20 @@ class UpdaterClient:
     def forget_user(self, user_id: int) -> dict:
         return _as_dict(self._admin.ForgetUser(pb.ForgetUserRequest(user_id=user_id),
                                                timeout=ADMIN_TIMEOUT_S))
+
+    def add_items(self, items: Iterable[Mapping]) -> dict:
+        """Add catalogue items from their titles (dicts with item_id, title, optional category);
+        returns once Triton serves the version holding them: {version, item_ids, encode_s,
+        publish_s}. All or nothing: one bad item and none is added."""
+        request = pb.AddItemsRequest()
+        for item in items:
+            title = item.get("title", b"")
+            message = request.items.add(
+                title=title if isinstance(title, bytes) else str(title).encode(),
+                category=str(item.get("category") or ""))
+            if item.get("item_id") is not None:
+                message.item_id = int(item["item_id"])
+        return _as_dict(self._admin.AddItems(request, timeout=ADMIN_TIMEOUT_S))
 
     def wait_ready(self, *, timeout_s: float = 120.0, process=None) -> dict:
         """Poll Status until the updater answers; `process` (a Popen) fails fast if it died."""

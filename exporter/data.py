@@ -26,6 +26,10 @@ MAX_TIMESTAMP_S = 4_102_444_800
 RATINGS_CSV_HEADER = ("userId", "movieId", "rating", "timestamp")
 MOVIES_CSV_HEADER = ("movieId", "title", "genres")
 ITEMS_CSV_HEADER = ("itemId", "title", "category")
+# `freshrec items add`: a CSV with one of these headers (our items.csv's header works too)
+NEW_ITEMS_HEADERS = (("id", "title"), ("id", "title", "category"), ("itemId", "title"),
+                     ITEMS_CSV_HEADER)
+MAX_CATEGORY_CHARS = 200
 
 RATINGS_FILE_NAMES = ("ratings.csv", "ratings.dat", "u.data")
 ITEMS_FILE_NAMES = ("items.csv", "movies.csv", "movies.dat", "u.item")
@@ -307,6 +311,78 @@ def read_items(path: str | Path) -> Items:
     if not ids:
         raise DataError(path, None, "no items after the header")
     log.info("read %d items from %s", len(ids), path)
+    return Items(ids=np.asarray(ids, dtype=np.int64), titles=titles, categories=categories)
+
+
+def _csv_rows(path: Path, reader):
+    """(physical line, fields) of each non-empty row; csv's own errors become DataError."""
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DataError(path, reader.line_num, f"malformed CSV: {exc}") from None
+        if fields:
+            yield reader.line_num, fields
+
+
+def read_new_items(path: str | Path, *, max_title_chars: int) -> Items:
+    """Items to add to a served catalogue (`freshrec items add`): a CSV whose header is
+    ``id,title`` or ``id,title,category`` (``itemId`` for ``id`` works too, so a build's
+    items.csv can be reused).
+
+    Stricter than :func:`read_items`, because every title becomes an embedding: the file must be
+    UTF-8 (no latin-1 fallback), and every title must be non-empty and at most
+    ``max_title_chars`` characters. Any problem raises :class:`DataError` naming the file and
+    line, before anything is sent.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(path, line, f"not UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as "
+                                    "UTF-8") from None
+    first = _first_line(path, text)
+    header = tuple(f.strip() for f in next(csv.reader([first])))
+    if header not in NEW_ITEMS_HEADERS:
+        raise DataError(path, 1, f"header {','.join(header)!r}: expected 'id,title' or "
+                                 "'id,title,category'")
+    reader = csv.reader(io.StringIO(text))
+    next(reader)
+    ids: list[int] = []
+    titles: list[str] = []
+    categories: list[str] = []
+    seen: dict[int, int] = {}
+    for line, fields in _csv_rows(path, reader):
+        if not any(f.strip() for f in fields):
+            continue
+        if len(fields) != len(header):
+            raise DataError(path, line, f"expected {len(header)} fields ({','.join(header)}), "
+                                        f"got {len(fields)}")
+        item_id = _check_number(path, line, "item id", fields[0])
+        if item_id >= 2**63:
+            raise DataError(path, line, f"item id {item_id} does not fit in 64 bits")
+        title = fields[1].strip()
+        if not title:
+            raise DataError(path, line, "title is empty")
+        if len(title) > max_title_chars:
+            raise DataError(path, line, f"title is too long: {len(title)} characters, the limit "
+                                        f"is {max_title_chars}")
+        category = fields[2].strip() if len(fields) > 2 else ""
+        if len(category) > MAX_CATEGORY_CHARS:
+            raise DataError(path, line, f"category is too long: {len(category)} characters, the "
+                                        f"limit is {MAX_CATEGORY_CHARS}")
+        if item_id in seen:
+            raise DataError(path, line, f"item id {item_id} repeats line {seen[item_id]}")
+        seen[item_id] = line
+        ids.append(item_id)
+        titles.append(title)
+        categories.append(category)
+    if not ids:
+        raise DataError(path, None, "no items after the header")
     return Items(ids=np.asarray(ids, dtype=np.int64), titles=titles, categories=categories)
 
 

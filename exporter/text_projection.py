@@ -65,6 +65,26 @@ def fit_projection(text_emb: np.ndarray, item_rows: np.ndarray, *,
     return TextProjection(weight.astype(np.float32), bias.astype(np.float32))
 
 
+def mean_norm(rows: np.ndarray) -> float:
+    """The mean L2 norm of (N, d) rows (0.0 for none)."""
+    return float(np.linalg.norm(rows, axis=1).mean()) if len(rows) else 0.0
+
+
+def scale_rows(rows: np.ndarray, norm: float) -> np.ndarray:
+    """(N, d) float32 rows rescaled to L2 norm ``norm`` each; zero rows stay zero."""
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return (rows * (norm / np.where(norms > 0, norms, 1.0))).astype(np.float32)
+
+
+def rows_from_text(projection: TextProjection, text_emb: np.ndarray, item_rows: np.ndarray,
+                   item_popularity: np.ndarray) -> np.ndarray:
+    """Item rows for new items from their text embeddings (N, TEXT_DIM): projected, and rescaled
+    to the mean norm of the catalogue's rows that have events (all rows if none has), as build
+    does for cold items."""
+    warm = np.asarray(item_popularity) > 0
+    return scale_rows(projection(text_emb), mean_norm(item_rows[warm] if warm.any() else item_rows))
+
+
 def pick_cold_items(items: Items, *, fraction: float = DEFAULT_COLD_FRACTION,
                     seed: int = COLD_SEED) -> np.ndarray:
     """Sorted int64 ids of a random ``fraction`` of the items that have a title."""
@@ -101,10 +121,8 @@ def apply_text_rows(model: TrainedModel, rows: np.ndarray, text_emb: np.ndarray,
         raise ValueError("no item with a title has training events: nothing to learn from")
     projection = fit_projection(text_emb[warm], model.item_rows[rows[warm]], l2=l2)
     cold_rows = rows[~warm]
-    projected = projection(text_emb[~warm])
-    warm_norm = float(np.linalg.norm(model.item_rows[rows[warm]], axis=1).mean())
-    norms = np.linalg.norm(projected, axis=1, keepdims=True)
-    model.item_rows[cold_rows] = projected * (warm_norm / np.where(norms > 0, norms, 1.0))
+    model.item_rows[cold_rows] = scale_rows(projection(text_emb[~warm]),
+                                            mean_norm(model.item_rows[rows[warm]]))
     log.info("text projection fitted on %d items; %d cold items get projected rows",
              int(warm.sum()), cold_rows.size)
     return projection, cold_rows

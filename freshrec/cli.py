@@ -196,6 +196,23 @@ def cmd_forget_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_items_add(args: argparse.Namespace) -> int:
+    from exporter.data import DataError, read_new_items
+    from model_repository import contract as c
+
+    try:
+        items = read_new_items(args.file, max_title_chars=c.MAX_TEXT_CHARS)
+    except (DataError, OSError) as exc:
+        raise UserError(str(exc)) from exc
+    print(f"adding {len(items)} items from {args.file} (encoding their titles on the server)...",
+          file=sys.stderr, flush=True)
+    reply = _updater_call(args, "add_items", [
+        {"item_id": int(i), "title": t, "category": cat}
+        for i, t, cat in zip(items.ids, items.titles, items.categories)])
+    print(json.dumps(reply, indent=2))
+    return 0
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     from tritonclient.utils import InferenceServerException
 
@@ -293,6 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", type=int, required=True, help="external user id")
     _updater_flag(p)
     p.set_defaults(func=cmd_forget_user)
+
+    p = sub.add_parser("items", help="manage the catalogue: items add --file new_items.csv")
+    items = p.add_subparsers(dest="items_command", required=True)
+    p = items.add_parser("add", help="add items from their titles (CSV: id,title[,category]); "
+                                     "they are served once the command returns")
+    p.add_argument("--file", type=Path, required=True,
+                   help="UTF-8 CSV with the header id,title or id,title,category")
+    _updater_flag(p)
+    p.set_defaults(func=cmd_items_add)
 
     p = sub.add_parser("recommend", help="ask the server for a user's top-K items (prints JSON)")
     p.add_argument("--user", type=int, help="external user id (required unless --text is given)")

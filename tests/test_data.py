@@ -15,6 +15,7 @@ from exporter.data import (
     read_dataset,
     read_interactions,
     read_items,
+    read_new_items,
     split_by_time,
     write_dataset,
 )
@@ -166,6 +167,44 @@ def test_empty_file_is_an_error(tmp_path, reader, text):
 def test_header_only_is_an_error(tmp_path):
     with pytest.raises(DataError, match="no interactions after the header"):
         read_interactions(write(tmp_path, "ratings.csv", "userId,movieId,rating,timestamp\n"))
+
+
+# ---------------------------------------------------------------------------------------------
+# new items (`freshrec items add`)
+
+
+def test_read_new_items_with_and_without_category(tmp_path):
+    items = read_new_items(write(tmp_path, "new.csv", 'id,title\n7,"Moon, Rocket"\n\n9, Jazz \n'),
+                           max_title_chars=50)
+    assert items.ids.tolist() == [7, 9] and items.titles == ["Moon, Rocket", "Jazz"]
+    assert items.categories == ["", ""]
+    items = read_new_items(write(tmp_path, "items.csv", "itemId,title,category\n3,Café Soup,cooking\n"),
+                           max_title_chars=50)
+    assert (items.ids.tolist(), items.titles, items.categories) == ([3], ["Café Soup"], ["cooking"])
+
+
+MALFORMED_NEW_ITEMS = [
+    pytest.param(b"item,name\n1,A\n", 1, "expected 'id,title' or 'id,title,category'", id="header"),
+    pytest.param(b"id,title\n1,A\n2,B,extra\n", 3, "expected 2 fields", id="field-count"),
+    pytest.param(b"id,title\n1,A\nx,B\n", 3, "item id 'x' is not an integer", id="bad-id"),
+    pytest.param(b"id,title\n-4,A\n", 2, "item id -4 is below 0", id="negative-id"),
+    pytest.param(b"id,title\n1,A\n2,  \n", 3, "title is empty", id="empty-title"),
+    pytest.param(b"id,title\n1," + b"x" * 21 + b"\n", 2, "title is too long: 21 characters",
+                 id="long-title"),
+    pytest.param(b"id,title\n1,A\n2,caf\xe9\n", 3, "not UTF-8 (byte 0xe9)", id="latin-1"),
+    pytest.param(b"id,title\n1,A\n1,B\n", 3, "item id 1 repeats line 2", id="repeated-id"),
+    pytest.param(b"id,title\n", None, "no items after the header", id="header-only"),
+]
+
+
+@pytest.mark.parametrize(("raw", "line", "fragment"), MALFORMED_NEW_ITEMS)
+def test_malformed_new_items_name_file_and_line(tmp_path, raw, line, fragment):
+    path = tmp_path / "new.csv"
+    path.write_bytes(raw)
+    where = "new.csv" if line is None else f"new.csv:{line}"
+    with pytest.raises(DataError) as err:
+        read_new_items(path, max_title_chars=20)
+    assert str(err.value).startswith(f"{where}: ") and fragment in str(err.value), str(err.value)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import numpy as np
 
 from model_repository import contract as c
 from model_repository.pooling import DEFAULT_RECENCY_DECAY
+from model_repository.serving import TEXT_TABLES
 from updater import faults
 from updater.log import FeedbackLog
 from updater.publisher import Publisher, PublishError
@@ -238,6 +239,48 @@ class Engine:
         removed = self.publisher.remove_versions_holding_user(user_id)
         self.log.clear_forget(user_id)
         return self.publisher.current, deleted, removed
+
+    def text_projection(self):
+        """The serving version's TextProjection (title embedding -> item space). Raises
+        CommandError when the version was built without the text encoder."""
+        from exporter.text_projection import TextProjection  # the updater process has torch
+
+        fixed = self.trainer.fixed
+        if not all(name in fixed for name in TEXT_TABLES):
+            raise CommandError("the serving version was built without the text encoder (no text "
+                               "projection): items cannot be added from their titles")
+        return TextProjection(np.asarray(fixed[TEXT_TABLES[0]], np.float32),
+                              np.asarray(fixed[TEXT_TABLES[1]], np.float32))
+
+    def check_new_items(self, item_ids) -> None:
+        """CommandError ALREADY_EXISTS naming the first id the model knows already."""
+        known = [(i, int(item)) for i, item in enumerate(item_ids)
+                 if int(item) in self.trainer.item_index]
+        if known:
+            i, item = known[0]
+            raise CommandError(f"items[{i}].item_id: item {item} exists already "
+                               f"({len(known)} of the items sent do)", code="ALREADY_EXISTS")
+
+    def add_items(self, item_ids: np.ndarray, text_emb: np.ndarray) -> tuple[int, float]:
+        """Give new items rows from their title embeddings (projected into the item space and
+        scaled like trained rows), and publish them with every event applied so far. All or
+        nothing: a known id adds none (ALREADY_EXISTS), a failed publish takes them out again.
+        Returns (the version serving them, seconds the publish took)."""
+        from exporter.text_projection import rows_from_text
+
+        projection = self.text_projection()
+        self._consume()
+        self.check_new_items(item_ids)
+        tables = self.trainer.tables()
+        rows = rows_from_text(projection, text_emb, tables["item_rows"], tables["item_popularity"])
+        self.trainer.add_items(item_ids, rows)
+        started = time.perf_counter()
+        try:
+            version = self._publish(kind="add_items")
+        except BaseException:
+            self.trainer.drop_last_items(len(item_ids))
+            raise
+        return version, time.perf_counter() - started
 
     # -- status ---------------------------------------------------------------------------
     def snapshot(self) -> dict:

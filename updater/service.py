@@ -9,22 +9,30 @@ taken. Admin calls run on the engine thread and wait for it.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent import futures
 
 import grpc
+import numpy as np
 
+from exporter.data import MAX_CATEGORY_CHARS
+from model_repository import contract as c
+from model_repository.serving import RequestError, decode_text
 from updater.engine import CommandError, Engine
 from updater.events import EventError, validate
 from updater.log import FeedbackLog
 from updater.proto import freshrec_updater_pb2 as pb
 from updater.proto import freshrec_updater_pb2_grpc as pb_grpc
 from updater.publisher import PublishError
-from updater.triton_control import TritonControl
+from updater.triton_control import TextRefused, TritonControl, TritonError
 
 log = logging.getLogger(__name__)
 
 ADMIN_TIMEOUT_S = 300.0
 MAX_EVENTS_PER_CALL = 100_000
+MAX_ITEMS_PER_CALL = 10_000
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # 10,000 titles of 2,000 characters fit
+ENCODE_LOG_EVERY = 20  # batches
 SERVING_MODELS = ("recommend", "retrieve", "user_tower")
 
 
@@ -130,10 +138,84 @@ class AdminService(pb_grpc.AdminServicer):
         return pb.ForgetUserReply(version=version, deleted_events=deleted, removed_versions=removed)
 
 
+    def AddItems(self, request, context):  # noqa: N802
+        item_ids, titles = self._new_items(request, context)
+        engine = self.engine
+        try:  # both checked again on the engine thread; here they save the encoding
+            engine.check_new_items(item_ids)
+            engine.text_projection()
+        except CommandError as exc:
+            context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+        started = time.perf_counter()
+        text_emb = self._encode(titles, context)
+        encode_s = time.perf_counter() - started
+        version, publish_s = self._wait(
+            engine.submit(engine.add_items, np.asarray(item_ids, np.int64), text_emb), context)
+        log.info("added %d items (encoded in %.2f s); retrieve %s serves them", len(item_ids),
+                 encode_s, version)
+        return pb.AddItemsReply(version=version, item_ids=item_ids, encode_s=encode_s,
+                                publish_s=publish_s)
+
+    @staticmethod
+    def _new_items(request, context) -> tuple[list[int], list[str]]:
+        """(ids, decoded titles), or INVALID_ARGUMENT naming items[i].field: all or nothing."""
+        if not request.items:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "items: no items sent")
+        if len(request.items) > MAX_ITEMS_PER_CALL:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"items: {len(request.items)} in one call, the limit is {MAX_ITEMS_PER_CALL}")
+        item_ids, titles, first = [], [], {}
+        for i, item in enumerate(request.items):
+            field = f"items[{i}]"
+            item_id = _optional(item, "item_id")
+            if item_id is None or item_id < 0:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field}.item_id: is required and "
+                                                                "must be >= 0")
+            if item_id in first:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field}.item_id: {item_id} repeats "
+                                                                f"items[{first[item_id]}]")
+            first[item_id] = i
+            try:
+                title = decode_text(item.title, f"{field}.title")
+            except RequestError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            if len(item.category) > MAX_CATEGORY_CHARS:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"{field}.category: {len(item.category)} characters, the limit is "
+                              f"{MAX_CATEGORY_CHARS}")
+            item_ids.append(int(item_id))
+            titles.append(title)
+        return item_ids, titles
+
+    def _encode(self, titles: list[str], context) -> np.ndarray:
+        """(N, TEXT_DIM) from the served text_encoder, in batches; a refused title is
+        INVALID_ARGUMENT naming its index."""
+        batches = range(0, len(titles), c.MAX_BATCH_SIZE)
+        out = []
+        for n, start in enumerate(batches):
+            batch = titles[start:start + c.MAX_BATCH_SIZE]
+            try:
+                out.append(self.triton.encode(batch))
+            except TextRefused:
+                for i, title in enumerate(batch, start=start):  # which one: ask one at a time
+                    try:
+                        self.triton.encode([title])
+                    except TextRefused as exc:
+                        reason = str(exc).removeprefix(f"{c.TEXT} ")
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"items[{i}].title {reason}")
+                raise
+            except TritonError as exc:
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"encoding the titles failed: {exc}")
+            if (n + 1) % ENCODE_LOG_EVERY == 0:
+                log.info("encoded %d of %d titles", start + len(batch), len(titles))
+        return np.concatenate(out)
+
+
 def grpc_server(address: str, feedback_log: FeedbackLog, engine: Engine, triton: TritonControl,
                 *, workers: int = 8) -> tuple[grpc.Server, int]:
     """A started grpcio server on `address` (host:port; port 0 picks one). Returns (server, port)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="intake"))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="intake"),
+                         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
     pb_grpc.add_FeedbackServicer_to_server(FeedbackService(feedback_log, engine), server)
     pb_grpc.add_AdminServicer_to_server(AdminService(engine, triton), server)
     port = server.add_insecure_port(address)

@@ -59,6 +59,10 @@ class _Grown:
         self.n -= 1
         self.data[self.n] = self.fill
 
+    def truncate(self, n: int) -> None:
+        self.data[n : self.n] = self.fill
+        self.n = n
+
     @property
     def live(self) -> np.ndarray:
         return self.data[: self.n]
@@ -154,6 +158,35 @@ class SparseTrainer:
             for name in ITEM_TABLES:
                 self.changed[name].add(row)
         return row
+
+    def add_items(self, item_ids: np.ndarray, rows: np.ndarray) -> None:
+        """Append new items (ids (N,), rows (N, d)) with no popularity and a fresh accumulator:
+        from here on they train like any other item. Raises ValueError, adding nothing, when an
+        id is known already or repeats."""
+        item_ids = np.asarray(item_ids, np.int64)
+        known = [int(i) for i in item_ids if int(i) in self.item_index]
+        if known:
+            raise ValueError(f"item ids exist already: {known[:10]}")
+        if np.unique(item_ids).size != item_ids.size:
+            raise ValueError("item ids repeat")
+        for item_id, values in zip(item_ids.tolist(), np.asarray(rows, np.float32)):
+            row = self.t["item_ids"].append(item_id)
+            self.t["item_rows"].append(values)
+            self.t["item_popularity"].append(0.0)
+            self.t["item_adagrad"].append(0.0)
+            self.item_index[item_id] = row
+            for name in ITEM_TABLES:
+                self.changed[name].add(row)
+
+    def drop_last_items(self, n: int) -> None:
+        """Undo :meth:`add_items` of the last ``n`` items (their publish failed); nothing else may
+        have touched them since."""
+        keep = self.n_items - n
+        for item_id in self.t["item_ids"].live[keep:].tolist():
+            del self.item_index[int(item_id)]
+        for name in ITEM_TABLES:
+            self.t[name].truncate(keep)
+            self.changed[name] -= set(range(keep, keep + n))
 
     def _pooled(self, user_row: int) -> np.ndarray:
         history = self.t["user_history"].data[user_row]

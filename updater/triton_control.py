@@ -1,4 +1,5 @@
-"""The updater's side of Triton: explicit load_model, which version serves, and the probe."""
+"""The updater's side of Triton: explicit load_model, which version serves, the probe, and
+encoding item titles with the served `text_encoder`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from model_repository import contract as c
 
@@ -19,6 +21,10 @@ PROBE_DEADLINE_S = 5.0
 
 class TritonError(RuntimeError):
     """Triton refused or failed a control or probe call; the message says which."""
+
+
+class TextRefused(TritonError):
+    """text_encoder refused a text as bad input (too many word pieces, ...); the message says why."""
 
 
 class TritonControl:
@@ -81,6 +87,23 @@ class TritonControl:
             if time.monotonic() > deadline:
                 raise TritonError(f"probe: version {answered} answered, expected {version}")
             time.sleep(0.01)
+
+    def encode(self, texts: list[str], *, version: int = -1) -> np.ndarray:
+        """(len(texts), TEXT_DIM) float32 embeddings from `text_encoder` (one request for all of
+        them; the caller keeps batches within MAX_BATCH_SIZE). Raises TextRefused when the model
+        refuses the input (its message names TEXT), TritonError for anything else."""
+        text = grpcclient.InferInput(c.TEXT, [len(texts), 1], "BYTES")
+        text.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=object))
+        with self._lock:
+            try:
+                result = self._client.infer(c.TEXT_ENCODER, [text], model_version=str(version)
+                                            if version >= 0 else "", client_timeout=self.timeout_s)
+            except Exception as exc:  # noqa: BLE001
+                message = exc.message() if isinstance(exc, InferenceServerException) else str(exc)
+                if message.startswith(f"{c.TEXT} "):
+                    raise TextRefused(message) from exc
+                raise TritonError(f"{c.TEXT_ENCODER} failed: {exc}") from exc
+        return np.asarray(result.as_numpy(c.TEXT_EMB), dtype=np.float32)
 
     def close(self) -> None:
         self._client.close()

@@ -137,3 +137,33 @@ def test_tables_it_does_not_train_are_carried_into_every_version_unchanged():
     trainer.forget_user(1010)
     np.testing.assert_array_equal(trainer.tables()["text_projection"], projection)
     assert trainer.changed_rows()["text_projection"].size == 0  # hard-linked from the parent
+
+
+def test_added_items_get_their_rows_and_then_train_like_any_other():
+    trainer = SparseTrainer(_tables(), _tower())
+    rows = np.random.default_rng(4).normal(0, 0.3, (2, DIM)).astype(np.float32)
+    trainer.add_items(np.array([9001, 9002]), rows)
+    t = trainer.tables()
+    np.testing.assert_array_equal(t["item_rows"][ITEMS:], rows)
+    assert list(t["item_ids"][ITEMS:]) == [9001, 9002] and list(t["item_popularity"][ITEMS:]) == [0, 0]
+    assert set(trainer.changed_rows()["item_rows"]) == {ITEMS, ITEMS + 1}
+    before = _score(trainer, 0, ITEMS)
+    trainer.apply(_event(1, user_id=1000, item_id=9001))
+    assert _score(trainer, 0, ITEMS) > before
+    assert trainer.tables()["item_popularity"][ITEMS] == 1
+
+
+def test_adding_a_known_or_repeated_item_adds_nothing_and_a_failed_add_can_be_undone():
+    trainer = SparseTrainer(_tables(), _tower())
+    rows = np.zeros((2, DIM), np.float32)
+    with pytest.raises(ValueError, match="exist already: \\[500\\]"):
+        trainer.add_items(np.array([9001, 500]), rows)
+    with pytest.raises(ValueError, match="repeat"):
+        trainer.add_items(np.array([9001, 9001]), rows)
+    assert trainer.n_items == ITEMS and 9001 not in trainer.item_index
+    trainer.add_items(np.array([9001, 9002]), rows)
+    trainer.drop_last_items(2)
+    assert trainer.n_items == ITEMS and 9001 not in trainer.item_index
+    assert not trainer.changed_rows()["item_rows"].size
+    trainer.add_items(np.array([9001]), rows[:1])  # the ids are free again
+    assert trainer.item_index[9001] == ITEMS

@@ -172,6 +172,11 @@ class AdminStub:
                 request_serializer=freshrec__updater__pb2.ForgetUserRequest.SerializeToString,
                 response_deserializer=freshrec__updater__pb2.ForgetUserReply.FromString,
                 _registered_method=True)
+        self.AddItems = channel.unary_unary(
+                '/freshrec.updater.v1.Admin/AddItems',
+                request_serializer=freshrec__updater__pb2.AddItemsRequest.SerializeToString,
+                response_deserializer=freshrec__updater__pb2.AddItemsReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -201,6 +206,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddItems(self, request, context):
+        """INVALID_ARGUMENT naming items[i].field, ALREADY_EXISTS for a known id, FAILED_PRECONDITION
+        when the serving version has no text projection. Returns once Triton serves the version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -223,6 +236,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ForgetUser,
                     request_deserializer=freshrec__updater__pb2.ForgetUserRequest.FromString,
                     response_serializer=freshrec__updater__pb2.ForgetUserReply.SerializeToString,
+            ),
+            'AddItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddItems,
+                    request_deserializer=freshrec__updater__pb2.AddItemsRequest.FromString,
+                    response_serializer=freshrec__updater__pb2.AddItemsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -333,6 +351,33 @@ class Admin:
             '/freshrec.updater.v1.Admin/ForgetUser',
             freshrec__updater__pb2.ForgetUserRequest.SerializeToString,
             freshrec__updater__pb2.ForgetUserReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/freshrec.updater.v1.Admin/AddItems',
+            freshrec__updater__pb2.AddItemsRequest.SerializeToString,
+            freshrec__updater__pb2.AddItemsReply.FromString,
             options,
             channel_credentials,
             insecure,
