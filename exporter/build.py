@@ -73,6 +73,7 @@ class TextExport:
     onnx_path: Path
     tokenizer_path: Path
     projection: TextProjection
+    plan_path: Path | None = None  # TensorRT, GPU hosts only
 
 
 def retrieve_tables(model: TrainedModel, projection: TextProjection | None = None
@@ -119,7 +120,8 @@ def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = 
         versions.write_version(
             repository / c.TEXT_ENCODER, FIRST_VERSION, {},
             files={"model.py": templates.template(c.TEXT_ENCODER), TEXT_ONNX_FILE: text.onnx_path,
-                   TOKENIZER_FILE: text.tokenizer_path},
+                   TOKENIZER_FILE: text.tokenizer_path,
+                   **({PLAN_FILE: text.plan_path} if text.plan_path is not None else {})},
             meta={"dim": c.TEXT_DIM, "max_tokens": c.MAX_TEXT_TOKENS,
                   "max_chars": c.MAX_TEXT_CHARS},
         )
@@ -193,7 +195,7 @@ def build(
         return BuildResult(repository, ratings, quality, result.onnx_max_abs_err,
                            result.tensorrt_plan)
     with tempfile.TemporaryDirectory(prefix="freshrec-text-") as scratch:
-        text, parity = _text_export(model, dataset.items, Path(scratch))
+        text, parity = _text_export(model, dataset.items, Path(scratch), tensorrt=tensorrt)
         quality = format_quality_table(evaluate(model, train, test))
         cold = format_quality_table(cold_item_quality(model, train, test, cold_ids),
                                     columns=COLD_TABLE_COLUMNS)
@@ -203,11 +205,13 @@ def build(
                        cold_items=int(cold_ids.size))
 
 
-def _text_export(model: TrainedModel, items: datasets.Items, scratch: Path
+def _text_export(model: TrainedModel, items: datasets.Items, scratch: Path, *, tensorrt: bool
                  ) -> tuple[TextExport, float]:
-    """Export MiniLM to ONNX under ``scratch`` (parity checked), encode every title with it, fit
-    the projection and give titled items without training events their projected rows."""
+    """Export MiniLM to ONNX under ``scratch`` (parity checked; a TensorRT plan too on GPU hosts),
+    encode every title with it, fit the projection and give titled items without training events
+    their projected rows."""
     from exporter.text_encoder import (  # torch + transformers: only builds with text need them
+        PLAN_SHAPES,
         check_text_parity,
         export_text_encoder,
         load_torch_encoder,
@@ -223,4 +227,6 @@ def _text_export(model: TrainedModel, items: datasets.Items, scratch: Path
     text_emb = np.concatenate([runtime.encode(titles[i:i + ENCODE_BATCH])
                                for i in range(0, len(titles), ENCODE_BATCH)])
     projection, _ = apply_text_rows(model, rows, text_emb)
-    return TextExport(onnx_path, tokenizer_path, projection), parity
+    plan = (build_tensorrt_plan(onnx_path, scratch / PLAN_FILE, profile_shapes=PLAN_SHAPES)
+            if tensorrt else None)
+    return TextExport(onnx_path, tokenizer_path, projection, plan), parity

@@ -117,12 +117,18 @@ def check_onnx_parity(tower: UserTower, onnx_path: str | Path, *, dim: int,
     return worst
 
 
-def build_tensorrt_plan(onnx_path: str | Path, plan_path: str | Path) -> Path | None:
-    """Build a serialized TensorRT engine from the ONNX user tower; None where that can't run.
+Shape = tuple[int, ...]
+
+
+def build_tensorrt_plan(onnx_path: str | Path, plan_path: str | Path, *,
+                        profile_shapes: dict[str, tuple[Shape, Shape, Shape]] | None = None,
+                        ) -> Path | None:
+    """Build a serialized TensorRT engine from an ONNX file; None where that can't run.
 
     Needs the ``tensorrt`` package and a CUDA device; otherwise logs why and returns None. FP16
-    is enabled where the GPU has fast fp16; one optimisation profile covers batch 1..64
-    (MAX_BATCH_SIZE), optimised for the largest. Not verified on the CPU-only development
+    is enabled where the GPU has fast fp16. ``profile_shapes``: input name -> (min, opt, max)
+    shapes of its one optimisation profile; by default (the user tower: (B, d) inputs) batch
+    1..64 (MAX_BATCH_SIZE), optimised for the largest. Not verified on the CPU-only development
     machine: this path only runs on GPU hosts (the NGC container's tensorrt backend).
     """
     try:
@@ -151,6 +157,9 @@ def build_tensorrt_plan(onnx_path: str | Path, plan_path: str | Path) -> Path | 
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
+        if profile_shapes is not None:
+            profile.set_shape(tensor.name, *profile_shapes[tensor.name])
+            continue
         dim = tensor.shape[1]
         profile.set_shape(tensor.name, (1, dim), (MAX_BATCH_SIZE, dim), (MAX_BATCH_SIZE, dim))
     config.add_optimization_profile(profile)

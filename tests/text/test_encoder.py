@@ -1,12 +1,15 @@
 """The exported MiniLM against torch, and the server-side tokenizer against transformers'."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
 
-from exporter.onnx_export import ParityError
+from exporter.onnx_export import ParityError, build_tensorrt_plan
 from exporter.text_encoder import (
     DEFAULT_TEXT_PARITY_ATOL,
+    PLAN_SHAPES,
     check_text_parity,
     model_folder,
     tokenizer_file,
@@ -82,3 +85,12 @@ def test_the_word_piece_limit_is_an_error_naming_the_field_not_a_truncation(runt
     assert runtime.encode([at_limit]).shape == (1, c.TEXT_DIM)
     with pytest.raises(RequestError, match="QUERY_TEXT is too long: 257 word pieces, the limit is 256"):
         runtime.tokenize([at_limit + " galaxy"], field=c.QUERY_TEXT)
+
+
+def test_tensorrt_plan_of_the_text_encoder_where_a_gpu_allows(text_build, tmp_path):
+    onnx_path = text_build.repository / c.TEXT_ENCODER / "1" / "model.onnx"
+    plan = build_tensorrt_plan(onnx_path, tmp_path / "model.plan", profile_shapes=PLAN_SHAPES)
+    if importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available():
+        assert plan is not None and plan.stat().st_size > 0
+    else:  # CPU hosts: no plan, and nothing half-written
+        assert plan is None and not (tmp_path / "model.plan").exists()
