@@ -12,6 +12,10 @@ cannot throw a row far. A positive event appends its item to the user's stored h
 Negatives come from a generator seeded with (seed, event offset): replaying the same events
 from the same tables gives the same tables, which is what crash recovery relies on.
 
+The step is numpy with the gradients written out (the tower is a fixed two-layer MLP, see
+`_TowerGrad`): per event that costs a fraction of torch autograd's overhead, and
+tests/updater/test_trainer.py checks it against autograd.
+
 Tables live in arrays with headroom (capacity doubles) so new users and items cost amortised
 O(1); `tables()` hands out views with the real row counts. Tables the trainer does not train
 (the text projection, ...) are carried unchanged into every version it publishes.
@@ -34,6 +38,10 @@ USER_TABLES = ("user_ids", "user_rows", "user_history", "user_adagrad")
 ITEM_TABLES = ("item_ids", "item_rows", "item_popularity", "item_adagrad")
 ADAGRAD_EPS = 1e-8
 NEW_ITEM_STD = 0.05  # exporter.train.INIT_STD: a new item starts like an untrained one
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|
 
 
 class _Grown:
@@ -68,6 +76,28 @@ class _Grown:
         return self.data[: self.n]
 
 
+class _TowerGrad:
+    """exporter.train.UserTower's forward, and the gradient of a loss through it w.r.t. the
+    user row, in numpy (float32): query = u + h + W2 relu(W1 [u, h] + b1) + b2."""
+
+    def __init__(self, tower: torch.nn.Module):
+        first, _, second = tower.mix
+        self.w1 = first.weight.detach().numpy().astype(np.float32)   # (hidden, 2d)
+        self.b1 = first.bias.detach().numpy().astype(np.float32)
+        self.w2 = second.weight.detach().numpy().astype(np.float32)  # (d, hidden)
+        self.b2 = second.bias.detach().numpy().astype(np.float32)
+        self.dim = self.w2.shape[0]
+
+    def forward(self, user: np.ndarray, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(query (d,), hidden pre-activation (hidden,)) for one user."""
+        z1 = self.w1 @ np.concatenate([user, pooled]) + self.b1
+        return user + pooled + self.w2 @ np.maximum(z1, 0.0) + self.b2, z1
+
+    def user_grad(self, query_grad: np.ndarray, z1: np.ndarray) -> np.ndarray:
+        """dL/du from dL/dquery (the pooled history is held constant)."""
+        return query_grad + self.w1[:, : self.dim].T @ ((self.w2.T @ query_grad) * (z1 > 0))
+
+
 class SparseTrainer:
     """Trainer state: the retrieve tables of one version plus what changed since it."""
 
@@ -77,6 +107,7 @@ class SparseTrainer:
         self.tower = tower.eval()
         for p in self.tower.parameters():
             p.requires_grad_(False)  # frozen: only rows train
+        self._tower = _TowerGrad(self.tower)
         self.decay = recency_decay
         self.config = config or TrainerConfig()
         self.reset(tables)
@@ -226,18 +257,21 @@ class SparseTrainer:
         rng = np.random.default_rng([self.config.seed, event.offset])
         negatives = rng.integers(0, self.n_items - 1, size=self.config.negatives)
         negatives = np.unique(negatives + (negatives >= item_row))  # never the event's item
-        user = torch.from_numpy(self.t["user_rows"].data[user_row].copy()).requires_grad_(True)
-        pooled = torch.from_numpy(self._pooled(user_row))
         item_rows = np.concatenate([[item_row], negatives])
-        items = torch.from_numpy(self.t["item_rows"].data[item_rows].copy()).requires_grad_(True)
-        query = self.tower(user[None], pooled[None])[0]
+        user = self.t["user_rows"].data[user_row].copy()
+        items = self.t["item_rows"].data[item_rows].copy()
+        query, z1 = self._tower.forward(user, self._pooled(user_row))
         scores = items @ query
-        margin = scores[0] - scores[1:] if weight > 0 else scores[1:] - scores[0]
-        loss = -abs(weight) * torch.nn.functional.logsigmoid(margin).mean()
-        loss.backward()
+        sign = 1.0 if weight > 0 else -1.0
+        margin = sign * (scores[0] - scores[1:])
+        # loss = -|w| * mean(logsigmoid(margin)); d logsigmoid(x)/dx = sigmoid(-x)
+        margin_grad = -abs(weight) * _sigmoid(-margin) / margin.size
+        score_grad = np.concatenate([[sign * margin_grad.sum()], -sign * margin_grad])
+        item_grads = score_grad[:, None] * query[None, :]
+        user_grad = self._tower.user_grad(items.T @ score_grad, z1)
         self._adagrad_step("user_rows", "user_adagrad", np.array([user_row]),
-                           user.grad.numpy()[None].astype(np.float64))
-        self._adagrad_step("item_rows", "item_adagrad", item_rows, items.grad.numpy().astype(np.float64))
+                           user_grad[None].astype(np.float64))
+        self._adagrad_step("item_rows", "item_adagrad", item_rows, item_grads.astype(np.float64))
 
     def forget_user(self, user_id: int) -> bool:
         """Remove a user's row, history and accumulator. Returns False if the user had no row."""

@@ -167,3 +167,38 @@ def test_adding_a_known_or_repeated_item_adds_nothing_and_a_failed_add_can_be_un
     assert not trainer.changed_rows()["item_rows"].size
     trainer.add_items(np.array([9001]), rows[:1])  # the ids are free again
     assert trainer.item_index[9001] == ITEMS
+
+
+def _autograd_step(trainer, event, user_row, item_row, weight):
+    """The step with torch autograd, as the trainer did before its gradients were written out."""
+    rng = np.random.default_rng([trainer.config.seed, event.offset])
+    negatives = rng.integers(0, trainer.n_items - 1, size=trainer.config.negatives)
+    negatives = np.unique(negatives + (negatives >= item_row))
+    user = torch.from_numpy(trainer.t["user_rows"].data[user_row].copy()).requires_grad_(True)
+    pooled = torch.from_numpy(trainer._pooled(user_row))
+    item_rows = np.concatenate([[item_row], negatives])
+    items = torch.from_numpy(trainer.t["item_rows"].data[item_rows].copy()).requires_grad_(True)
+    scores = items @ trainer.tower(user[None], pooled[None])[0]
+    margin = scores[0] - scores[1:] if weight > 0 else scores[1:] - scores[0]
+    (-abs(weight) * torch.nn.functional.logsigmoid(margin).mean()).backward()
+    trainer._adagrad_step("user_rows", "user_adagrad", np.array([user_row]),
+                          user.grad.numpy()[None].astype(np.float64))
+    trainer._adagrad_step("item_rows", "item_adagrad", item_rows, items.grad.numpy().astype(np.float64))
+
+
+@pytest.mark.parametrize("kind", ["click", "skip"])
+def test_written_out_gradients_match_torch_autograd(kind, monkeypatch):
+    torch.manual_seed(1)
+    tower = UserTower(DIM)
+    for p in tower.parameters():  # a trained-looking tower, not the near-identity of a fresh one
+        torch.nn.init.normal_(p, std=0.5)
+    ours, reference = SparseTrainer(_tables(), tower), SparseTrainer(_tables(), tower)
+    monkeypatch.setattr(reference, "_train_step", lambda *a: _autograd_step(reference, *a))
+    for offset in range(1, 25):
+        event = _event(offset, 1000 + 10 * (offset % USERS), 500 + 7 * (offset % ITEMS), kind)
+        ours.apply(event)
+        reference.apply(event)
+    for name in ("user_rows", "item_rows", "user_adagrad", "item_adagrad"):
+        np.testing.assert_allclose(ours.tables()[name], reference.tables()[name], rtol=1e-4,
+                                   atol=1e-6, err_msg=name)
+    assert not np.array_equal(ours.tables()["item_rows"], _tables()["item_rows"])  # rows moved
