@@ -4,7 +4,7 @@
     python -m bench.e2e --quick          # 8 users, 5 s per row
 
 One tritonserver serves, in one run:
-- `recommend`: the real entry point (ensemble -> retrieve -> user_tower BLS -> score_topk) over a
+- `recommend`: the real entry point (ensemble -> retrieve: numpy tower -> score_topk) over a
   model of N items whose tables are random (throughput does not depend on what was learned, and
   training a 1e5-item model would cost minutes for nothing here);
 - `floor`: an empty python-backend model with the same inputs, outputs and batching settings
@@ -13,7 +13,8 @@ One tritonserver serves, in one run:
   and publishes a new version every few seconds through its Admin Publish, so Triton loads a new
   `retrieve` version under load.
 
-`recommend, unpadded inputs` is the same load with unused HISTORY / EXCLUDE omitted rather than
+`retrieve, no ensemble` sends the same load to `retrieve` itself: the cost of the ensemble hop
+that keeps clients on one stable name. `recommend, unpadded inputs` is the same load with unused HISTORY / EXCLUDE omitted rather than
 sent empty: Triton only batches requests with the same set of inputs (`LoadMix.pad_inputs`).
 
 For each user count the rows run back to back (floor, recommend, recommend + reloads) so
@@ -154,6 +155,7 @@ def _measure(grpc_url: str, updater_url: str, users: int, *, n_users_model: int,
 
     floor = load(FLOOR)
     ours = load(c.RECOMMEND)
+    direct = load(c.RETRIEVE)
     unpadded = load(c.RECOMMEND, pad_inputs=False)
     with Reloader(updater_url, n_users_model, n_items, every_s=reload_every_s) as reloader:
         reloading = load(c.RECOMMEND)
@@ -161,6 +163,7 @@ def _measure(grpc_url: str, updater_url: str, users: int, *, n_users_model: int,
                                                 if reloader.errors else "")
     rows = [_row(users, "floor (empty python model)", floor, floor.rps),
             _row(users, "recommend", ours, floor.rps),
+            _row(users, "retrieve, no ensemble", direct, floor.rps),
             _row(users, "recommend, unpadded inputs", unpadded, floor.rps),
             _row(users, "recommend + reloads", reloading, floor.rps, note)]
     ratio = ours.rps / floor.rps if floor.rps else float("nan")

@@ -32,7 +32,7 @@ from exporter.text_projection import (
     pick_cold_items,
     titled_rows,
 )
-from exporter.train import TrainConfig, TrainedModel, save_tower, train_base_model
+from exporter.train import TrainConfig, TrainedModel, numpy_tower, save_tower, train_base_model
 from model_repository import configs, templates, versions
 from model_repository import contract as c
 from model_repository.text_encoding import ONNX_FILE as TEXT_ONNX_FILE
@@ -90,6 +90,7 @@ def retrieve_tables(model: TrainedModel, projection: TextProjection | None = Non
         "item_rows": np.asarray(model.item_rows, dtype=np.float32),
         "user_history": np.asarray(model.user_history, dtype=np.int64),
         "item_popularity": np.asarray(model.item_popularity, dtype=np.float32),
+        **numpy_tower(model.tower).tables(),
         **text,
     }
 

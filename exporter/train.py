@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from exporter.data import Interactions, Items
 from model_repository.pooling import DEFAULT_HISTORY_LEN, DEFAULT_RECENCY_DECAY
+from model_repository.tower import NumpyTower
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,13 @@ def save_tower(tower: UserTower, path: str | Path) -> Path:
     torch.save({"format": TOWER_FILE_FORMAT, "args": tower.constructor_args(),
                 "state_dict": tower.state_dict()}, path)
     return path
+
+
+def numpy_tower(tower: UserTower) -> NumpyTower:
+    """The same tower as numpy weights: what retrieve serves from and the updater trains through."""
+    first, _, second = tower.mix
+    weights = (first.weight, first.bias, second.weight, second.bias)
+    return NumpyTower(*(w.detach().cpu().numpy() for w in weights))
 
 
 def load_tower(path: str | Path) -> UserTower:

@@ -4,8 +4,10 @@ Request -> rows: external user and item ids are mapped to table rows through the
 maps; HISTORY ids that are not in the catalogue are ignored (documented in the README); an
 unknown user gets a zero user row and is served from the request's HISTORY, or from popularity
 when there is none. Rows -> query: the history is pooled with recency weights (kernels.gather_pool)
-and the user tower turns (user row, pooled history) into a query. Query -> answer: one fused
-score + top-K pass over the item table (kernels.score_topk) with per-request exclusions.
+and the user tower turns (user row, pooled history) into a query: in numpy from the version's
+own tower tables (model_repository.tower), or through the `TowerFn` given for a version written
+before those tables existed. Query -> answer: one fused score + top-K pass over the item table
+(kernels.score_topk) with per-request exclusions. Id look-ups run once per batch, not per query.
 
 Text (QUERY_TEXT): the text's embedding (the `text_encoder` model, through the `TextFn` given)
 is projected into the item space with the version's `text_projection` tables; with a user (a
@@ -28,6 +30,7 @@ import kernels
 from model_repository import contract as c
 from model_repository import versions
 from model_repository.pooling import DEFAULT_RECENCY_DECAY, recency_weights
+from model_repository.tower import NumpyTower
 
 TowerFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # decoded texts -> (B, TEXT_DIM) float32 embeddings; raises RequestError for a text it refuses
@@ -175,8 +178,9 @@ class IdMap:
 class Retriever:
     """A loaded retrieve version answering batches of queries."""
 
-    def __init__(self, version_dir: Path, tower: TowerFn):
-        """``tower``: (user_emb, history_emb) -> query, each (B, d) float32."""
+    def __init__(self, version_dir: Path, tower: TowerFn | None = None):
+        """``tower``: (user_emb, history_emb) -> query, each (B, d) float32; used only when the
+        version has no tower tables of its own."""
         self.version_dir = Path(version_dir)
         self.manifest, tables = versions.load_tables(self.version_dir)
         self.version = self.manifest.version
@@ -190,7 +194,12 @@ class Retriever:
         self.popular_rows = np.lexsort((np.arange(popularity.size), -popularity))
         self.popularity = popularity
         self.decay = float(self.manifest.meta.get("recency_decay", DEFAULT_RECENCY_DECAY))
-        self.tower = tower
+        own_tower = NumpyTower.from_tables(tables)
+        self.tower_from_tables = own_tower is not None
+        self.tower: TowerFn | None = own_tower if own_tower is not None else tower
+        if self.tower is None:
+            raise ValueError(f"{self.version_dir}: the version has no tower tables and no tower "
+                             "was given")
         # (TEXT_DIM, d) and (d,): text embedding -> item space; absent in a version built
         # without the text encoder, which then refuses QUERY_TEXT
         self.text_projection = tables.get(TEXT_TABLES[0])
@@ -219,14 +228,25 @@ class Retriever:
         return (np.asarray(text_emb, np.float32) @ self.text_projection
                 + self.text_projection_bias).astype(np.float32)
 
-    def _history_rows(self, query: Query, user_row: int) -> np.ndarray:
-        if query.history is not None and query.history.size:
-            rows = self.items.rows(query.history)
-            return rows[rows >= 0]  # unknown history ids are ignored
-        if user_row >= 0:
-            stored = np.asarray(self.user_history[user_row])
-            return stored[stored >= 0]
-        return np.zeros(0, dtype=np.int64)
+    def _item_rows_per_query(self, lists: list[np.ndarray | None]) -> list[np.ndarray]:
+        """External item ids per query -> the rows of those in the catalogue, one id look-up
+        for the whole batch (unknown ids are dropped; None gives an empty list)."""
+        sizes = [0 if ids is None else ids.size for ids in lists]
+        if not sum(sizes):
+            return [np.zeros(0, np.int64) for _ in lists]
+        rows = self.items.rows(np.concatenate([ids for ids in lists if ids is not None]))
+        return [part[part >= 0] for part in np.split(rows, np.cumsum(sizes)[:-1])]
+
+    def _histories(self, queries: list[Query], user_rows: np.ndarray) -> list[np.ndarray]:
+        """Each query's history rows: its HISTORY (ids not in the catalogue ignored) if it sent
+        one, else the user's stored history, else nothing."""
+        sent = [q.history if q.history is not None and q.history.size else None for q in queries]
+        histories = self._item_rows_per_query(sent)
+        for i, row in enumerate(user_rows):
+            if sent[i] is None and row >= 0:
+                stored = np.asarray(self.user_history[row])
+                histories[i] = stored[stored >= 0]
+        return histories
 
     def answer(self, queries: list[Query], text_emb: list[np.ndarray | None] | None = None
                ) -> list[Answer]:
@@ -238,24 +258,24 @@ class Retriever:
         # no USER_ID (text search) maps like an unknown user: no row
         user_rows = self.users.rows(np.array(
             [q.user_id if q.user_id is not None else _NO_USER for q in queries], dtype=np.int64))
-        histories = [self._history_rows(q, int(r)) for q, r in zip(queries, user_rows)]
+        histories = self._histories(queries, user_rows)
+        excluded = self._item_rows_per_query(
+            [q.exclude if q.exclude is not None and q.exclude.size else None for q in queries])
         excludes = []
-        for q, h in zip(queries, histories):
-            parts = [h] if q.exclude_seen else []
-            if q.exclude is not None and q.exclude.size:
-                rows = self.items.rows(q.exclude)
-                parts.append(rows[rows >= 0])
+        for q, h, e in zip(queries, histories, excluded):
+            parts = ([h] if q.exclude_seen else []) + ([e] if e.size else [])
             excludes.append(np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64))
 
         answers: list[Answer | None] = [None] * len(queries)
         # an unknown user with no usable history and no text has nothing to personalise from
         personal = [i for i, (r, h) in enumerate(zip(user_rows, histories)) if r >= 0 or h.size]
-        scored = [i for i in range(len(queries)) if i in set(personal) or text_emb[i] is not None]
+        is_personal_query = set(personal)
+        scored = [i for i in range(len(queries)) if i in is_personal_query or text_emb[i] is not None]
         for i in set(range(len(queries))) - set(scored):
             answers[i] = self._popular(queries[i].k, excludes[i])
         if scored:
             query_vecs = np.zeros((len(scored), self.item_rows.shape[1]), dtype=np.float32)
-            is_personal = np.array([i in set(personal) for i in scored], dtype=bool)
+            is_personal = np.array([i in is_personal_query for i in scored], dtype=bool)
             if is_personal.any():
                 query_vecs[is_personal] = self._user_queries(user_rows, histories, personal)
             with_text = [j for j, i in enumerate(scored) if text_emb[i] is not None]
@@ -277,13 +297,17 @@ class Retriever:
         user_emb = np.zeros((len(picked), dim), dtype=np.float32)
         known = rows >= 0
         user_emb[known] = self.user_rows[rows[known]]
-        lists = [histories[i] for i in picked]
-        offsets = np.zeros(len(picked) + 1, dtype=np.int64)
-        np.cumsum([h.size for h in lists], out=offsets[1:])
-        ids = np.concatenate(lists).astype(np.int64) if offsets[-1] else np.zeros(0, np.int64)
+        pooled = self.pooled_histories([histories[i] for i in picked])
+        return np.asarray(self.tower(user_emb, pooled), np.float32)
+
+    def pooled_histories(self, histories: list[np.ndarray]) -> np.ndarray:
+        """(len(histories), d) float32: each list of item rows pooled with recency weights."""
+        offsets = np.zeros(len(histories) + 1, dtype=np.int64)
+        np.cumsum([h.size for h in histories], out=offsets[1:])
+        ids = np.concatenate(histories).astype(np.int64) if offsets[-1] else np.zeros(0, np.int64)
         weights = recency_weights(offsets, decay=self.decay)
         pooled = kernels.gather_pool(self.item_rows, ids, offsets, weights=weights, mode="sum")
-        return np.asarray(self.tower(user_emb, np.asarray(pooled, np.float32)), np.float32)
+        return np.asarray(pooled, np.float32)
 
     def _top_k(self, queries, query_vecs, excludes, picked) -> list[Answer]:
         ex_lists = [excludes[i] for i in picked]

@@ -28,7 +28,9 @@ import logging
 import numpy as np
 import torch
 
+from exporter.train import numpy_tower
 from model_repository.pooling import DEFAULT_RECENCY_DECAY, recency_weights
+from model_repository.tower import NumpyTower
 from updater.events import Event, label
 from updater.settings import TrainerConfig
 
@@ -77,16 +79,12 @@ class _Grown:
 
 
 class _TowerGrad:
-    """exporter.train.UserTower's forward, and the gradient of a loss through it w.r.t. the
-    user row, in numpy (float32): query = u + h + W2 relu(W1 [u, h] + b1) + b2."""
+    """For one user: the tower's forward with its hidden pre-activation kept, and the gradient
+    of a loss through it w.r.t. the user row (numpy, float32; see model_repository.tower)."""
 
-    def __init__(self, tower: torch.nn.Module):
-        first, _, second = tower.mix
-        self.w1 = first.weight.detach().numpy().astype(np.float32)   # (hidden, 2d)
-        self.b1 = first.bias.detach().numpy().astype(np.float32)
-        self.w2 = second.weight.detach().numpy().astype(np.float32)  # (d, hidden)
-        self.b2 = second.bias.detach().numpy().astype(np.float32)
-        self.dim = self.w2.shape[0]
+    def __init__(self, tower: NumpyTower):
+        self.w1, self.b1, self.w2, self.b2 = tower.w1, tower.b1, tower.w2, tower.b2
+        self.dim = tower.dim
 
     def forward(self, user: np.ndarray, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(query (d,), hidden pre-activation (hidden,)) for one user."""
@@ -107,7 +105,7 @@ class SparseTrainer:
         self.tower = tower.eval()
         for p in self.tower.parameters():
             p.requires_grad_(False)  # frozen: only rows train
-        self._tower = _TowerGrad(self.tower)
+        self._tower = _TowerGrad(numpy_tower(self.tower))
         self.decay = recency_decay
         self.config = config or TrainerConfig()
         self.reset(tables)

@@ -1,8 +1,9 @@
 """Triton python backend: `retrieve`. Template, copied into every version folder; edit it here only.
 
 Request -> Query -> Retriever (model_repository.serving) -> outputs, one response per request in
-request order. The user tower runs in the `user_tower` model and QUERY_TEXT is embedded by the
-`text_encoder` model, both called through BLS.
+request order. The user tower runs in numpy from the version's own tower tables; only a version
+written before those existed calls the `user_tower` model through BLS. QUERY_TEXT is embedded by
+the `text_encoder` model, called through BLS.
 """
 
 import os
@@ -34,6 +35,11 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.logger = pb_utils.Logger
         self.retriever = Retriever(version_dir, self._tower)
+        if not self.retriever.tower_from_tables:
+            self.logger.log_warn(
+                f"retrieve version {args['model_version']} has no tower tables: the user tower "
+                "runs in the user_tower model through BLS, which costs more per request; "
+                "rebuild with `freshrec build` to serve it from the version's own tables")
         self.tower_version = int(self.retriever.manifest.meta.get("user_tower_version", -1))
         self.text_version = int(self.retriever.manifest.meta.get("text_encoder_version", -1))
 
@@ -83,7 +89,8 @@ class TritonPythonModel:
             refused = [i for i, e in enumerate(text_emb) if isinstance(e, RequestError)]
             for i in refused:
                 responses[slots[i]] = _error(str(text_emb[i]), pb_utils.TritonError.INVALID_ARG)
-            keep = [i for i in range(len(queries)) if i not in set(refused)]
+            refused_set = set(refused)
+            keep = [i for i in range(len(queries)) if i not in refused_set]
             queries, slots = [queries[i] for i in keep], [slots[i] for i in keep]
             answers = self.retriever.answer(queries, [text_emb[i] for i in keep])
         except Exception as exc:  # noqa: BLE001 - every failure must become a response

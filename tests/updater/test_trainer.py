@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.train import UserTower
+from exporter.train import UserTower, numpy_tower
 from updater.events import validate
 from updater.settings import TrainerConfig
 from updater.trainer import SparseTrainer
@@ -132,11 +132,13 @@ def test_trainer_config_names_the_bad_field(field, value):
 def test_tables_it_does_not_train_are_carried_into_every_version_unchanged():
     tables = _tables()
     projection = np.random.default_rng(3).normal(size=(12, DIM)).astype(np.float32)
-    trainer = SparseTrainer({**tables, "text_projection": projection}, _tower())
+    carried = {"text_projection": projection, **numpy_tower(_tower()).tables()}
+    trainer = SparseTrainer({**tables, **carried}, _tower())
     trainer.apply(_event(1, user_id=1000, item_id=500))
     trainer.forget_user(1010)
-    np.testing.assert_array_equal(trainer.tables()["text_projection"], projection)
-    assert trainer.changed_rows()["text_projection"].size == 0  # hard-linked from the parent
+    for name, table in carried.items():
+        np.testing.assert_array_equal(trainer.tables()[name], table)
+        assert trainer.changed_rows()[name].size == 0  # hard-linked from the parent
 
 
 def test_added_items_get_their_rows_and_then_train_like_any_other():

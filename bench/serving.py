@@ -1,0 +1,134 @@
+"""Where a `retrieve` batch spends its time, without the server: µs per request by batch size.
+
+    python -m bench.serving              # N = 1e5 items, d = 32, batches 1 / 8 / 32 / 64, K = 10
+    python -m bench.serving --items 1000000
+
+Times `Retriever.answer` (what retrieve's execute runs per batch of requests, the id look-ups,
+pooling, tower, score_topk and answer assembly) on a version written by the exporter's own
+`write_repository` with random tables, and beside it, timed round-robin in the same run:
+- its parts alone: the numpy tower on the batch and `kernels.score_topk` with the batch's
+  exclusions;
+- the tower the way retrieve ran it before versions carried tower tables: the ONNX user tower
+  in onnxruntime (one thread, as the `user_tower` model runs it; the BLS hop it also cost is not
+  in this number);
+- torch: the same tower in torch and `topk(queries @ items.T)` without exclusions (the peer).
+
+Half the requests send a HISTORY of 1-20 items and all exclude what they have seen, as the load
+test does. The difference between `answer` and its parts is per-request Python work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from bench.report import machine_header, print_table, time_side_by_side
+
+DEFAULT_ITEMS = 100_000
+DEFAULT_USERS = 10_000
+DEFAULT_BATCHES = (1, 8, 32, 64)
+K = 10
+
+
+def _queries(batch: int, n_users: int, n_items: int, seed: int):
+    from model_repository.serving import Query
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(batch):
+        history = None
+        if i % 2:
+            history = rng.integers(1, n_items + 1, size=int(rng.integers(1, 21)), dtype=np.int64)
+        out.append(Query(user_id=int(rng.integers(1, n_users + 1)), k=K, history=history,
+                         exclude_seen=True))
+    return out
+
+
+def _time_batch(retriever, session, tower_t, items_t, batch: int, *, n_users: int,
+                n_items: int, repeat: int) -> list:
+    import torch
+
+    import kernels
+    from model_repository import contract as c
+
+    queries = _queries(batch, n_users, n_items, seed=batch)
+    user_rows = retriever.users.rows(np.array([q.user_id for q in queries]))
+    histories = retriever._histories(queries, user_rows)
+    user_emb = retriever.user_rows[user_rows]
+    pooled = retriever.pooled_histories(histories)
+    query_vecs = retriever.tower(user_emb, pooled)
+    offsets = np.zeros(batch + 1, np.int64)
+    np.cumsum([h.size for h in histories], out=offsets[1:])
+    excluded = np.concatenate(histories).astype(np.int64)
+    user_t, pooled_t = torch.from_numpy(user_emb), torch.from_numpy(pooled)
+
+    def torch_peer():
+        with torch.no_grad():
+            return torch.topk(tower_t(user_t, pooled_t) @ items_t.T, K)
+
+    times = time_side_by_side({
+        "answer": lambda: retriever.answer(queries),
+        "tower": lambda: retriever.tower(user_emb, pooled),
+        "score_topk": lambda: kernels.score_topk(query_vecs, retriever.item_rows, K,
+                                                 exclude=(offsets, excluded)),
+        "onnx tower": lambda: session.run([c.QUERY], {c.USER_EMB: user_emb,
+                                                      c.HISTORY_EMB: pooled}),
+        "torch": torch_peer,
+    }, warmup=3, repeat=repeat)
+    per = {name: t.median_s * 1e6 / batch for name, t in times.items()}
+    return [batch, per["answer"], per["tower"], per["onnx tower"], per["score_topk"],
+            per["answer"] - per["tower"] - per["score_topk"], per["torch"],
+            per["torch"] / per["answer"]]
+
+
+def run(n_items: int, n_users: int, batches, repeat: int) -> None:
+    import onnxruntime as ort
+    import torch
+
+    from bench.e2e import random_model
+    from exporter.build import write_repository
+    from model_repository import contract as c
+    from model_repository.serving import Retriever
+
+    torch.set_num_threads(1)  # retrieve is one single-threaded python model instance
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="freshrec-serving-") as scratch:
+        model = random_model(n_items, n_users)
+        repository = write_repository(model, Path(scratch) / "repository", tensorrt=False).repository
+        retriever = Retriever(repository / c.RETRIEVE / "1")
+        assert retriever.tower_from_tables
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(str(repository / c.USER_TOWER / "1" / "model.onnx"), options,
+                                       providers=["CPUExecutionProvider"])
+        items_t = torch.from_numpy(np.array(retriever.item_rows))  # a writable copy
+        for batch in batches:
+            rows.append(_time_batch(retriever, session, model.tower, items_t, batch,
+                                    n_users=n_users, n_items=n_items, repeat=repeat))
+    print(machine_header([
+        f"model: N = {n_items} items x d = {model.item_rows.shape[1]} fp32, {n_users} users, "
+        f"random tables, K = {K}; half the requests send a HISTORY of 1-20 ids, all exclude seen",
+        f"method: median of {repeat} calls per batch, candidates timed round-robin; torch and "
+        "onnxruntime on one thread, as a python model instance runs",
+    ]))
+    print_table(["batch", "answer us/req", "tower", "onnx tower", "score_topk", "rest",
+                 "torch us/req", "torch / answer"], rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.serving",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=DEFAULT_ITEMS)
+    parser.add_argument("--model-users", type=int, default=DEFAULT_USERS)
+    parser.add_argument("--batches", default=",".join(map(str, DEFAULT_BATCHES)))
+    parser.add_argument("--repeat", type=int, default=50)
+    args = parser.parse_args(argv)
+    run(args.items, args.model_users, [int(b) for b in args.batches.split(",")], args.repeat)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
