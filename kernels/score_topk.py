@@ -572,9 +572,12 @@ def _sampled_threshold(
     kth = np.partition(maxima, width - k_out, axis=1)[:, width - k_out]
     # An item with a NaN or inf component never scores finite, so it cannot set a finite v;
     # fmax skips its NaN norm, and an inf norm makes every margin inf (no sampling gain).
-    max_norm = np.sqrt(float(np.fmax.reduce(np.einsum("nd,nd->n", sample_items, sample_items))))
-    bound = max_norm * np.linalg.norm(queries.astype(np.float64), axis=1)
-    loose = kth.astype(np.float64) - 4 * dim * 2.0**-24 * bound
+    # Non-finite norms, bounds and thresholds are expected here and dropped by `usable`.
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.einsum("nd,nd->n", sample_items, sample_items)
+        max_norm = np.sqrt(float(np.fmax.reduce(norms)))
+        bound = max_norm * np.linalg.norm(queries.astype(np.float64), axis=1)
+        loose = kth.astype(np.float64) - 4 * dim * 2.0**-24 * bound
     # bound < 2**120: no partial sum of a sampled item's dot product can overflow fp32
     usable = np.isfinite(loose) & (bound < 2.0**120)
     low = loose.astype(np.float32)
