@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
 
 from kernels import KernelInputError, score_topk, score_topk_reference, score_topk_triton
+from kernels.score_topk import CPU_SAMPLE_MAX_QUERIES, _score_topk_cpu
+from kernels.score_topk import _sampled_threshold as _cpu_sampled_threshold
 from tests.kernels.checks import assert_close, assert_topk_match
 from tests.kernels.impls import IMPLS, from_numpy, run
+
+# the module, not the function `kernels.score_topk` that kernels/__init__ re-exports
+score_topk_module = importlib.import_module("kernels.score_topk")
 
 # Tolerances from measurement: worst |got - want| over SHAPES was 1.1e-5 (fp32), 2.3e-5 (fp16)
 # and 5.7e-6 (bf16) for scores up to ~40 in magnitude, on the interpreter and the CPU path alike:
@@ -116,6 +123,134 @@ def test_cpu_path_across_many_chunks(impl):
         got, want = _check(impl, queries, items, k, atol=0.0, rtol=0.0, exclude=exclude,
                            item_mask=item_mask)  # fmt: skip
         assert torch.equal(got[1], want[1]), f"k={k}: ids differ from lower-id-first order"
+
+
+# Batches below CPU_SAMPLE_MAX_QUERIES start from sampled thresholds; 6000 items give a
+# 375-row sample, enough for k <= 23 (CPU_SAMPLE_MIN_K * k rows).
+SAMPLED_N = 6000
+SAMPLED_BATCHES = [
+    pytest.param(1, id="B1"),
+    pytest.param(7, id="B7"),
+    pytest.param(CPU_SAMPLE_MAX_QUERIES, id="B-last-sampled"),
+    pytest.param(CPU_SAMPLE_MAX_QUERIES + 1, id="B-first-unsampled"),
+]
+
+
+def _few_rows_inputs(B, N, d, n_rows, g):
+    """Items drawn from n_rows distinct grid rows: each query's best score is shared by about
+    N / n_rows items, many of them sampled, so the sampled k-th score is the true k-th score."""
+    queries = torch.randint(1, 3, (B, d), generator=g).float()
+    rows = torch.randint(-2, 3, (n_rows, d), generator=g).float() / 8
+    return queries, rows[torch.randint(0, n_rows, (N,), generator=g)]
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+@pytest.mark.parametrize("B", SAMPLED_BATCHES)
+def test_cpu_sampled_thresholds_keep_ties_exact(impl, B):
+    """Sampled rows (every 16th id) tie with the rows between them, so a threshold one float
+    step too high would drop the lower ids; exclusions and the mask hit sampled rows too."""
+    g = torch.Generator().manual_seed(7)
+    queries, items = _few_rows_inputs(B, SAMPLED_N, 12, 16, g)
+    queries[0] = 0  # every score 0: no rounding margin, the threshold must still keep v itself
+    exclude = _random_exclude(B, SAMPLED_N, 50, g)
+    exclude = (exclude[0], torch.where(torch.rand(len(exclude[1]), generator=g) < 0.5,
+                                       exclude[1] // 16 * 16, exclude[1]))  # fmt: skip
+    item_mask = torch.rand(SAMPLED_N, generator=g) < 0.1
+    for k in (1, 10, 23):
+        got, want = _check(impl, queries, items, k, atol=0.0, rtol=0.0, exclude=exclude,
+                           item_mask=item_mask)  # fmt: skip
+        assert torch.equal(got[1], want[1]), f"k={k}: ids differ from lower-id-first order"
+
+
+def _sampled_threshold(queries, items, k, *, exclude=None, item_mask=None):
+    excluded = None
+    if exclude is not None:
+        offsets, ids = (x.numpy() for x in exclude)
+        excluded = (np.repeat(np.arange(len(queries)), np.diff(offsets)), ids)
+    masked = np.flatnonzero(item_mask.numpy()) if item_mask is not None else None
+    items_np = items.numpy()
+    return _cpu_sampled_threshold(queries.numpy(), lambda rows: items_np[rows], len(items), k,
+                                  masked, excluded)  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_cpu_sampled_threshold_is_below_the_kth_score(seed):
+    """The invariant the sampled path rests on, on float data (scores rounded differently by
+    every summation order): each threshold lies below the reference's k-th best score."""
+    g = torch.Generator().manual_seed(seed)
+    queries = torch.randn(9, 48, generator=g) * torch.rand(9, 1, generator=g) * 10
+    items = torch.randn(SAMPLED_N, 48, generator=g)
+    exclude = _random_exclude(9, SAMPLED_N, 400, g)
+    item_mask = torch.rand(SAMPLED_N, generator=g) < 0.3
+    k = 20
+    threshold = _sampled_threshold(queries, items, k, exclude=exclude, item_mask=item_mask)
+    assert threshold is not None and np.isfinite(threshold).all(), "the sample was not used"
+    want, _ = score_topk_reference(queries, items, k, exclude=exclude, item_mask=item_mask)
+    kth = want[:, -1].numpy()
+    assert (threshold < kth).all(), f"thresholds {threshold} not below k-th scores {kth}"
+    assert _sampled_threshold(queries[:1].expand(CPU_SAMPLE_MAX_QUERIES + 1, -1).contiguous(),
+                              items, k) is None, "large batches keep the doubling chunks"  # fmt: skip
+
+
+def _cpu_topk(queries, items, k, read_items):
+    return _score_topk_cpu(queries.numpy(), read_items, len(items), k, None, None)
+
+
+@pytest.mark.parametrize("B", [1, 7])
+def test_cpu_sampled_threshold_allows_for_rounding(B):
+    """The chunk sgemm may round a sampled item's score below the sample's value. Simulated:
+    sampled rows (strided reads) come back scaled by 1 + 2**-21, which moves scores by less
+    than the margin (4 * d * 2**-24 * |x| |q|); without it the tied best items would be lost."""
+    g = torch.Generator().manual_seed(9)
+    queries, items = _few_rows_inputs(B, SAMPLED_N, 16, 8, g)
+    items_np = items.numpy()
+
+    def read_items(rows):
+        if rows.step in (None, 1):
+            return items_np[rows]
+        return items_np[rows] * np.float32(1 + 2**-21)
+
+    for k in (1, 10):
+        got = _cpu_topk(queries, items, k, read_items)
+        want = score_topk_reference(queries, items, k)
+        assert np.array_equal(got[1], want[1].numpy()), f"k={k}: ids differ"
+
+
+def test_cpu_sampled_threshold_skips_nan_scores(monkeypatch):
+    """A NaN sampled score must not count as one of the k best: with one sampled row per
+    maximum (group 1), 3 NaN rows would otherwise lift the threshold above the 8th to 10th
+    best items."""
+    monkeypatch.setattr(score_topk_module, "CPU_SAMPLE_GROUP", 1)
+    g = torch.Generator().manual_seed(10)
+    queries = torch.rand(3, 16, generator=g) + 0.5
+    items = torch.rand(SAMPLED_N, 16, generator=g)
+    items[torch.arange(8) * 32] += 1.0  # 8 sampled items well above the rest
+    items[[16, 48, 80]] = float("nan")
+    for k in (10, 20):
+        got, want = _check("cpu-numpy", queries, items, k)
+        assert torch.equal(got[1], want[1]), f"k={k}: ids differ"
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_cpu_sampled_path_with_nan_inf_and_few_servable_items(impl):
+    """NaN and inf rows among the sampled ones, and queries left with fewer than k servable
+    items: the thresholds fall back to -inf there and the result pads with -1 / -inf."""
+    queries, items = _inputs(4, SAMPLED_N, 16, torch.float32, seed=8)
+    items[[0, 32, 64]] = float("nan")
+    items[48, 3] = float("inf")  # +inf or -inf score, by the sign of each query's column 3
+    items[160, 0] = 3e19  # its squared norm overflows fp32: margins of inf, no sampling gain
+    item_mask = torch.zeros(SAMPLED_N, dtype=torch.bool)
+    keep = torch.tensor([5, 16, 17, 2000])
+    ids = torch.tensor([i for i in range(SAMPLED_N) if i not in set(keep.tolist())])
+    offsets = torch.tensor([0, len(ids), len(ids), len(ids), len(ids)])  # query 0: 4 items left
+    for k in (1, 10):
+        got, _ = _check(impl, queries, items, k, exclude=(offsets, ids), item_mask=item_mask)
+        assert not torch.isin(got[1], torch.tensor([0, 32, 64])).any()
+        if k == 10:
+            assert (got[1][0, 4:] == -1).all() and set(got[1][0, :4].tolist()) == set(keep.tolist())
+    item_mask[100:] = True  # 100 servable items, 7 of them sampled: thresholds of -inf
+    got, _ = _check(impl, queries, items, 10, item_mask=item_mask)
+    assert (got[1] >= 0).sum() > 0
 
 
 TRITON_IMPLS = [p for p in IMPLS if p.values[0].startswith("triton")]
