@@ -14,8 +14,9 @@ One tritonserver serves, in one run:
   `retrieve` version under load.
 
 `retrieve, no ensemble` sends the same load to `retrieve` itself: the cost of the ensemble hop
-that keeps clients on one stable name. `recommend, unpadded inputs` is the same load with unused HISTORY / EXCLUDE omitted rather than
-sent empty: Triton only batches requests with the same set of inputs (`LoadMix.pad_inputs`).
+that keeps clients on one stable name. `recommend, unpadded inputs` is the same load with unused
+HISTORY / EXCLUDE omitted rather than sent empty: Triton only batches requests with the same set
+of inputs (`LoadMix.pad_inputs`).
 
 For each user count the rows run back to back (floor, recommend, recommend + reloads) so
 that background load hits them alike. Locust runs as a subprocess on the same machine (it
