@@ -183,6 +183,9 @@ class Retriever:
         version has no tower tables of its own."""
         self.version_dir = Path(version_dir)
         self.manifest, tables = versions.load_tables(self.version_dir)
+        # plain ndarray views of the memory maps: every slice of an np.memmap runs Python-level
+        # __array_finalize__; measured 50-110 us per batch of 1-32 requests (N=1e5, 2 cores)
+        tables = {name: np.asarray(table) for name, table in tables.items()}
         self.version = self.manifest.version
         self.users = IdMap(tables["user_ids"])
         self.items = IdMap(tables["item_ids"])

@@ -40,7 +40,8 @@ def test_retrieve_is_a_batched_python_model_with_ragged_lists(tmp_path):
     config = _round_trip(tmp_path, configs.retrieve_config(instances=2))
     assert config.backend == "python"
     assert config.instance_group[0].count == 2
-    assert config.dynamic_batching.max_queue_delay_microseconds == configs.DEFAULT_QUEUE_DELAY_US
+    assert config.HasField("dynamic_batching")  # a zero delay must not turn batching off
+    assert config.dynamic_batching.max_queue_delay_microseconds == configs.RETRIEVE_QUEUE_DELAY_US
     ragged = {i.name for i in config.input if i.allow_ragged_batch}
     assert ragged == {c.HISTORY, c.EXCLUDE}
 
