@@ -1,7 +1,9 @@
 """Where a `retrieve` batch spends its time, without the server: µs per request by batch size.
 
-    python -m bench.serving              # N = 1e5 items, d = 32, batches 1 / 8 / 32 / 64, K = 10
-    python -m bench.serving --items 1000000
+    OPENBLAS_NUM_THREADS=1 python -m bench.serving     # N = 1e5, d = 32, batches 1/8/32/64, K = 10
+    OPENBLAS_NUM_THREADS=1 python -m bench.serving --items 1000000
+
+(`freshrec serve` gives each python model one BLAS thread; the variable makes this process match.)
 
 Times `Retriever.answer` (what retrieve's execute runs per batch of requests, the id look-ups,
 pooling, tower, score_topk and answer assembly) on a version written by the exporter's own
@@ -20,6 +22,7 @@ test does. The difference between `answer` and its parts is per-request Python w
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -112,7 +115,8 @@ def run(n_items: int, n_users: int, batches, repeat: int) -> None:
         f"model: N = {n_items} items x d = {model.item_rows.shape[1]} fp32, {n_users} users, "
         f"random tables, K = {K}; half the requests send a HISTORY of 1-20 ids, all exclude seen",
         f"method: median of {repeat} calls per batch, candidates timed round-robin; torch and "
-        "onnxruntime on one thread, as a python model instance runs",
+        "onnxruntime on one thread, as a python model instance runs; OPENBLAS_NUM_THREADS="
+        f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}",
     ]))
     print_table(["batch", "answer us/req", "tower", "onnx tower", "score_topk", "rest",
                  "torch us/req", "torch / answer"], rows)
