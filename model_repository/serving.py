@@ -209,6 +209,12 @@ class Retriever:
         self.text_projection_bias = tables.get(TEXT_TABLES[1])
         self.text_weight = float(self.manifest.meta.get("text_weight", c.DEFAULT_TEXT_WEIGHT))
 
+    def warm_up(self) -> None:
+        """Answer one query through the scoring path, so that the first real request does not
+        pay for first-call set-up (kernels' onnxruntime session, page faults on the tables)."""
+        if len(self.users) and self.n_items:
+            self.answer([Query(user_id=int(self.users.ids[0]), k=1)])
+
     @property
     def has_text(self) -> bool:
         return self.text_projection is not None and self.text_projection_bias is not None

@@ -108,3 +108,14 @@ def test_build_writes_the_trained_tower_into_retrieve():
     tables = retrieve_tables(model)
     for name, table in numpy_tower(model.tower).tables().items():
         np.testing.assert_array_equal(tables[name], table)
+
+
+def test_warm_up_answers_through_the_scoring_path(tmp_path, monkeypatch):
+    tower = numpy_tower(random_tower())
+    path, _ = _version(tmp_path, tower.tables())
+    retriever = Retriever(path)
+    scored = []
+    real = retriever._top_k
+    monkeypatch.setattr(retriever, "_top_k", lambda *a: scored.append(1) or real(*a))
+    retriever.warm_up()
+    assert scored == [1]

@@ -42,6 +42,8 @@ class TritonPythonModel:
                 "rebuild with `freshrec build` to serve it from the version's own tables")
         self.tower_version = int(self.retriever.manifest.meta.get("user_tower_version", -1))
         self.text_version = int(self.retriever.manifest.meta.get("text_encoder_version", -1))
+        if self.retriever.tower_from_tables:  # a BLS call cannot run before initialize returns
+            self.retriever.warm_up()
 
     def _tower(self, user_emb, history_emb):
         request = pb_utils.InferenceRequest(

@@ -341,3 +341,82 @@ def test_fp16_numpy_queries_round_to_the_items_dtype():
     got = score_topk(queries.numpy(), items.half().numpy(), 5)
     want = score_topk_reference(queries, items.half(), 5)
     assert_close(got[0], want[0], atol=1e-4, rtol=1e-5, name="scores")
+
+
+# --- the onnxruntime path (numpy fp32 calls with at most ORT_MAX_SCORES scores) ---------------
+
+
+def test_ort_graph_is_the_embedded_one():
+    onnx = pytest.importorskip("onnx")
+    assert onnx.load_from_string(score_topk_module._ORT_TOPK_GRAPH) == score_topk_module.ort_topk_graph()
+
+
+def _grid(B, N, d, seed):
+    """Integer-valued rows: every summation order gives the same scores, and ties abound."""
+    rng = np.random.default_rng(seed)
+    return (rng.integers(-2, 3, size=(B, d)).astype(np.float32),
+            rng.integers(-2, 3, size=(N, d)).astype(np.float32))
+
+
+def _spy_ort(monkeypatch):
+    calls = []
+    real = score_topk_module._score_topk_ort
+
+    def spy(*args):
+        calls.append(real(*args))
+        return calls[-1]
+
+    monkeypatch.setattr(score_topk_module, "_score_topk_ort", spy)
+    return calls
+
+
+@pytest.mark.parametrize("B, N, k, n_excluded", [
+    (1, 50, 5, 0), (6, 300, 10, 40), (3, 40, 40, 7), (5, 12, 30, 12), (8, 2000, 100, 150)])
+def test_ort_path_matches_the_reference_exactly(monkeypatch, B, N, k, n_excluded):
+    """Ties (lower id first), exclusion lists longer than k and with repeats, k >= N, and
+    queries whose every item is excluded: ids and scores equal the reference's exactly."""
+    calls = _spy_ort(monkeypatch)
+    queries, items = _grid(B, N, 6, seed=B + N)
+    rng = np.random.default_rng(k)
+    lengths = rng.integers(0, n_excluded + 1, size=B)
+    lengths[0] = n_excluded
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    ids = rng.integers(0, N, size=int(offsets[-1]))
+    if n_excluded >= N:
+        ids[: N] = np.arange(N)  # query 0 has nothing left to serve
+    got = score_topk(queries, items, k, exclude=(offsets, ids))
+    want = score_topk_reference(torch.from_numpy(queries), torch.from_numpy(items), k,
+                                exclude=(torch.from_numpy(offsets), torch.from_numpy(ids)))
+    assert calls and calls[0] is not None, "the call did not take the onnxruntime path"
+    np.testing.assert_array_equal(got[1], want[1].numpy())
+    np.testing.assert_array_equal(got[0], want[0].numpy())
+
+
+def test_ort_path_drops_minus_inf_and_hands_nan_to_the_numpy_path(monkeypatch):
+    calls = _spy_ort(monkeypatch)
+    queries, items = _grid(2, 60, 4, seed=3)
+    queries = np.abs(queries) + 1  # every column positive: the sign of a score is the item's
+    items[:50] = -np.inf  # 50 items score -inf: only 10 are servable
+    got = score_topk(queries, items, 15)
+    assert calls[-1] is not None
+    assert (got[1][:, :10] >= 50).all() and (got[1][:, 10:] == -1).all()
+    assert np.isneginf(got[0][:, 10:]).all()
+    items[55, 0] = np.nan
+    got = score_topk(queries, items, 5)
+    assert calls[-1] is None  # onnxruntime ranked the NaN first: the numpy path answered
+    assert 55 not in got[1]
+
+
+def test_large_calls_and_hosts_without_onnxruntime_take_the_chunked_path(monkeypatch):
+    calls = _spy_ort(monkeypatch)
+    queries, items = _grid(4, 500, 8, seed=4)
+    want = score_topk_reference(torch.from_numpy(queries), torch.from_numpy(items), 7)
+    monkeypatch.setattr(score_topk_module, "ORT_MAX_SCORES", 4 * 500 - 1)
+    got = score_topk(queries, items, 7)
+    assert not calls
+    np.testing.assert_array_equal(got[1], want[1].numpy())
+    monkeypatch.setattr(score_topk_module, "ORT_MAX_SCORES", 4 * 500)
+    monkeypatch.setattr(score_topk_module, "_ort_session", False)  # onnxruntime not installed
+    got = score_topk(queries, items, 7)
+    assert calls == [None]
+    np.testing.assert_array_equal(got[1], want[1].numpy())
