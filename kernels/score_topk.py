@@ -12,9 +12,11 @@ per (score, id): the float32 score's bits mapped to an order-preserving int32 in
 lower id. -0.0 is folded into +0.0 first so the two tie like the floats do.
 
 Paths: CUDA tensors run the Triton kernel `_score_topk_kernel` (streaming per-tile top-K and a
-merge); numpy arrays and CPU tensors run a chunked BLAS matmul with a running top-K
-(`_score_topk_cpu`); `score_topk_reference` is the plain-torch twin. Importing this module imports
-neither torch nor triton.
+merge); numpy fp32 calls of serving size (at most ORT_MAX_SCORES scores, no item_mask) run one
+onnxruntime graph, Gemm -> TopK (`_score_topk_ort`); other numpy arrays and CPU tensors run a
+chunked BLAS matmul with a running top-K (`_score_topk_cpu`); `score_topk_reference` is the
+plain-torch twin. Importing this module imports neither torch nor triton (nor onnxruntime, until
+a call takes that path).
 """
 
 from __future__ import annotations
