@@ -708,9 +708,11 @@ def _score_topk_ort(queries: np.ndarray, items: np.ndarray, k_out: int,
     if longest:
         offsets, ids = exclude
         owners = np.repeat(np.arange(n_queries, dtype=np.int64), np.diff(offsets))
-        pairs = owners * n_items + ids
+        pairs = np.sort(owners * n_items + ids)  # (query, item) as one int64 each
         got = np.arange(n_queries, dtype=np.int64)[:, None] * n_items + top_ids
-        keep &= ~np.isin(got, pairs)
+        # a sorted search, not np.isin: isin cost ~90 us per call at these sizes
+        found = pairs[np.minimum(np.searchsorted(pairs, got), pairs.size - 1)]
+        keep &= found != got
     if not keep.all():
         order = np.argsort(~keep, axis=1, kind="stable")  # kept ones first, in rank order
         top_ids = np.take_along_axis(top_ids, order, axis=1)
