@@ -3,7 +3,8 @@
 That wheel carries the 2.51 server, the python backend and a stub per Python version. The stub
 must sit next to libtriton_python.so in a backend folder, links the system libpython (Debian's
 libpython3.11) and ignores PYTHONPATH, so the project's import paths travel in
-FRESHREC_PYTHONPATH, which every model.py template reads. The server binds to 127.0.0.1 unless
+FRESHREC_PYTHONPATH, read by the bootstrap file (model_repository/freshrec_paths.py) copied into
+the backend folder, which every model.py imports first. The server binds to 127.0.0.1 unless
 told otherwise, runs with explicit model control and complete configs
 (--disable-auto-complete-config: DESIGN.md measured it cutting a reload from 1.4 s to 0.13 s).
 """
@@ -24,9 +25,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from model_repository.templates import BOOTSTRAP, PYTHONPATH_ENV
+
 log = logging.getLogger(__name__)
 
-PYTHONPATH_ENV = "FRESHREC_PYTHONPATH"  # read by model_repository/*/model.py
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_HTTP_PORT = 8000
@@ -175,7 +177,7 @@ class TritonServer:
         self._workdir = Path(tempfile.mkdtemp(prefix="freshrec-triton-"))
         backend_dir = self._workdir / "backends" / "python"
         backend_dir.mkdir(parents=True)
-        for source in (install.backend_lib, install.backend_utils, install.stub):
+        for source in (install.backend_lib, install.backend_utils, install.stub, BOOTSTRAP):
             shutil.copy2(source, backend_dir / source.name)
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(

@@ -1,4 +1,5 @@
-"""Where the committed model.py templates live; publishers copy them into version folders."""
+"""Where the committed model.py templates live (publishers copy them into version folders), and
+the bootstrap file the server launcher places beside the python backend."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ from pathlib import Path
 from model_repository import contract as c
 
 _HERE = Path(__file__).resolve().parent
+# The file that every model.py imports first; the server launcher copies it into the python
+# backend folder, which the stub puts on sys.path. It reads the project's import paths from the
+# environment variable PYTHONPATH_ENV (spelled there too: it cannot import the project).
+BOOTSTRAP = _HERE / "freshrec_paths.py"
+PYTHONPATH_ENV = "FRESHREC_PYTHONPATH"
 MODELS_WITH_CODE = (c.RETRIEVE, c.USER_TOWER, c.TEXT_ENCODER)
 
 

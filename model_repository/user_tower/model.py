@@ -3,24 +3,15 @@
 Template, copied into every version folder. A batch of requests runs as one onnxruntime call.
 """
 
-import os
-import site
-import sys
+import freshrec_paths  # noqa: F401,I001 - first: puts the project on sys.path (see that file)
 
-# The stub ignores PYTHONPATH; `freshrec serve` puts the project's paths in FRESHREC_PYTHONPATH.
-for _path in reversed(os.environ.get("FRESHREC_PYTHONPATH", "").split(os.pathsep)):
-    if _path and _path not in sys.path:
-        site.addsitedir(_path)
-        sys.path.remove(_path)
-        sys.path.insert(0, _path)
+from pathlib import Path
 
-from pathlib import Path  # noqa: E402
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
 
-import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-import triton_python_backend_utils as pb_utils  # noqa: E402
-
-from model_repository import contract as c  # noqa: E402
+from model_repository import contract as c
 
 ONNX_FILE = "model.onnx"
 
