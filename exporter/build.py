@@ -25,7 +25,6 @@ from exporter import data as datasets
 from exporter.evaluate import evaluate, format_quality_table
 from exporter.onnx_export import build_tensorrt_plan, check_onnx_parity, export_user_tower
 from exporter.text_projection import (
-    TextProjection,
     apply_text_rows,
     cold_item_quality,
     drop_items,
@@ -35,15 +34,17 @@ from exporter.text_projection import (
 from exporter.train import TrainConfig, TrainedModel, numpy_tower, save_tower, train_base_model
 from model_repository import configs, templates, versions
 from model_repository import contract as c
+from model_repository import retrieve_schema as schema
+from model_repository.projection import TextProjection
 from model_repository.text_encoding import ONNX_FILE as TEXT_ONNX_FILE
 from model_repository.text_encoding import TOKENIZER_FILE, TextEncoderRuntime
+from model_repository.tower import TOWER_FILE
 
 log = logging.getLogger(__name__)
 
 REPOSITORY_DIR = "repository"
 DATA_DIR = "data"
 ONNX_FILE = "model.onnx"
-TOWER_FILE = "tower.pt"
 PLAN_FILE = "model.plan"
 FIRST_VERSION = 1
 COLD_TABLE_COLUMNS = ("recall@10", "ndcg@10")
@@ -78,21 +79,12 @@ class TextExport:
 
 def retrieve_tables(model: TrainedModel, projection: TextProjection | None = None
                     ) -> dict[str, np.ndarray]:
-    """The tables a retrieve version serves from, by name (the names model.py reads)."""
-    text = {} if projection is None else {
-        "text_projection": np.asarray(projection.weight, dtype=np.float32),
-        "text_projection_bias": np.asarray(projection.bias, dtype=np.float32),
-    }
-    return {
-        "user_ids": np.asarray(model.user_ids, dtype=np.int64),
-        "item_ids": np.asarray(model.item_ids, dtype=np.int64),
-        "user_rows": np.asarray(model.user_rows, dtype=np.float32),
-        "item_rows": np.asarray(model.item_rows, dtype=np.float32),
-        "user_history": np.asarray(model.user_history, dtype=np.int64),
-        "item_popularity": np.asarray(model.item_popularity, dtype=np.float32),
-        **numpy_tower(model.tower).tables(),
-        **text,
-    }
+    """The tables a retrieve version serves from (model_repository.retrieve_schema)."""
+    return schema.make_tables(
+        user_ids=model.user_ids, item_ids=model.item_ids, user_rows=model.user_rows,
+        item_rows=model.item_rows, user_history=model.user_history,
+        item_popularity=model.item_popularity, tower=numpy_tower(model.tower).tables(),
+        text_projection=None if projection is None else projection.tables())
 
 
 def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = True,
@@ -115,7 +107,6 @@ def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = 
         versions.write_version(
             repository / c.USER_TOWER, FIRST_VERSION, {}, files=tower_files, meta={"dim": dim}
         )
-    text_meta = {}
     if text is not None:
         configs.write_config(repository / c.TEXT_ENCODER, configs.text_encoder_config())
         versions.write_version(
@@ -126,20 +117,17 @@ def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = 
             meta={"dim": c.TEXT_DIM, "max_tokens": c.MAX_TEXT_TOKENS,
                   "max_chars": c.MAX_TEXT_CHARS},
         )
-        text_meta = {"text_encoder_version": FIRST_VERSION, "text_weight": c.DEFAULT_TEXT_WEIGHT}
     configs.write_config(repository / c.RETRIEVE, configs.retrieve_config())
     versions.write_version(
         repository / c.RETRIEVE,
         FIRST_VERSION,
         retrieve_tables(model, text.projection if text is not None else None),
         files={"model.py": templates.template(c.RETRIEVE)},
-        meta={
-            "dim": dim,
-            "user_tower_version": FIRST_VERSION,
-            "history_len": model.config.history_len,
-            "recency_decay": model.config.recency_decay,
-            **text_meta,
-        },
+        meta=schema.RetrieveMeta(
+            dim=dim, history_len=model.config.history_len,
+            recency_decay=model.config.recency_decay, user_tower_version=FIRST_VERSION,
+            text_encoder_version=FIRST_VERSION if text is not None else None,
+        ).to_dict(),
     )
     configs.write_config(repository / c.RECOMMEND, configs.recommend_config())
     # an ensemble has no files of its own, but Triton wants a version folder

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from model_repository.contract import MAX_CATEGORY_CHARS
+
 log = logging.getLogger(__name__)
 
 # 2100-01-01T00:00:00Z. A larger value is almost certainly milliseconds or garbage, not seconds.
@@ -29,7 +31,6 @@ ITEMS_CSV_HEADER = ("itemId", "title", "category")
 # `freshrec items add`: a CSV with one of these headers (our items.csv's header works too)
 NEW_ITEMS_HEADERS = (("id", "title"), ("id", "title", "category"), ("itemId", "title"),
                      ITEMS_CSV_HEADER)
-MAX_CATEGORY_CHARS = 200
 
 RATINGS_FILE_NAMES = ("ratings.csv", "ratings.dat", "u.data")
 ITEMS_FILE_NAMES = ("items.csv", "movies.csv", "movies.dat", "u.item")

@@ -4,7 +4,8 @@ items that have a title but no training events (cold items), and their offline q
 The projection is learned in `build` from items that have both a title and training events:
 ``item_row ~= text_emb @ W + b`` with W (TEXT_DIM, d) and b (d,), ridge on centred inputs (the
 bias is not penalised). It is stored as the retrieve tables ``text_projection`` and
-``text_projection_bias`` so serving projects with numpy. Cold-item quality: a random fraction of
+``text_projection_bias`` so serving projects with numpy (model_repository.projection, which also
+holds the rule that gives a text its row). Cold-item quality: a random fraction of
 titled items is held out of training entirely (their events dropped from the training window),
 their rows come from their projected titles, and recall@K is measured on test-period targets
 that are cold items only, next to random and popularity scorers on the same split.
@@ -13,7 +14,7 @@ that are cold items only, next to random and popularity scorers on the same spli
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from exporter.evaluate import (
     ranking_metrics,
 )
 from exporter.train import TrainedModel
+from model_repository.projection import TextProjection, mean_norm, scale_rows
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +40,6 @@ DEFAULT_RIDGE_L2 = 0.1
 DEFAULT_COLD_FRACTION = 0.1
 COLD_SEED = 12345
 COLD_KS = (10,)
-
-
-@dataclass(frozen=True)
-class TextProjection:
-    """weight (TEXT_DIM, d) and bias (d,), float32: ``item_row ~= text_emb @ weight + bias``."""
-
-    weight: np.ndarray
-    bias: np.ndarray
-
-    def __call__(self, text_emb: np.ndarray) -> np.ndarray:
-        return (np.asarray(text_emb, np.float32) @ self.weight + self.bias).astype(np.float32)
 
 
 def fit_projection(text_emb: np.ndarray, item_rows: np.ndarray, *,
@@ -63,26 +54,6 @@ def fit_projection(text_emb: np.ndarray, item_rows: np.ndarray, *,
     weight = np.linalg.solve(xc.T @ xc + l2 * np.eye(x.shape[1]), xc.T @ yc)
     bias = y_mean - x_mean @ weight
     return TextProjection(weight.astype(np.float32), bias.astype(np.float32))
-
-
-def mean_norm(rows: np.ndarray) -> float:
-    """The mean L2 norm of (N, d) rows (0.0 for none)."""
-    return float(np.linalg.norm(rows, axis=1).mean()) if len(rows) else 0.0
-
-
-def scale_rows(rows: np.ndarray, norm: float) -> np.ndarray:
-    """(N, d) float32 rows rescaled to L2 norm ``norm`` each; zero rows stay zero."""
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return (rows * (norm / np.where(norms > 0, norms, 1.0))).astype(np.float32)
-
-
-def rows_from_text(projection: TextProjection, text_emb: np.ndarray, item_rows: np.ndarray,
-                   item_popularity: np.ndarray) -> np.ndarray:
-    """Item rows for new items from their text embeddings (N, TEXT_DIM): projected, and rescaled
-    to the mean norm of the catalogue's rows that have events (all rows if none has), as build
-    does for cold items."""
-    warm = np.asarray(item_popularity) > 0
-    return scale_rows(projection(text_emb), mean_norm(item_rows[warm] if warm.any() else item_rows))
 
 
 def pick_cold_items(items: Items, *, fraction: float = DEFAULT_COLD_FRACTION,

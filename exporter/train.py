@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from exporter.data import Interactions, Items
 from model_repository.pooling import DEFAULT_HISTORY_LEN, DEFAULT_RECENCY_DECAY
-from model_repository.tower import NumpyTower
+from model_repository.tower import TOWER_FILE_FORMAT, NumpyTower, read_tower_file
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ DEFAULT_USER_DROPOUT = 0.25
 DEFAULT_L2 = 1e-5
 DEFAULT_SEED = 0
 INIT_STD = 0.05
-TOWER_FILE_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -121,10 +120,7 @@ def numpy_tower(tower: UserTower) -> NumpyTower:
 
 def load_tower(path: str | Path) -> UserTower:
     """Rebuild a tower written by :func:`save_tower`, in eval mode."""
-    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if blob.get("format") != TOWER_FILE_FORMAT:
-        raise ValueError(f"{path}: tower file format {blob.get('format')!r}, "
-                         f"expected {TOWER_FILE_FORMAT}")
+    blob = read_tower_file(path)
     args = blob["args"]
     tower = UserTower(args["dim"], hidden=args["hidden"])
     tower.load_state_dict(blob["state_dict"])

@@ -35,6 +35,7 @@ TEXT_DIM = 384               # all-MiniLM-L6-v2's hidden size
 # limit, sentence_bert_config.json) is INVALID_ARGUMENT naming the field, never silently truncated.
 MAX_TEXT_CHARS = 2000
 MAX_TEXT_TOKENS = 256
+MAX_CATEGORY_CHARS = 200     # an added item's category (Admin.AddItems, `freshrec items add`)
 # query = user_query + TEXT_WEIGHT * ||user_query|| * unit(projected text) when QUERY_TEXT comes
 # with a user (row or history); without one the query is the projected text alone.
 DEFAULT_TEXT_WEIGHT = 1.0

@@ -28,14 +28,15 @@ import numpy as np
 
 import kernels
 from model_repository import contract as c
+from model_repository import retrieve_schema as schema
 from model_repository import versions
-from model_repository.pooling import DEFAULT_RECENCY_DECAY, recency_weights
+from model_repository.pooling import recency_weights
+from model_repository.projection import TextProjection
 from model_repository.tower import NumpyTower
 
 TowerFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # decoded texts -> (B, TEXT_DIM) float32 embeddings; raises RequestError for a text it refuses
 TextFn = Callable[[list[str]], np.ndarray]
-TEXT_TABLES = ("text_projection", "text_projection_bias")
 
 
 class RequestError(ValueError):
@@ -183,31 +184,32 @@ class Retriever:
         version has no tower tables of its own."""
         self.version_dir = Path(version_dir)
         self.manifest, tables = versions.load_tables(self.version_dir)
+        self.meta = schema.RetrieveMeta.from_manifest(self.manifest)
         # plain ndarray views of the memory maps: every slice of an np.memmap runs Python-level
         # __array_finalize__; measured 50-110 us per batch of 1-32 requests (N=1e5, 2 cores)
         tables = {name: np.asarray(table) for name, table in tables.items()}
+        schema.check_tables(tables, where=f"retrieve version {self.manifest.version}")
         self.version = self.manifest.version
-        self.users = IdMap(tables["user_ids"])
-        self.items = IdMap(tables["item_ids"])
-        self.user_rows = tables["user_rows"]
-        self.item_rows = tables["item_rows"]
-        self.user_history = tables["user_history"]
-        popularity = np.asarray(tables["item_popularity"], dtype=np.float32)
+        self.users = IdMap(tables[schema.USER_IDS])
+        self.items = IdMap(tables[schema.ITEM_IDS])
+        self.user_rows = tables[schema.USER_ROWS]
+        self.item_rows = tables[schema.ITEM_ROWS]
+        self.user_history = tables[schema.USER_HISTORY]
+        popularity = tables[schema.ITEM_POPULARITY]
         # popularity ranking, computed once: most popular first, lower row first on ties
         self.popular_rows = np.lexsort((np.arange(popularity.size), -popularity))
         self.popularity = popularity
-        self.decay = float(self.manifest.meta.get("recency_decay", DEFAULT_RECENCY_DECAY))
+        self.decay = self.meta.recency_decay
         own_tower = NumpyTower.from_tables(tables)
         self.tower_from_tables = own_tower is not None
         self.tower: TowerFn | None = own_tower if own_tower is not None else tower
         if self.tower is None:
             raise ValueError(f"{self.version_dir}: the version has no tower tables and no tower "
                              "was given")
-        # (TEXT_DIM, d) and (d,): text embedding -> item space; absent in a version built
-        # without the text encoder, which then refuses QUERY_TEXT
-        self.text_projection = tables.get(TEXT_TABLES[0])
-        self.text_projection_bias = tables.get(TEXT_TABLES[1])
-        self.text_weight = float(self.manifest.meta.get("text_weight", c.DEFAULT_TEXT_WEIGHT))
+        # text embedding -> item space; None in a version built without the text encoder,
+        # which then refuses QUERY_TEXT
+        self.text_projection = TextProjection.from_tables(tables)
+        self.text_weight = self.meta.text_weight
 
     def warm_up(self) -> None:
         """Answer one query through the scoring path, so that the first real request does not
@@ -217,7 +219,7 @@ class Retriever:
 
     @property
     def has_text(self) -> bool:
-        return self.text_projection is not None and self.text_projection_bias is not None
+        return self.text_projection is not None
 
     @property
     def n_items(self) -> int:
@@ -231,11 +233,6 @@ class Retriever:
         if query.text is not None and not self.has_text:
             raise RequestError(f"{c.QUERY_TEXT} is not supported: retrieve version {self.version} "
                                "was built without the text encoder")
-
-    def project_text(self, text_emb: np.ndarray) -> np.ndarray:
-        """(B, TEXT_DIM) text embeddings -> (B, d) float32 points in the item space."""
-        return (np.asarray(text_emb, np.float32) @ self.text_projection
-                + self.text_projection_bias).astype(np.float32)
 
     def _item_rows_per_query(self, lists: list[np.ndarray | None]) -> list[np.ndarray]:
         """External item ids per query -> the rows of those in the catalogue, one id look-up
@@ -289,7 +286,7 @@ class Retriever:
                 query_vecs[is_personal] = self._user_queries(user_rows, histories, personal)
             with_text = [j for j, i in enumerate(scored) if text_emb[i] is not None]
             if with_text:
-                projected = self.project_text(np.stack([text_emb[scored[j]] for j in with_text]))
+                projected = self.text_projection(np.stack([text_emb[scored[j]] for j in with_text]))
                 blend = is_personal[with_text]
                 query_vecs[with_text] = np.where(
                     blend[:, None],

@@ -3,21 +3,42 @@
     query = u + h + W2 relu(W1 [u, h] + b1) + b2        (exporter.train.UserTower)
 
 The build writes the tower's four weights into every retrieve version as the tables named in
-`TOWER_TABLES`, and the updater carries them unchanged (it trains rows, never the tower), so a
+`retrieve_schema.TOWER_TABLES`, and the updater carries them unchanged (it trains rows, never the tower), so a
 version always serves with the tower it was trained against. `retrieve` runs it here, in its own
 process: a BLS call to the `user_tower` model cost more than the MLP (about 0.2 ms of a 0.9 ms
 request at one user on the 2-core development machine), while the MLP on a batch of 32 users at
 d=64 takes a few microseconds. `user_tower` (ONNX, TensorRT on GPU hosts) stays the parity
 reference, and retrieve falls back to it for versions written before the tables existed.
+The user_tower version also keeps the torch state dict (`TOWER_FILE`); `NumpyTower.from_file` reads
+it for such older versions, the only place that needs torch.
 
 Imports stay light (numpy only): the stub imports this on every reload.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-TOWER_TABLES = ("tower_w1", "tower_b1", "tower_w2", "tower_b2")
+from model_repository.retrieve_schema import TOWER_TABLES
+
+TOWER_FILE = "tower.pt"  # in each user_tower version: {"format", "args", "state_dict"} (torch.save)
+TOWER_FILE_FORMAT = 1
+# state-dict keys of exporter.train.UserTower's two Linear layers, in NumpyTower's argument order
+_STATE_KEYS = ("mix.0.weight", "mix.0.bias", "mix.2.weight", "mix.2.bias")
+
+
+def read_tower_file(path: str | Path) -> dict:
+    """A TOWER_FILE's contents ({"format", "args", "state_dict"}), its format checked. Imports
+    torch, so only callers that need the file pay for it."""
+    import torch
+
+    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if blob.get("format") != TOWER_FILE_FORMAT:
+        raise ValueError(f"{path}: tower file format {blob.get('format')!r}, "
+                         f"expected {TOWER_FILE_FORMAT}")
+    return blob
 
 
 class TowerShapeError(ValueError):
@@ -48,6 +69,13 @@ class NumpyTower:
         if not all(name in tables for name in TOWER_TABLES):
             return None
         return cls(*(tables[name] for name in TOWER_TABLES))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> NumpyTower:
+        """The tower in a user_tower version's TOWER_FILE (written by exporter.train.save_tower).
+        Imports torch: only for versions without tower tables, never on the serving path."""
+        state = read_tower_file(path)["state_dict"]
+        return cls(*(state[key].detach().cpu().numpy() for key in _STATE_KEYS))
 
     def tables(self) -> dict[str, np.ndarray]:
         return dict(zip(TOWER_TABLES, (self.w1, self.b1, self.w2, self.b2)))

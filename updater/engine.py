@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from model_repository import contract as c
-from model_repository.pooling import DEFAULT_RECENCY_DECAY
-from model_repository.serving import TEXT_TABLES
+from model_repository import retrieve_schema as schema
+from model_repository.projection import TextProjection, rows_from_text
+from model_repository.tower import TOWER_FILE, NumpyTower
 from updater import faults
 from updater.log import FeedbackLog
 from updater.publisher import Publisher, PublishError
@@ -37,7 +38,6 @@ READ_BATCH = 2000
 IDLE_WAIT_S = 0.05
 FAILURE_BACKOFF_S = 2.0
 RATE_WINDOW_S = 10.0
-TOWER_FILE = "tower.pt"  # exporter.build.TOWER_FILE
 
 
 class CommandError(RuntimeError):
@@ -48,10 +48,17 @@ class CommandError(RuntimeError):
         self.code = code
 
 
-def load_user_tower(repository: Path, version: int):
-    from exporter.train import load_tower  # torch: the updater process only, never serving
-
-    return load_tower(Path(repository) / c.USER_TOWER / str(version) / TOWER_FILE)
+def version_tower(tables: dict[str, np.ndarray], repository: Path, user_tower_version: int
+                  ) -> NumpyTower:
+    """The tower a retrieve version was trained with: its own tower tables, or, for a version
+    written before those existed, the user_tower version's torch file (the only case that
+    imports torch; recovery after a crash is otherwise torch-free)."""
+    tower = NumpyTower.from_tables(tables)
+    if tower is not None:
+        return tower
+    log.warning("retrieve version has no tower tables: reading user_tower %s's %s (imports torch)",
+                user_tower_version, TOWER_FILE)
+    return NumpyTower.from_file(Path(repository) / c.USER_TOWER / str(user_tower_version) / TOWER_FILE)
 
 
 class Engine:
@@ -80,10 +87,10 @@ class Engine:
         its feedback_offset happens in the loop, like any new event."""
         manifest = self.publisher.recover()
         _, tables = self.publisher.load_tables(manifest.version)
-        tower = load_user_tower(self.publisher.repository, int(manifest.meta["user_tower_version"]))
-        self.trainer = SparseTrainer(
-            tables, tower, recency_decay=float(manifest.meta.get("recency_decay", DEFAULT_RECENCY_DECAY)),
-            config=self.trainer_config)
+        meta = schema.RetrieveMeta.from_manifest(manifest)
+        tower = version_tower(tables, self.publisher.repository, meta.user_tower_version)
+        self.trainer = SparseTrainer(tables, tower, recency_decay=meta.recency_decay,
+                                     config=self.trainer_config)
         self.applied_offset = self.published_offset = manifest.feedback_offset
         behind = self.log.last_offset() - manifest.feedback_offset
         log.info("recovered at retrieve %s (offset %s); %s log events to replay",
@@ -177,7 +184,7 @@ class Engine:
                 or self._events_since_publish >= self.policy.every_events)
 
     def _probe_user(self) -> int:
-        ids = self.trainer.t["user_ids"].live
+        ids = self.trainer.t[schema.USER_IDS].live
         return int(ids[0]) if ids.size else 0
 
     def _publish(self, *, kind: str, parent: int | None = None) -> int:
@@ -216,7 +223,7 @@ class Engine:
         unchanged = {name: np.zeros(0, np.int64) for name in tables}
         version = self.publisher.publish(
             tables, changed_rows=unchanged, feedback_offset=self.applied_offset,
-            probe_user=int(tables["user_ids"][0]) if len(tables["user_ids"]) else 0,
+            probe_user=int(tables[schema.USER_IDS][0]) if len(tables[schema.USER_IDS]) else 0,
             kind="rollback", parent=target)
         _, published = self.publisher.load_tables(version)
         self.trainer.reset({name: np.asarray(t) for name, t in published.items()})
@@ -243,14 +250,11 @@ class Engine:
     def text_projection(self):
         """The serving version's TextProjection (title embedding -> item space). Raises
         CommandError when the version was built without the text encoder."""
-        from exporter.text_projection import TextProjection  # the updater process has torch
-
-        fixed = self.trainer.fixed
-        if not all(name in fixed for name in TEXT_TABLES):
+        projection = TextProjection.from_tables(self.trainer.fixed)
+        if projection is None:
             raise CommandError("the serving version was built without the text encoder (no text "
                                "projection): items cannot be added from their titles")
-        return TextProjection(np.asarray(fixed[TEXT_TABLES[0]], np.float32),
-                              np.asarray(fixed[TEXT_TABLES[1]], np.float32))
+        return projection
 
     def check_new_items(self, item_ids) -> None:
         """CommandError ALREADY_EXISTS naming the first id the model knows already."""
@@ -266,13 +270,12 @@ class Engine:
         scaled like trained rows), and publish them with every event applied so far. All or
         nothing: a known id adds none (ALREADY_EXISTS), a failed publish takes them out again.
         Returns (the version serving them, seconds the publish took)."""
-        from exporter.text_projection import rows_from_text
-
         projection = self.text_projection()
         self._consume()
         self.check_new_items(item_ids)
         tables = self.trainer.tables()
-        rows = rows_from_text(projection, text_emb, tables["item_rows"], tables["item_popularity"])
+        rows = rows_from_text(projection, text_emb, tables[schema.ITEM_ROWS],
+                              tables[schema.ITEM_POPULARITY])
         self.trainer.add_items(item_ids, rows)
         started = time.perf_counter()
         try:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from model_repository import contract as c
+from model_repository import retrieve_schema as schema
 from model_repository import templates, versions
 from updater import faults
 from updater.triton_control import TritonControl, TritonError
@@ -79,7 +80,7 @@ class Publisher:
                     t0 = time.perf_counter()
                     self.triton.load(c.RETRIEVE)
                     timings["load_s"] = time.perf_counter() - t0
-                ids = versions.load_table(version_dir, manifest, "user_ids")
+                ids = versions.load_table(version_dir, manifest, schema.USER_IDS)
                 t0 = time.perf_counter()
                 self.triton.probe(version, int(ids[0]) if len(ids) else 0)
                 timings["probe_s"] = time.perf_counter() - t0
@@ -195,7 +196,7 @@ class Publisher:
 def _holds_user(version_dir: Path, user_id: int) -> bool:
     try:
         manifest = versions.read_manifest(version_dir)
-        ids = versions.load_table(version_dir, manifest, "user_ids")
+        ids = versions.load_table(version_dir, manifest, schema.USER_IDS)
     except (versions.VersionError, OSError, ValueError):
         return True  # unreadable: cannot prove the user is absent, so it goes
     return bool(np.any(np.asarray(ids) == user_id))

@@ -15,7 +15,6 @@ from concurrent import futures
 import grpc
 import numpy as np
 
-from exporter.data import MAX_CATEGORY_CHARS
 from model_repository import contract as c
 from model_repository.serving import RequestError, decode_text
 from updater.engine import CommandError, Engine
@@ -179,10 +178,10 @@ class AdminService(pb_grpc.AdminServicer):
                 title = decode_text(item.title, f"{field}.title")
             except RequestError as exc:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            if len(item.category) > MAX_CATEGORY_CHARS:
+            if len(item.category) > c.MAX_CATEGORY_CHARS:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                               f"{field}.category: {len(item.category)} characters, the limit is "
-                              f"{MAX_CATEGORY_CHARS}")
+                              f"{c.MAX_CATEGORY_CHARS}")
             item_ids.append(int(item_id))
             titles.append(title)
         return item_ids, titles

@@ -26,9 +26,8 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import torch
 
-from exporter.train import numpy_tower
+from model_repository import retrieve_schema as schema
 from model_repository.pooling import DEFAULT_RECENCY_DECAY, recency_weights
 from model_repository.tower import NumpyTower
 from updater.events import Event, label
@@ -36,8 +35,8 @@ from updater.settings import TrainerConfig
 
 log = logging.getLogger(__name__)
 
-USER_TABLES = ("user_ids", "user_rows", "user_history", "user_adagrad")
-ITEM_TABLES = ("item_ids", "item_rows", "item_popularity", "item_adagrad")
+# the tables the trainer grows and writes; every other table of a version is carried unchanged
+TRAINED_TABLES = (*schema.USER_TABLES, *schema.ITEM_TABLES)
 ADAGRAD_EPS = 1e-8
 NEW_ITEM_STD = 0.05  # exporter.train.INIT_STD: a new item starts like an untrained one
 
@@ -99,36 +98,28 @@ class _TowerGrad:
 class SparseTrainer:
     """Trainer state: the retrieve tables of one version plus what changed since it."""
 
-    def __init__(self, tables: dict[str, np.ndarray], tower: torch.nn.Module, *,
+    def __init__(self, tables: dict[str, np.ndarray], tower: NumpyTower, *,
                  recency_decay: float = DEFAULT_RECENCY_DECAY,
                  config: TrainerConfig | None = None):
-        self.tower = tower.eval()
-        for p in self.tower.parameters():
-            p.requires_grad_(False)  # frozen: only rows train
-        self._tower = _TowerGrad(numpy_tower(self.tower))
+        """``tower``: the version's user tower, frozen (only rows train)."""
+        self._tower = _TowerGrad(tower)
         self.decay = recency_decay
         self.config = config or TrainerConfig()
         self.reset(tables)
 
     def reset(self, tables: dict[str, np.ndarray]) -> None:
         """Start over from a version's tables (adagrad accumulators default to zero)."""
-        n_users, n_items = len(tables["user_ids"]), len(tables["item_ids"])
-        history_len = tables["user_history"].shape[1]
-        self.t = {
-            "user_ids": _Grown(tables["user_ids"], -1),
-            "user_rows": _Grown(tables["user_rows"], 0.0),
-            "user_history": _Grown(tables["user_history"], -1),
-            "user_adagrad": _Grown(tables.get("user_adagrad", np.zeros(n_users, np.float32)), 0.0),
-            "item_ids": _Grown(tables["item_ids"], -1),
-            "item_rows": _Grown(tables["item_rows"], 0.0),
-            "item_popularity": _Grown(tables["item_popularity"], 0.0),
-            "item_adagrad": _Grown(tables.get("item_adagrad", np.zeros(n_items, np.float32)), 0.0),
-        }
+        zeros = {schema.USER_ADAGRAD: np.zeros(len(tables[schema.USER_IDS]), np.float32),
+                 schema.ITEM_ADAGRAD: np.zeros(len(tables[schema.ITEM_IDS]), np.float32)}
+        self.t = {name: _Grown(tables[name] if name in tables else zeros[name],
+                               schema.EMPTY_ROW_FILL[name])
+                  for name in TRAINED_TABLES}
+        history_len = tables[schema.USER_HISTORY].shape[1]
         # not trained here, but part of the version: passed through unchanged (hard-linked)
         self.fixed = {name: np.asarray(t) for name, t in tables.items() if name not in self.t}
         self.history_len = history_len
-        self.user_index = {int(u): r for r, u in enumerate(self.t["user_ids"].live)}
-        self.item_index = {int(i): r for r, i in enumerate(self.t["item_ids"].live)}
+        self.user_index = {int(u): r for r, u in enumerate(self.t[schema.USER_IDS].live)}
+        self.item_index = {int(i): r for r, i in enumerate(self.t[schema.ITEM_IDS].live)}
         self.clear_changes()
 
     def clear_changes(self) -> None:
@@ -138,11 +129,11 @@ class SparseTrainer:
 
     @property
     def n_users(self) -> int:
-        return self.t["user_ids"].n
+        return self.t[schema.USER_IDS].n
 
     @property
     def n_items(self) -> int:
-        return self.t["item_ids"].n
+        return self.t[schema.ITEM_IDS].n
 
     def tables(self) -> dict[str, np.ndarray]:
         """Every table of the version by name: the live trained ones (views: copy them if the
@@ -162,29 +153,29 @@ class SparseTrainer:
     def _user_row(self, user_id: int) -> int:
         row = self.user_index.get(user_id)
         if row is None:
-            dim = self.t["user_rows"].data.shape[1]
-            row = self.t["user_ids"].append(user_id)
+            dim = self.t[schema.USER_ROWS].data.shape[1]
+            row = self.t[schema.USER_IDS].append(user_id)
             # a new user starts with a zero row: served from history alone, as trained for
             # (exporter.train's user_dropout)
-            self.t["user_rows"].append(np.zeros(dim, np.float32))
-            self.t["user_history"].append(np.full(self.history_len, -1, np.int64))
-            self.t["user_adagrad"].append(0.0)
+            self.t[schema.USER_ROWS].append(np.zeros(dim, np.float32))
+            self.t[schema.USER_HISTORY].append(np.full(self.history_len, -1, np.int64))
+            self.t[schema.USER_ADAGRAD].append(0.0)
             self.user_index[user_id] = row
-            for name in USER_TABLES:
+            for name in schema.USER_TABLES:
                 self.changed[name].add(row)
         return row
 
     def _item_row(self, item_id: int) -> int:
         row = self.item_index.get(item_id)
         if row is None:
-            dim = self.t["item_rows"].data.shape[1]
+            dim = self.t[schema.ITEM_ROWS].data.shape[1]
             init = np.random.default_rng([self.config.seed, item_id]).normal(0, NEW_ITEM_STD, dim)
-            row = self.t["item_ids"].append(item_id)
-            self.t["item_rows"].append(init.astype(np.float32))
-            self.t["item_popularity"].append(0.0)
-            self.t["item_adagrad"].append(0.0)
+            row = self.t[schema.ITEM_IDS].append(item_id)
+            self.t[schema.ITEM_ROWS].append(init.astype(np.float32))
+            self.t[schema.ITEM_POPULARITY].append(0.0)
+            self.t[schema.ITEM_ADAGRAD].append(0.0)
             self.item_index[item_id] = row
-            for name in ITEM_TABLES:
+            for name in schema.ITEM_TABLES:
                 self.changed[name].add(row)
         return row
 
@@ -199,32 +190,32 @@ class SparseTrainer:
         if np.unique(item_ids).size != item_ids.size:
             raise ValueError("item ids repeat")
         for item_id, values in zip(item_ids.tolist(), np.asarray(rows, np.float32)):
-            row = self.t["item_ids"].append(item_id)
-            self.t["item_rows"].append(values)
-            self.t["item_popularity"].append(0.0)
-            self.t["item_adagrad"].append(0.0)
+            row = self.t[schema.ITEM_IDS].append(item_id)
+            self.t[schema.ITEM_ROWS].append(values)
+            self.t[schema.ITEM_POPULARITY].append(0.0)
+            self.t[schema.ITEM_ADAGRAD].append(0.0)
             self.item_index[item_id] = row
-            for name in ITEM_TABLES:
+            for name in schema.ITEM_TABLES:
                 self.changed[name].add(row)
 
     def drop_last_items(self, n: int) -> None:
         """Undo :meth:`add_items` of the last ``n`` items (their publish failed); nothing else may
         have touched them since."""
         keep = self.n_items - n
-        for item_id in self.t["item_ids"].live[keep:].tolist():
+        for item_id in self.t[schema.ITEM_IDS].live[keep:].tolist():
             del self.item_index[int(item_id)]
-        for name in ITEM_TABLES:
+        for name in schema.ITEM_TABLES:
             self.t[name].truncate(keep)
             self.changed[name] -= set(range(keep, keep + n))
 
     def _pooled(self, user_row: int) -> np.ndarray:
-        history = self.t["user_history"].data[user_row]
+        history = self.t[schema.USER_HISTORY].data[user_row]
         rows = history[history >= 0]
-        dim = self.t["item_rows"].data.shape[1]
+        dim = self.t[schema.ITEM_ROWS].data.shape[1]
         if rows.size == 0:
             return np.zeros(dim, np.float32)
         weights = recency_weights(np.array([0, rows.size]), decay=self.decay)
-        return (weights[:, None] * self.t["item_rows"].data[rows]).sum(0).astype(np.float32)
+        return (weights[:, None] * self.t[schema.ITEM_ROWS].data[rows]).sum(0).astype(np.float32)
 
     def _adagrad_step(self, table: str, acc_table: str, rows: np.ndarray, grads: np.ndarray) -> None:
         acc = self.t[acc_table].data
@@ -244,20 +235,20 @@ class SparseTrainer:
         if weight != 0 and self.n_items > 1:
             self._train_step(event, user_row, item_row, weight)
         if weight > 0:
-            history = self.t["user_history"].data[user_row]
+            history = self.t[schema.USER_HISTORY].data[user_row]
             history[:-1] = history[1:].copy()
             history[-1] = item_row
-            self.changed["user_history"].add(user_row)
-            self.t["item_popularity"].data[item_row] += 1.0
-            self.changed["item_popularity"].add(item_row)
+            self.changed[schema.USER_HISTORY].add(user_row)
+            self.t[schema.ITEM_POPULARITY].data[item_row] += 1.0
+            self.changed[schema.ITEM_POPULARITY].add(item_row)
 
     def _train_step(self, event: Event, user_row: int, item_row: int, weight: float) -> None:
         rng = np.random.default_rng([self.config.seed, event.offset])
         negatives = rng.integers(0, self.n_items - 1, size=self.config.negatives)
         negatives = np.unique(negatives + (negatives >= item_row))  # never the event's item
         item_rows = np.concatenate([[item_row], negatives])
-        user = self.t["user_rows"].data[user_row].copy()
-        items = self.t["item_rows"].data[item_rows].copy()
+        user = self.t[schema.USER_ROWS].data[user_row].copy()
+        items = self.t[schema.ITEM_ROWS].data[item_rows].copy()
         query, z1 = self._tower.forward(user, self._pooled(user_row))
         scores = items @ query
         sign = 1.0 if weight > 0 else -1.0
@@ -267,17 +258,17 @@ class SparseTrainer:
         score_grad = np.concatenate([[sign * margin_grad.sum()], -sign * margin_grad])
         item_grads = score_grad[:, None] * query[None, :]
         user_grad = self._tower.user_grad(items.T @ score_grad, z1)
-        self._adagrad_step("user_rows", "user_adagrad", np.array([user_row]),
+        self._adagrad_step(schema.USER_ROWS, schema.USER_ADAGRAD, np.array([user_row]),
                            user_grad[None].astype(np.float64))
-        self._adagrad_step("item_rows", "item_adagrad", item_rows, item_grads.astype(np.float64))
+        self._adagrad_step(schema.ITEM_ROWS, schema.ITEM_ADAGRAD, item_rows, item_grads.astype(np.float64))
 
     def forget_user(self, user_id: int) -> bool:
         """Remove a user's row, history and accumulator. Returns False if the user had no row."""
         row = self.user_index.pop(user_id, None)
         if row is None:
             return False
-        for name in USER_TABLES:
+        for name in schema.USER_TABLES:
             self.t[name].delete(row)
             self.rewritten.add(name)
-        self.user_index = {int(u): r for r, u in enumerate(self.t["user_ids"].live)}
+        self.user_index = {int(u): r for r, u in enumerate(self.t[schema.USER_IDS].live)}
         return True

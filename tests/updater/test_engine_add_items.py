@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from model_repository import contract as c
-from tests.updater.test_trainer import DIM, ITEMS, _tables, _tower
+from tests.updater.test_trainer import DIM, ITEMS, _numpy_tower, _tables
 from updater.engine import CommandError, Engine
 from updater.log import FeedbackLog
 from updater.publisher import PublishError
@@ -25,7 +25,7 @@ def engine(tmp_path):
     rng = np.random.default_rng(5)
     text = {"text_projection": rng.normal(size=(c.TEXT_DIM, DIM)).astype(np.float32),
             "text_projection_bias": np.zeros(DIM, np.float32)}
-    engine.trainer = SparseTrainer({**_tables(), **text}, _tower())
+    engine.trainer = SparseTrainer({**_tables(), **text}, _numpy_tower())
     return engine
 
 

@@ -32,6 +32,10 @@ def _tower():
     return UserTower(DIM)
 
 
+def _numpy_tower():
+    return numpy_tower(_tower())  # what the trainer runs: the same weights as _tower()
+
+
 def _event(offset, user_id, item_id, kind="click", value=0.0):
     e = validate(f"e{offset}", user_id, item_id, kind, value, NOW, now=NOW)
     return type(e)(e.event_id, e.user_id, e.item_id, e.kind, e.value, e.timestamp, offset=offset)
@@ -44,14 +48,14 @@ def _score(trainer, user_row, item_row):
     weights = 0.8 ** np.arange(rows.size)[::-1]
     pooled = (weights[:, None] * t["item_rows"][rows]).sum(0) / weights.sum()
     with torch.no_grad():
-        query = trainer.tower(torch.from_numpy(t["user_rows"][user_row][None].copy()),
+        query = _tower()(torch.from_numpy(t["user_rows"][user_row][None].copy()),
                               torch.from_numpy(pooled[None].astype(np.float32)))[0].numpy()
     return float(t["item_rows"][item_row] @ query)
 
 
 def test_a_click_raises_the_item_and_moves_only_touched_rows():
     tables = _tables()
-    trainer = SparseTrainer(tables, _tower(), config=TrainerConfig(negatives=4))
+    trainer = SparseTrainer(tables, _numpy_tower(), config=TrainerConfig(negatives=4))
     before = {k: np.array(v) for k, v in trainer.tables().items()}
     score_before = _score(trainer, 2, 11)
     trainer.apply(_event(1, user_id=1020, item_id=500 + 7 * 11))
@@ -69,7 +73,7 @@ def test_a_click_raises_the_item_and_moves_only_touched_rows():
 
 
 def test_a_skip_lowers_the_item_and_leaves_history_alone():
-    trainer = SparseTrainer(_tables(), _tower())
+    trainer = SparseTrainer(_tables(), _numpy_tower())
     history = np.array(trainer.tables()["user_history"][3])
     before = _score(trainer, 3, 20)
     trainer.apply(_event(1, user_id=1030, item_id=500 + 7 * 20, kind="skip"))
@@ -79,7 +83,7 @@ def test_a_skip_lowers_the_item_and_leaves_history_alone():
 
 def test_each_step_is_clipped_per_row():
     max_step = 1e-3
-    trainer = SparseTrainer(_tables(), _tower(), config=TrainerConfig(lr=100.0, max_step=max_step))
+    trainer = SparseTrainer(_tables(), _numpy_tower(), config=TrainerConfig(lr=100.0, max_step=max_step))
     before = {k: np.array(v) for k, v in trainer.tables().items()}
     trainer.apply(_event(1, user_id=1000, item_id=500, kind="purchase"))
     for name in ("user_rows", "item_rows"):
@@ -89,7 +93,7 @@ def test_each_step_is_clipped_per_row():
 
 
 def test_new_users_and_items_get_rows_and_tables_grow():
-    trainer = SparseTrainer(_tables(), _tower())
+    trainer = SparseTrainer(_tables(), _numpy_tower())
     for offset in range(1, 41):  # 40 new users and items: several capacity doublings
         trainer.apply(_event(offset, user_id=90_000 + offset, item_id=80_000 + offset))
     t = trainer.tables()
@@ -104,7 +108,7 @@ def test_new_users_and_items_get_rows_and_tables_grow():
 def test_replaying_the_same_events_gives_the_same_tables():
     events = [_event(o, 1000 + 10 * (o % USERS), 500 + 7 * (o % ITEMS), kind)
               for o, kind in zip(range(1, 30), ["click", "skip", "purchase"] * 10)]
-    one, two = SparseTrainer(_tables(), _tower()), SparseTrainer(_tables(), _tower())
+    one, two = SparseTrainer(_tables(), _numpy_tower()), SparseTrainer(_tables(), _numpy_tower())
     for e in events:
         one.apply(e)
     for e in events:
@@ -114,7 +118,7 @@ def test_replaying_the_same_events_gives_the_same_tables():
 
 
 def test_forget_user_removes_every_user_table_row():
-    trainer = SparseTrainer(_tables(), _tower())
+    trainer = SparseTrainer(_tables(), _numpy_tower())
     assert trainer.forget_user(1010)
     t = trainer.tables()
     assert 1010 not in t["user_ids"] and len(t["user_rows"]) == USERS - 1
@@ -132,8 +136,8 @@ def test_trainer_config_names_the_bad_field(field, value):
 def test_tables_it_does_not_train_are_carried_into_every_version_unchanged():
     tables = _tables()
     projection = np.random.default_rng(3).normal(size=(12, DIM)).astype(np.float32)
-    carried = {"text_projection": projection, **numpy_tower(_tower()).tables()}
-    trainer = SparseTrainer({**tables, **carried}, _tower())
+    carried = {"text_projection": projection, **_numpy_tower().tables()}
+    trainer = SparseTrainer({**tables, **carried}, _numpy_tower())
     trainer.apply(_event(1, user_id=1000, item_id=500))
     trainer.forget_user(1010)
     for name, table in carried.items():
@@ -142,7 +146,7 @@ def test_tables_it_does_not_train_are_carried_into_every_version_unchanged():
 
 
 def test_added_items_get_their_rows_and_then_train_like_any_other():
-    trainer = SparseTrainer(_tables(), _tower())
+    trainer = SparseTrainer(_tables(), _numpy_tower())
     rows = np.random.default_rng(4).normal(0, 0.3, (2, DIM)).astype(np.float32)
     trainer.add_items(np.array([9001, 9002]), rows)
     t = trainer.tables()
@@ -156,7 +160,7 @@ def test_added_items_get_their_rows_and_then_train_like_any_other():
 
 
 def test_adding_a_known_or_repeated_item_adds_nothing_and_a_failed_add_can_be_undone():
-    trainer = SparseTrainer(_tables(), _tower())
+    trainer = SparseTrainer(_tables(), _numpy_tower())
     rows = np.zeros((2, DIM), np.float32)
     with pytest.raises(ValueError, match="exist already: \\[500\\]"):
         trainer.add_items(np.array([9001, 500]), rows)
@@ -171,7 +175,7 @@ def test_adding_a_known_or_repeated_item_adds_nothing_and_a_failed_add_can_be_un
     assert trainer.item_index[9001] == ITEMS
 
 
-def _autograd_step(trainer, event, user_row, item_row, weight):
+def _autograd_step(trainer, tower, event, user_row, item_row, weight):
     """The step with torch autograd, as the trainer did before its gradients were written out."""
     rng = np.random.default_rng([trainer.config.seed, event.offset])
     negatives = rng.integers(0, trainer.n_items - 1, size=trainer.config.negatives)
@@ -180,7 +184,7 @@ def _autograd_step(trainer, event, user_row, item_row, weight):
     pooled = torch.from_numpy(trainer._pooled(user_row))
     item_rows = np.concatenate([[item_row], negatives])
     items = torch.from_numpy(trainer.t["item_rows"].data[item_rows].copy()).requires_grad_(True)
-    scores = items @ trainer.tower(user[None], pooled[None])[0]
+    scores = items @ tower(user[None], pooled[None])[0]
     margin = scores[0] - scores[1:] if weight > 0 else scores[1:] - scores[0]
     (-abs(weight) * torch.nn.functional.logsigmoid(margin).mean()).backward()
     trainer._adagrad_step("user_rows", "user_adagrad", np.array([user_row]),
@@ -194,8 +198,9 @@ def test_written_out_gradients_match_torch_autograd(kind, monkeypatch):
     tower = UserTower(DIM)
     for p in tower.parameters():  # a trained-looking tower, not the near-identity of a fresh one
         torch.nn.init.normal_(p, std=0.5)
-    ours, reference = SparseTrainer(_tables(), tower), SparseTrainer(_tables(), tower)
-    monkeypatch.setattr(reference, "_train_step", lambda *a: _autograd_step(reference, *a))
+    ours = SparseTrainer(_tables(), numpy_tower(tower))
+    reference = SparseTrainer(_tables(), numpy_tower(tower))
+    monkeypatch.setattr(reference, "_train_step", lambda *a: _autograd_step(reference, tower, *a))
     for offset in range(1, 25):
         event = _event(offset, 1000 + 10 * (offset % USERS), 500 + 7 * (offset % ITEMS), kind)
         ours.apply(event)

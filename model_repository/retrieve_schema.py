@@ -1,0 +1,157 @@
+"""The retrieve version's schema: its table names and its typed meta, defined once.
+
+model_repository.versions owns how a version sits on disk (manifest, shards, checksums); this
+module owns what a *retrieve* version holds. The build writes it, `Retriever` serves from it, the
+updater's trainer, publisher and engine read and write it, all through the names below, so adding
+a table is one edit here.
+
+    user_ids         (U,)       int64    external user ids, in row order
+    user_rows        (U, d)     float32  user embeddings
+    user_history     (U, H)     int64    item *rows* of each user's recent positives, most recent
+                                         last, -1 where empty (on the left)
+    user_adagrad     (U,)       float32  row-wise Adagrad accumulators (the updater writes them;
+                                         a build's version has none: they start at zero)
+    item_ids         (I,)       int64    external item ids, in row order
+    item_rows        (I, d)     float32  item embeddings
+    item_popularity  (I,)       float32  event counts (the popularity fallback)
+    item_adagrad     (I,)       float32  as user_adagrad
+    tower_w1, tower_b1, tower_w2, tower_b2   the user tower (model_repository.tower)
+    text_projection (TEXT_DIM, d), text_projection_bias (d,)   text -> item space, only in
+                                         versions built with the text encoder
+
+The meta (`RetrieveMeta`) rides in the manifest's ``meta``: dimensions, the pooling decay, the
+text blend weight and the versions of the models retrieve calls.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from model_repository import contract as c
+from model_repository import versions
+from model_repository.pooling import DEFAULT_RECENCY_DECAY
+
+USER_IDS = "user_ids"
+USER_ROWS = "user_rows"
+USER_HISTORY = "user_history"
+USER_ADAGRAD = "user_adagrad"
+ITEM_IDS = "item_ids"
+ITEM_ROWS = "item_rows"
+ITEM_POPULARITY = "item_popularity"
+ITEM_ADAGRAD = "item_adagrad"
+TOWER_W1, TOWER_B1, TOWER_W2, TOWER_B2 = "tower_w1", "tower_b1", "tower_w2", "tower_b2"
+TEXT_PROJECTION = "text_projection"
+TEXT_PROJECTION_BIAS = "text_projection_bias"
+
+# tables with one row per user / per item: they grow, shrink (forget-user) and train together
+USER_TABLES = (USER_IDS, USER_ROWS, USER_HISTORY, USER_ADAGRAD)
+ITEM_TABLES = (ITEM_IDS, ITEM_ROWS, ITEM_POPULARITY, ITEM_ADAGRAD)
+TOWER_TABLES = (TOWER_W1, TOWER_B1, TOWER_W2, TOWER_B2)
+TEXT_TABLES = (TEXT_PROJECTION, TEXT_PROJECTION_BIAS)
+# what every servable version has; the optimiser state, the tower (older versions: in the
+# user_tower model) and the text tables may be absent
+REQUIRED_TABLES = (USER_IDS, USER_ROWS, USER_HISTORY, ITEM_IDS, ITEM_ROWS, ITEM_POPULARITY)
+DTYPES = {
+    USER_IDS: np.int64, USER_ROWS: np.float32, USER_HISTORY: np.int64, USER_ADAGRAD: np.float32,
+    ITEM_IDS: np.int64, ITEM_ROWS: np.float32, ITEM_POPULARITY: np.float32,
+    ITEM_ADAGRAD: np.float32, **dict.fromkeys(TOWER_TABLES, np.float32),
+    **dict.fromkeys(TEXT_TABLES, np.float32),
+}
+# the row a new user or item starts a growing table with, where no row is computed for it
+EMPTY_ROW_FILL = {USER_IDS: -1, USER_ROWS: 0.0, USER_HISTORY: -1, USER_ADAGRAD: 0.0,
+                  ITEM_IDS: -1, ITEM_ROWS: 0.0, ITEM_POPULARITY: 0.0, ITEM_ADAGRAD: 0.0}
+
+
+class SchemaError(versions.VersionError):
+    """A retrieve version's tables or meta do not fit the schema; the message names the field."""
+
+
+@dataclass(frozen=True)
+class RetrieveMeta:
+    """What a retrieve version says about itself beyond its tables (manifest ``meta``)."""
+
+    dim: int                            # embedding size d of user_rows and item_rows
+    history_len: int                    # H, columns of user_history
+    recency_decay: float = DEFAULT_RECENCY_DECAY  # model_repository.pooling
+    user_tower_version: int = 1         # the user_tower version trained with these rows
+    text_encoder_version: int | None = None  # None: built without the text encoder
+    text_weight: float = c.DEFAULT_TEXT_WEIGHT  # model_repository.serving.blend_text
+
+    def __post_init__(self):
+        for name in ("dim", "history_len", "user_tower_version"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise SchemaError(f"retrieve meta {name} must be a positive integer, got {value!r}")
+        if self.text_encoder_version is not None and not (
+                isinstance(self.text_encoder_version, numbers.Integral)
+                and self.text_encoder_version >= 1):
+            raise SchemaError("retrieve meta text_encoder_version must be a positive integer or "
+                              f"absent, got {self.text_encoder_version!r}")
+        if not 0 < self.recency_decay <= 1:
+            raise SchemaError(f"retrieve meta recency_decay must be in (0, 1], "
+                              f"got {self.recency_decay!r}")
+        if not self.text_weight >= 0:
+            raise SchemaError(f"retrieve meta text_weight must be >= 0, got {self.text_weight!r}")
+
+    def to_dict(self) -> dict:
+        return {name: value for name, value in asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_manifest(cls, manifest: versions.Manifest) -> RetrieveMeta:
+        """The meta of a retrieve version. ``dim`` and ``history_len`` are read from the table
+        shapes where the meta lacks them (hand-written versions in tests); unknown keys are
+        ignored, so a newer writer's extra meta does not break an older reader."""
+        raw = dict(manifest.meta)
+        shapes = {name: spec.shape for name, spec in manifest.tables.items()}
+        for name in (USER_ROWS, ITEM_ROWS, USER_HISTORY):
+            if name not in shapes or len(shapes[name]) != 2:
+                raise SchemaError(f"retrieve version {manifest.version}: table {name} is missing "
+                                  "or not 2-D")
+        raw.setdefault("dim", shapes[ITEM_ROWS][1])
+        raw.setdefault("history_len", shapes[USER_HISTORY][1])
+        known = {f.name for f in fields(cls)}
+        try:
+            meta = cls(**{k: v for k, v in raw.items() if k in known})
+        except TypeError as exc:
+            raise SchemaError(f"retrieve version {manifest.version}: meta {exc}") from None
+        if shapes[ITEM_ROWS][1] != meta.dim or shapes[USER_ROWS][1] != meta.dim:
+            raise SchemaError(f"retrieve version {manifest.version}: meta dim {meta.dim} but "
+                              f"{USER_ROWS} {shapes[USER_ROWS]} and {ITEM_ROWS} {shapes[ITEM_ROWS]}")
+        return meta
+
+
+def check_tables(tables: dict[str, np.ndarray], *, where: str) -> None:
+    """Raise SchemaError naming the first table that is missing, of the wrong dtype, or whose
+    rows disagree with its ids (users, items). ``where`` names the version in the message."""
+    for name in REQUIRED_TABLES:
+        if name not in tables:
+            raise SchemaError(f"{where}: table {name} is missing")
+    for name, table in tables.items():
+        want = DTYPES.get(name)
+        if want is not None and np.dtype(table.dtype) != np.dtype(want):
+            raise SchemaError(f"{where}: table {name} is {table.dtype}, expected "
+                              f"{np.dtype(want).name}")
+    for group, ids in ((USER_TABLES, USER_IDS), (ITEM_TABLES, ITEM_IDS)):
+        n = len(tables[ids])
+        for name in group:
+            if name in tables and len(tables[name]) != n:
+                raise SchemaError(f"{where}: table {name} has {len(tables[name])} rows for {n} "
+                                  f"{ids}")
+
+
+def make_tables(*, user_ids, item_ids, user_rows, item_rows, user_history, item_popularity,
+                tower: dict[str, np.ndarray] | None = None,
+                text_projection: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """A retrieve version's tables by name, cast to the schema's dtypes and checked.
+
+    ``tower``: the four tower tables (`NumpyTower.tables()`); ``text_projection``: the two text
+    tables (`TextProjection.tables()`), or None for a build without the text encoder."""
+    tables = {USER_IDS: user_ids, ITEM_IDS: item_ids, USER_ROWS: user_rows, ITEM_ROWS: item_rows,
+              USER_HISTORY: user_history, ITEM_POPULARITY: item_popularity,
+              **(tower or {}), **(text_projection or {})}
+    tables = {name: np.asarray(table, dtype=DTYPES[name]) for name, table in tables.items()}
+    check_tables(tables, where="new retrieve version")
+    return tables
