@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 
@@ -149,6 +150,44 @@ def embed_texts(queries: list[Query], encode: TextFn) -> list[np.ndarray | Reque
         except RequestError as exc:
             out[i] = exc
     return out
+
+
+# what one request of a batch comes to: its answer, the RequestError refusing it (the field
+# named), or the exception that broke the batch (logged by the model, answered as INTERNAL)
+Outcome = Union["Answer", RequestError, Exception]
+
+
+def answer_requests(retriever: Retriever, requests: list[dict], encode: TextFn) -> list[Outcome]:
+    """What `retrieve` answers a batch, one outcome per request in request order.
+
+    ``requests``: each request's inputs by tensor name (numpy arrays, batch dim included).
+    A request that fails decoding, `Retriever.check` or its text's encoding gets its
+    RequestError and the others go on; the valid ones are answered together in one
+    `Retriever.answer`, and an unexpected failure there is every valid request's outcome."""
+    outcomes: list[Outcome | None] = [None] * len(requests)
+    queries, slots = [], []
+    for slot, inputs in enumerate(requests):
+        try:
+            query = decode_query(inputs)
+            retriever.check(query)
+        except RequestError as exc:
+            outcomes[slot] = exc
+            continue
+        queries.append(query)
+        slots.append(slot)
+    try:
+        text_emb = embed_texts(queries, encode)
+        kept = [i for i, emb in enumerate(text_emb) if not isinstance(emb, RequestError)]
+        for i in set(range(len(queries))) - set(kept):
+            outcomes[slots[i]] = text_emb[i]
+        answers = retriever.answer([queries[i] for i in kept], [text_emb[i] for i in kept])
+        for i, answer in zip(kept, answers):
+            outcomes[slots[i]] = answer
+    except Exception as exc:  # noqa: BLE001 - every request must get an outcome
+        for slot in slots:
+            if outcomes[slot] is None:
+                outcomes[slot] = exc
+    return outcomes  # type: ignore[return-value]
 
 
 _NO_USER = np.iinfo(np.int64).min  # stands for a missing USER_ID in id look-ups: never a row

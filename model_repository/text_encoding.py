@@ -17,7 +17,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from model_repository import contract as c
-from model_repository.serving import RequestError
+from model_repository.serving import RequestError, decode_text
 
 ONNX_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -75,3 +75,35 @@ class TextEncoderRuntime:
         if not texts:
             return np.zeros((0, c.TEXT_DIM), dtype=np.float32)
         return self.run(*self.tokenize(texts, field=field))
+
+
+def encode_requests(runtime: TextEncoderRuntime, requests: list[np.ndarray]
+                    ) -> list[np.ndarray | Exception]:
+    """What `text_encoder` answers a batch, one outcome per request in request order.
+
+    ``requests``: each request's TEXT values (BYTES, any shape). A request whose text is not
+    UTF-8, empty, or over the character or word-piece limit gets its RequestError (naming TEXT);
+    the valid texts of all requests run as one session call, giving each request its
+    (n, TEXT_DIM) float32 rows; an unexpected failure there is every valid request's outcome."""
+    outcomes: list[np.ndarray | Exception | None] = [None] * len(requests)
+    texts, counts, slots = [], [], []
+    for slot, raw in enumerate(requests):
+        try:
+            mine = [decode_text(value, c.TEXT) for value in np.asarray(raw).reshape(-1)]
+            runtime.tokenize(mine)  # the word-piece limit, per request
+        except RequestError as exc:
+            outcomes[slot] = exc
+            continue
+        texts.extend(mine)
+        counts.append(len(mine))
+        slots.append(slot)
+    try:
+        emb = runtime.encode(texts)
+    except Exception as exc:  # noqa: BLE001 - every request must get an outcome
+        for slot in slots:
+            outcomes[slot] = exc
+        return outcomes  # type: ignore[return-value]
+    starts = np.cumsum([0, *counts])
+    for slot, start, stop in zip(slots, starts, starts[1:]):
+        outcomes[slot] = emb[start:stop]
+    return outcomes  # type: ignore[return-value]

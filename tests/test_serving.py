@@ -10,6 +10,7 @@ from model_repository.serving import (
     Query,
     RequestError,
     Retriever,
+    answer_requests,
     blend_text,
     decode_query,
     embed_texts,
@@ -230,3 +231,53 @@ def test_one_refused_text_fails_only_its_own_query():
     first, second, third = embed_texts(queries, encode)
     np.testing.assert_array_equal(first, [1.0, 1.0])
     assert second is None and isinstance(third, RequestError)
+
+
+# --- answer_requests: what retrieve's model.py answers a batch, one outcome per request ---
+
+def _inputs(user_id=None, k=None, text=None):
+    inputs = {}
+    if user_id is not None:
+        inputs[c.USER_ID] = np.array([[user_id]], dtype=np.int64)
+    if k is not None:
+        inputs[c.K] = np.array([[k]], dtype=np.int32)
+    if text is not None:
+        inputs[c.QUERY_TEXT] = np.array([[text.encode()]], dtype=object)
+    return inputs
+
+
+def test_answer_requests_gives_each_request_its_own_outcome_in_order(text_retriever):
+    model, tables = text_retriever
+    user = int(tables["user_ids"][2])
+
+    def encode(texts):
+        if any("bad" in t for t in texts):
+            raise RequestError("TEXT is too long")
+        return np.ones((len(texts), TEXT_DIM), np.float32)
+
+    batch = [_inputs(user, k=3), _inputs(k=2), _inputs(user, k=0), _inputs(text="bad"),
+             _inputs(user, k=4, text="good")]
+    alone = model.answer([Query(user_id=user, k=3)])[0]
+    first, missing_user, bad_k, bad_text, blended = answer_requests(model, batch, encode)
+    np.testing.assert_array_equal(first.item_ids, alone.item_ids)
+    assert str(missing_user) == f"{c.USER_ID} is required (unless {c.QUERY_TEXT} is given)"
+    assert isinstance(bad_k, RequestError) and str(bad_k) == "K must be >= 1, got 0"
+    assert isinstance(bad_text, RequestError) and "too long" in str(bad_text)
+    assert blended.item_ids.size == 4 and blended.version == 5
+
+
+def test_an_unexpected_failure_is_the_outcome_of_every_valid_request_only(retriever):
+    model, tables = retriever
+    user = int(tables["user_ids"][2])
+
+    class Broken(RuntimeError):
+        pass
+
+    def tower(user_emb, history_emb):
+        raise Broken("tower down")
+
+    broken = Retriever(model.version_dir, tower)  # this version has no tower tables
+    outcomes = answer_requests(broken, [_inputs(user), _inputs(user, k=0), _inputs(user)],
+                               encode=None)
+    assert isinstance(outcomes[0], Broken) and outcomes[2] is outcomes[0]
+    assert isinstance(outcomes[1], RequestError)
