@@ -12,7 +12,6 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from exporter.data import generate_synthetic
 from exporter.onnx_export import (
     ONNX_OPSET,
     ParityError,
@@ -20,6 +19,7 @@ from exporter.onnx_export import (
     check_onnx_parity,
     export_user_tower,
 )
+from exporter.synthetic import generate_synthetic
 from exporter.train import TrainConfig, UserTower, train_base_model
 from model_repository.contract import HISTORY_EMB, MAX_BATCH_SIZE, QUERY, USER_EMB
 from tests.fixtures.serving_pool import pool_numpy
