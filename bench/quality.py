@@ -121,7 +121,7 @@ def load_events(data: Path | None, *, seed: int):
     from exporter.synthetic import generate_synthetic
 
     if data is None:
-        return generate_synthetic(seed=seed), "synthetic (exporter.synthetic defaults, seed 0)"
+        return generate_synthetic(seed=seed), f"synthetic (exporter.synthetic defaults, seed {seed})"
     return read_dataset(data), str(data)
 
 

@@ -20,7 +20,8 @@ SYNTHETIC_SPAN_S = 90 * 86_400
 ITEM_ZIPF_EXPONENT = 1.1
 
 # Real words, so a text encoder (MiniLM) sees category meaning in titles, not just token ids;
-# no word belongs to two lists (test_data checks titles predict the category).
+# no word belongs to two lists (tests/test_synthetic.py checks that, and that titles predict
+# the category).
 CATEGORY_VOCABULARY = {
     "space": "galaxy orbit rocket planet nebula comet astronaut moon asteroid starship "
              "cosmos satellite",
@@ -157,11 +158,12 @@ def generate_synthetic(*, n_users: int = DEFAULT_SYNTHETIC_USERS,
     """A MovieLens-like data set with known structure, deterministic for a seed.
 
     - items: a category each and a 2-4 word title mostly drawn from that category's words;
-      power-law (Zipf, exponent 1) popularity across and within categories.
+      power-law (Zipf, exponent ITEM_ZIPF_EXPONENT = 1.1) popularity across and within
+      categories.
     - users: lognormal activity; 1-3 preferred categories that drift at random times (see
       ``_user_events``), so recent history predicts the next events better than old history.
     - events: no repeated (user, item) pair, timestamps over 90 days, ratings 1-5 higher for
-      preferred categories and good items. Users ids are 1..n_users, item ids 1..n_items.
+      preferred categories and good items. User ids are 1..n_users, item ids 1..n_items.
     """
     if n_users < 1 or n_items < 2 or n_categories < 1:
         raise ValueError(f"need n_users >= 1, n_items >= 2, n_categories >= 1; got "
