@@ -117,11 +117,12 @@ class ALSRecommender:
 
 
 def load_events(data: Path | None, *, seed: int):
-    from exporter import data as datasets
+    from exporter.data import read_dataset
+    from exporter.synthetic import generate_synthetic
 
     if data is None:
-        return datasets.generate_synthetic(seed=seed), "synthetic (exporter.data defaults, seed 0)"
-    return datasets.read_dataset(data), str(data)
+        return generate_synthetic(seed=seed), f"synthetic (exporter.synthetic defaults, seed {seed})"
+    return read_dataset(data), str(data)
 
 
 def _row(name: str, result: ReplayResult, update_s: float, ask_s: float) -> list:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bench.report import machine_header, print_table, time_side_by_side
-from exporter import data as datasets
+from exporter.synthetic import generate_synthetic
 from exporter.text_encoder import (
     check_text_parity,
     export_text_encoder,
@@ -35,7 +35,7 @@ SENTENCE = "a story about {} and {} on a long journey, told by a {} with a {} tw
 
 
 def _texts(kind: str, n: int) -> list[str]:
-    items = datasets.generate_synthetic(n_users=10, n_items=max(n, 10), n_events=50, seed=0).items
+    items = generate_synthetic(n_users=10, n_items=max(n, 10), n_events=50, seed=0).items
     titles = items.titles[:n]
     if kind == "titles":
         return titles

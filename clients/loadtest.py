@@ -33,12 +33,12 @@ PROJECT_ROOT = LOCUSTFILE.parent.parent
 DEFAULT_URL = "127.0.0.1:8001"
 DEFAULT_UPDATER_URL = "127.0.0.1:50051"
 DEFAULT_DURATION = "60s"
-# ids 1..N as the synthetic generator writes them (exporter.data defaults); MovieLens ids are
+# ids 1..N as the synthetic generator writes them (exporter.synthetic defaults); MovieLens ids are
 # also dense from 1. Ids the model does not know are served too (history or popularity).
 DEFAULT_ID_USERS = 2000
 DEFAULT_ID_ITEMS = 1000
-# Zipf exponent of who asks and what they touched: a few heavy users, a long tail (the
-# synthetic generator draws item popularity with exponent 1 too)
+# Zipf exponent of who asks and what they touched: a few heavy users, a long tail (close to
+# the synthetic generator's item popularity exponent, ITEM_ZIPF_EXPONENT = 1.1)
 DEFAULT_ZIPF = 1.0
 DEFAULT_HISTORY_FRACTION = 0.5
 DEFAULT_MAX_HISTORY = 20

@@ -24,6 +24,7 @@ import numpy as np
 from exporter import data as datasets
 from exporter.evaluate import evaluate, format_quality_table
 from exporter.onnx_export import build_tensorrt_plan, check_onnx_parity, export_user_tower
+from exporter.synthetic import generate_synthetic
 from exporter.text_projection import (
     apply_text_rows,
     cold_item_quality,
@@ -161,7 +162,7 @@ def build(
     if synthetic == (data is not None):
         raise BuildError("give exactly one of --data PATH or --synthetic")
     if synthetic:
-        dataset = datasets.generate_synthetic(**(synthetic_kwargs or {}), progress=progress)
+        dataset = generate_synthetic(**(synthetic_kwargs or {}), progress=progress)
         ratings = datasets.write_dataset(dataset, out / DATA_DIR)
     else:
         ratings = Path(data)

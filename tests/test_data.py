@@ -1,4 +1,4 @@
-"""exporter.data: MovieLens readers, the synthetic generator's promised structure, time split."""
+"""exporter.data: MovieLens readers, the new-items reader, write/read round trip, time split."""
 
 from __future__ import annotations
 
@@ -6,12 +6,9 @@ import numpy as np
 import pytest
 
 from exporter.data import (
-    CATEGORY_VOCABULARY,
-    SHARED_TITLE_WORDS,
     DataError,
     Dataset,
     Interactions,
-    generate_synthetic,
     read_dataset,
     read_interactions,
     read_items,
@@ -19,6 +16,7 @@ from exporter.data import (
     split_by_time,
     write_dataset,
 )
+from exporter.synthetic import generate_synthetic
 
 # ---------------------------------------------------------------------------------------------
 # readers: one small file per format, written as the MovieLens archives write them
@@ -240,109 +238,6 @@ def test_read_dataset_finds_movielens_items_next_to_ratings(tmp_path):
     alone = tmp_path / "alone"
     alone.mkdir()
     assert read_dataset(write(alone, "ratings.dat", RATINGS_DAT)).items is None
-
-
-# ---------------------------------------------------------------------------------------------
-# synthetic data: the structure later issues rely on
-
-
-@pytest.fixture(scope="module")
-def synthetic() -> Dataset:
-    return generate_synthetic(n_users=500, n_items=500, n_events=20_000, seed=1)
-
-
-def category_rows(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(category index per item, category index per event)."""
-    _, per_item = np.unique(dataset.items.categories, return_inverse=True)
-    per_event = per_item[np.searchsorted(dataset.items.ids, dataset.interactions.item_ids)]
-    return per_item, per_event
-
-
-def test_synthetic_shape_and_determinism(synthetic):
-    inter = synthetic.interactions
-    assert len(inter) == 20_000
-    assert len(np.unique(inter.user_ids)) == 500
-    assert np.all(np.diff(inter.timestamps) >= 0)
-    assert inter.timestamps.max() - inter.timestamps.min() <= 90 * 86_400
-    assert set(np.unique(inter.values).tolist()) <= {1.0, 2.0, 3.0, 4.0, 5.0}
-    pairs = inter.user_ids * 10_000 + inter.item_ids
-    assert len(np.unique(pairs)) == len(pairs), "a (user, item) pair repeats"
-    again = generate_synthetic(n_users=500, n_items=500, n_events=20_000, seed=1)
-    other = generate_synthetic(n_users=500, n_items=500, n_events=20_000, seed=2)
-    np.testing.assert_array_equal(again.interactions.item_ids, inter.item_ids)
-    assert again.items.titles == synthetic.items.titles
-    assert not np.array_equal(other.interactions.item_ids, inter.item_ids)
-
-
-def test_synthetic_popularity_is_skewed(synthetic):
-    counts = np.sort(np.bincount(synthetic.interactions.item_ids))[::-1]
-    top_share = counts[: len(synthetic.items) // 10].sum() / counts.sum()
-    # uniform popularity gives 0.10; this generator gives 0.38 at seed 1
-    assert top_share > 0.3
-
-
-def test_synthetic_titles_predict_category(synthetic):
-    """A word -> category vote learnt on half the items classifies the other half."""
-    per_item, _ = category_rows(synthetic)
-    words = [t.lower().split() for t in synthetic.items.titles]
-    half, n_categories = len(words) // 2, per_item.max() + 1
-    seen: dict[str, np.ndarray] = {}
-    for ws, c in zip(words[:half], per_item[:half], strict=True):
-        for w in ws:
-            seen.setdefault(w, np.zeros(n_categories))[c] += 1
-    votes = {w: counts / counts.sum() for w, counts in seen.items()}  # P(category | word)
-    guesses = [sum((votes[w] for w in ws if w in votes), np.zeros(n_categories)).argmax()
-               for ws in words[half:]]
-    accuracy = np.mean(np.asarray(guesses) == per_item[half:])
-    assert accuracy > 0.9  # 0.99 at seed 1; chance is about 1/12
-
-
-def test_category_vocabularies_are_disjoint():
-    lists = [words.split() for words in CATEGORY_VOCABULARY.values()]
-    everything = [w for words in lists for w in words] + list(SHARED_TITLE_WORDS)
-    assert len(everything) == len(set(everything))
-
-
-def test_synthetic_interests_drift(synthetic):
-    """Category mix in a user's first vs last third of events differs far more than it would if
-    the same events came in random order."""
-    _, per_event = category_rows(synthetic)
-    inter = synthetic.interactions
-    rng = np.random.default_rng(0)
-
-    def distance(cats: np.ndarray) -> float:
-        third = len(cats) // 3
-        first = np.bincount(cats[:third], minlength=per_event.max() + 1) / third
-        last = np.bincount(cats[-third:], minlength=per_event.max() + 1) / third
-        return 0.5 * np.abs(first - last).sum()  # total variation
-
-    real, shuffled = [], []
-    for user in np.unique(inter.user_ids):
-        cats = per_event[inter.user_ids == user]
-        if len(cats) >= 30:
-            real.append(distance(cats))
-            shuffled.append(distance(rng.permutation(cats)))
-    real, shuffled = np.array(real), np.array(shuffled)
-    assert len(real) > 100
-    assert (real > 0.4).mean() > 0.5  # 0.76 at seed 1; 0.23 for the shuffled order
-    assert real.mean() > shuffled.mean() + 0.15
-
-
-def test_synthetic_ratings_follow_preference(synthetic):
-    """Events in a user's most frequent category are rated higher than the rest."""
-    _, per_event = category_rows(synthetic)
-    inter = synthetic.interactions
-    users = np.unique(inter.user_ids, return_inverse=True)[1]
-    counts = np.zeros((users.max() + 1, per_event.max() + 1))
-    np.add.at(counts, (users, per_event), 1)
-    favourite = per_event == counts.argmax(1)[users]
-    # 3.85 vs 3.24 at seed 1
-    assert inter.values[favourite].mean() > inter.values[~favourite].mean() + 0.3
-
-
-def test_synthetic_rejects_impossible_sizes():
-    with pytest.raises(ValueError, match="n_events"):
-        generate_synthetic(n_users=10, n_items=4, n_events=1000)
 
 
 # ---------------------------------------------------------------------------------------------

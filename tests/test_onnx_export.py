@@ -3,7 +3,6 @@ computes what the torch tower computes."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 
 import numpy as np
@@ -12,7 +11,6 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from exporter.data import generate_synthetic
 from exporter.onnx_export import (
     ONNX_OPSET,
     ParityError,
@@ -20,9 +18,11 @@ from exporter.onnx_export import (
     check_onnx_parity,
     export_user_tower,
 )
+from exporter.synthetic import generate_synthetic
 from exporter.train import TrainConfig, UserTower, train_base_model
 from model_repository.contract import HISTORY_EMB, MAX_BATCH_SIZE, QUERY, USER_EMB
 from tests.fixtures.serving_pool import pool_numpy
+from tests.fixtures.tensorrt import needs_tensorrt
 
 DIM = 24
 
@@ -111,14 +111,20 @@ def test_export_leaves_training_mode_alone(tmp_path):
     assert tower.training
 
 
-def test_tensorrt_plan(exported, tmp_path, caplog):
+@needs_tensorrt
+def test_tensorrt_plan_of_the_user_tower_is_written(exported, tmp_path):
     _, path = exported
-    caplog.set_level(logging.INFO, logger="exporter.onnx_export")
     plan = build_tensorrt_plan(path, tmp_path / "model.plan")
-    can_build = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
-    if can_build:
-        assert plan is not None and plan.stat().st_size > 0
-    else:
-        assert plan is None
-        assert not (tmp_path / "model.plan").exists()
-        assert "no TensorRT plan:" in caplog.text
+    assert plan is not None and plan.stat().st_size > 0
+
+
+def test_without_cuda_build_tensorrt_plan_returns_none_writes_nothing_and_logs_why(
+        exported, tmp_path, caplog, monkeypatch):
+    """Runs on every host: CUDA is hidden, so a GPU host takes the CPU host's path too (and a
+    host without the tensorrt package stops one check earlier, with its own reason)."""
+    _, path = exported
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    caplog.set_level(logging.INFO, logger="exporter.onnx_export")
+    assert build_tensorrt_plan(path, tmp_path / "model.plan") is None
+    assert not (tmp_path / "model.plan").exists()
+    assert "no TensorRT plan:" in caplog.text

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.data import Interactions, Items, generate_synthetic, split_by_time
+from exporter.data import Interactions, Items, split_by_time
 from exporter.evaluate import (
     build_eval_split,
     evaluate,
     format_quality_table,
     ranking_metrics,
 )
+from exporter.synthetic import generate_synthetic
 from exporter.train import (
     TrainConfig,
     UserTower,

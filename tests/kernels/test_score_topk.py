@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -347,7 +348,6 @@ def test_fp16_numpy_queries_round_to_the_items_dtype():
 
 
 def test_ort_graph_is_the_embedded_one():
-    onnx = pytest.importorskip("onnx")
     assert onnx.load_from_string(score_topk_module._ORT_TOPK_GRAPH) == score_topk_module.ort_topk_graph()
 
 

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from exporter.data import CATEGORY_VOCABULARY, read_items
+from exporter.data import read_items
 from exporter.evaluate import EvalSplit
+from exporter.synthetic import CATEGORY_VOCABULARY
 from exporter.text_projection import fit_projection, pick_cold_items, restrict_targets
 from model_repository import contract as c
 from model_repository import versions
