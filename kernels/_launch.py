@@ -1,13 +1,13 @@
 """Launch arithmetic and input checks shared by every op in `kernels`.
 
-Block sizes, autotune configs, dtype maps, contiguity, the deferred `@triton_jit` decorator and
-the validation errors live here once, so each op file holds only its own kernel, reference,
-CPU path and dispatch.
+Block sizes, autotune configs, dtype maps, contiguity and the validation errors live here once,
+so each op's modules hold only its own kernel, reference, CPU paths and dispatch.
 
-Nothing here imports torch or triton at module level: the serving model imports `kernels` on
-every reload, and importing torch there costs about a second per reload (DESIGN.md, "Serving
-stack"). Torch tensors are recognised through `sys.modules`: if torch was never imported, no
-argument can be a tensor.
+Nothing here imports torch or triton: the serving model imports `kernels` on every reload, and
+importing torch there costs about a second per reload (DESIGN.md, "Serving stack"). Torch
+tensors are recognised through `sys.modules`: if torch was never imported, no argument can be
+a tensor. Only the private `_<op>_triton` modules import triton, and only when a call takes
+the Triton path.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -325,73 +325,3 @@ def prune_score_topk_configs(configs: list[Any], named_args: dict, **kwargs: Any
     """Autotune pruning (triton's early_config_prune): drop configs whose running keys spill."""
     fits = [c for c in configs if c.kwargs["BLOCK_B"] * kwargs["K_PAD"] <= MAX_RUNNING_KEYS]
     return fits or [min(configs, key=lambda c: c.kwargs["BLOCK_B"])]
-
-
-# ---------------------------------------------------------------------------------------------
-# Deferred @triton.jit: kernels stay in their op file without importing triton on `import kernels`
-# ---------------------------------------------------------------------------------------------
-
-
-class DeferredKernel:
-    """A Triton-language function, jitted the first time any kernel of its module launches.
-
-    `bind_triton` binds `tl` in the op module's globals and swaps every DeferredKernel there
-    for the real `triton.jit` object (autotuned where configs are given), so kernels can call
-    each other and the interpreter finds `triton.language` in the module, as it requires.
-    """
-
-    def __init__(
-        self,
-        fn: Callable,
-        configs: Callable[[], list[dict[str, int]]] | None,
-        key: list[str] | None,
-        prune: Callable[..., list[Any]] | None,
-    ):
-        self.fn = fn
-        self.configs = configs
-        self.key = key
-        self.prune = prune
-
-    def build(self) -> Any:
-        import triton
-
-        kernel = triton.jit(self.fn)
-        if self.configs is None:
-            return kernel
-        configs = []
-        for config in self.configs():
-            meta = dict(config)
-            num_warps = meta.pop("num_warps")
-            configs.append(triton.Config(meta, num_warps=num_warps))
-        prune_by = {"early_config_prune": self.prune} if self.prune else None
-        return triton.autotune(configs=configs, key=self.key or [], prune_configs_by=prune_by)(
-            kernel
-        )
-
-    def __getitem__(self, grid: Any) -> Any:
-        return bind_triton(self.fn.__globals__)[self.fn.__name__][grid]
-
-
-def triton_jit(
-    fn: Callable | None = None,
-    *,
-    configs: Callable[[], list[dict[str, int]]] | None = None,
-    key: list[str] | None = None,
-    prune: Callable[..., list[Any]] | None = None,
-) -> Any:
-    """`@triton.jit` (and `@triton.autotune(configs(), key, prune)`), applied on first launch."""
-    if fn is None:
-        return lambda f: DeferredKernel(f, configs, key, prune)
-    return DeferredKernel(fn, configs, key, prune)
-
-
-def bind_triton(module_globals: dict[str, Any]) -> dict[str, Any]:
-    """Import triton, bind `tl` and jit every deferred kernel of one op module (idempotent)."""
-    if not isinstance(module_globals.get("tl"), type(sys)):
-        import triton.language
-
-        module_globals["tl"] = triton.language
-    for name, value in list(module_globals.items()):
-        if isinstance(value, DeferredKernel):
-            module_globals[name] = value.build()
-    return module_globals

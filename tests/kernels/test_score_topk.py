@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import importlib
+from fnmatch import fnmatch
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
 
-from kernels import KernelInputError, score_topk, score_topk_reference, score_topk_triton
-from kernels.score_topk import CPU_SAMPLE_MAX_QUERIES, _score_topk_cpu
-from kernels.score_topk import _sampled_threshold as _cpu_sampled_threshold
+from kernels import (
+    KernelInputError,
+    _score_topk_cpu,
+    _score_topk_onnx,
+    score_topk,
+    score_topk_reference,
+    score_topk_triton,
+)
+from kernels._score_topk_cpu import CPU_SAMPLE_MAX_QUERIES
 from tests.kernels.checks import assert_close, assert_topk_match
 from tests.kernels.impls import IMPLS, from_numpy, run
-
-# the module, not the function `kernels.score_topk` that kernels/__init__ re-exports
-score_topk_module = importlib.import_module("kernels.score_topk")
 
 # Tolerances from measurement: worst |got - want| over SHAPES was 1.1e-5 (fp32), 2.3e-5 (fp16)
 # and 5.7e-6 (bf16) for scores up to ~40 in magnitude, on the interpreter and the CPU path alike:
@@ -170,7 +174,7 @@ def _sampled_threshold(queries, items, k, *, exclude=None, item_mask=None):
         excluded = (np.repeat(np.arange(len(queries)), np.diff(offsets)), ids)
     masked = np.flatnonzero(item_mask.numpy()) if item_mask is not None else None
     items_np = items.numpy()
-    return _cpu_sampled_threshold(queries.numpy(), lambda rows: items_np[rows], len(items), k,
+    return _score_topk_cpu.sampled_threshold(queries.numpy(), lambda rows: items_np[rows], len(items), k,
                                   masked, excluded)  # fmt: skip
 
 
@@ -194,7 +198,7 @@ def test_cpu_sampled_threshold_is_below_the_kth_score(seed):
 
 
 def _cpu_topk(queries, items, k, read_items):
-    return _score_topk_cpu(queries.numpy(), read_items, len(items), k, None, None)
+    return _score_topk_cpu.score_topk_cpu(queries.numpy(), read_items, len(items), k, None, None)
 
 
 @pytest.mark.parametrize("B", [1, 7])
@@ -221,7 +225,7 @@ def test_cpu_sampled_threshold_skips_nan_scores(monkeypatch):
     """A NaN sampled score must not count as one of the k best: with one sampled row per
     maximum (group 1), 3 NaN rows would otherwise lift the threshold above the 8th to 10th
     best items."""
-    monkeypatch.setattr(score_topk_module, "CPU_SAMPLE_GROUP", 1)
+    monkeypatch.setattr(_score_topk_cpu, "CPU_SAMPLE_GROUP", 1)
     g = torch.Generator().manual_seed(10)
     queries = torch.rand(3, 16, generator=g) + 0.5
     items = torch.rand(SAMPLED_N, 16, generator=g)
@@ -347,8 +351,17 @@ def test_fp16_numpy_queries_round_to_the_items_dtype():
 # --- the onnxruntime path (numpy fp32 calls with at most ORT_MAX_SCORES scores) ---------------
 
 
-def test_ort_graph_is_the_embedded_one():
-    assert onnx.load_from_string(score_topk_module._ORT_TOPK_GRAPH) == score_topk_module.ort_topk_graph()
+def test_ort_graph_is_the_shipped_one():
+    assert onnx.load(_score_topk_onnx.ORT_TOPK_GRAPH_PATH) == _score_topk_onnx.ort_topk_graph()
+
+
+def test_ort_graph_ships_as_package_data():
+    """An installed wheel holds the graph only if pyproject's package-data names it."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    patterns = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["kernels"]
+    name = Path(_score_topk_onnx.ORT_TOPK_GRAPH_PATH).name
+    assert any(fnmatch(name, pattern) for pattern in patterns), (name, patterns)
 
 
 def _grid(B, N, d, seed):
@@ -360,13 +373,13 @@ def _grid(B, N, d, seed):
 
 def _spy_ort(monkeypatch):
     calls = []
-    real = score_topk_module._score_topk_ort
+    real = _score_topk_onnx.score_topk_ort
 
     def spy(*args):
         calls.append(real(*args))
         return calls[-1]
 
-    monkeypatch.setattr(score_topk_module, "_score_topk_ort", spy)
+    monkeypatch.setattr(_score_topk_onnx, "score_topk_ort", spy)
     return calls
 
 
@@ -411,12 +424,12 @@ def test_large_calls_and_hosts_without_onnxruntime_take_the_chunked_path(monkeyp
     calls = _spy_ort(monkeypatch)
     queries, items = _grid(4, 500, 8, seed=4)
     want = score_topk_reference(torch.from_numpy(queries), torch.from_numpy(items), 7)
-    monkeypatch.setattr(score_topk_module, "ORT_MAX_SCORES", 4 * 500 - 1)
+    monkeypatch.setattr(_score_topk_onnx, "ORT_MAX_SCORES", 4 * 500 - 1)
     got = score_topk(queries, items, 7)
     assert not calls
     np.testing.assert_array_equal(got[1], want[1].numpy())
-    monkeypatch.setattr(score_topk_module, "ORT_MAX_SCORES", 4 * 500)
-    monkeypatch.setattr(score_topk_module, "_ort_session", False)  # onnxruntime not installed
+    monkeypatch.setattr(_score_topk_onnx, "ORT_MAX_SCORES", 4 * 500)
+    monkeypatch.setattr(_score_topk_onnx, "_ort_session", False)  # onnxruntime not installed
     got = score_topk(queries, items, 7)
     assert calls == [None]
     np.testing.assert_array_equal(got[1], want[1].numpy())
