@@ -10,12 +10,11 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import np_to_triton_dtype
 
-from clients.updater_client import DEFAULT_UPDATER_URL, FeedbackResult, UpdaterClient
+from clients.updater_client import FeedbackResult, UpdaterClient
 from model_repository import contract as c
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URL = "127.0.0.1:8001"
 DEFAULT_TIMEOUT_S = 10.0
 
 
@@ -72,8 +71,8 @@ class Client:
     """`Client(url).recommend(user_id, k=10, history=None, exclude=None, text=None)`; a context
     manager. `Client(url).recommend(None, text="space opera")` is text search."""
 
-    def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 model: str = c.RECOMMEND, updater_url: str = DEFAULT_UPDATER_URL):
+    def __init__(self, url: str = c.DEFAULT_TRITON_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 model: str = c.RECOMMEND, updater_url: str = c.DEFAULT_UPDATER_URL):
         self.url = url
         self.timeout_s = timeout_s
         self.model = model

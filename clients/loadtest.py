@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from model_repository import contract as c
+
 log = logging.getLogger(__name__)
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 PROJECT_ROOT = LOCUSTFILE.parent.parent
-DEFAULT_URL = "127.0.0.1:8001"
-DEFAULT_UPDATER_URL = "127.0.0.1:50051"
 DEFAULT_DURATION = "60s"
 # ids 1..N as the synthetic generator writes them (exporter.synthetic defaults); MovieLens ids are
 # also dense from 1. Ids the model does not know are served too (history or popularity).
@@ -86,7 +86,7 @@ class LoadMix:
     k: int = DEFAULT_K
     recommend_weight: int = DEFAULT_RECOMMEND_WEIGHT
     feedback_weight: int = DEFAULT_FEEDBACK_WEIGHT
-    model: str = "recommend"
+    model: str = c.RECOMMEND
     # send HISTORY and EXCLUDE on every call, empty when unused: Triton's dynamic batcher only
     # batches requests carrying the same set of inputs, and a 50/50 mix of calls with and without
     # HISTORY halved recommend's throughput at N = 1e5 (8 users: 309 vs 622-695 req/s). An empty
@@ -114,25 +114,33 @@ class LoadMix:
                 *([] if self.pad_inputs else ["--unpadded"])]
 
 
+def add_mix_arguments(parser) -> None:
+    """The flags of a `LoadMix`, shared by `freshrec loadtest` and the locustfile."""
+    parser.add_argument("--model", default=c.RECOMMEND, help=f"the model to ask (default {c.RECOMMEND})")
+    parser.add_argument("--id-users", type=int, default=DEFAULT_ID_USERS,
+                        help=f"user ids drawn from 1..N (default {DEFAULT_ID_USERS})")
+    parser.add_argument("--id-items", type=int, default=DEFAULT_ID_ITEMS,
+                        help=f"item ids drawn from 1..N (default {DEFAULT_ID_ITEMS})")
+    parser.add_argument("--zipf", type=float, default=DEFAULT_ZIPF,
+                        help=f"Zipf exponent of user and item draws (default {DEFAULT_ZIPF})")
+    parser.add_argument("--history-fraction", type=float, default=DEFAULT_HISTORY_FRACTION,
+                        help=f"share of recommend calls with a HISTORY (default {DEFAULT_HISTORY_FRACTION})")
+    parser.add_argument("--max-history", type=int, default=DEFAULT_MAX_HISTORY,
+                        help=f"HISTORY length is 1..this (default {DEFAULT_MAX_HISTORY})")
+    parser.add_argument("--k", type=int, default=DEFAULT_K, help=f"K (default {DEFAULT_K})")
+    parser.add_argument("--recommend-weight", type=int, default=DEFAULT_RECOMMEND_WEIGHT,
+                        help=f"task weight of recommend (default {DEFAULT_RECOMMEND_WEIGHT})")
+    parser.add_argument("--feedback-weight", type=int, default=DEFAULT_FEEDBACK_WEIGHT,
+                        help=f"task weight of feedback; 0 turns it off (default {DEFAULT_FEEDBACK_WEIGHT})")
+    parser.add_argument("--unpadded", action="store_true",
+                        help="omit unused HISTORY / EXCLUDE instead of sending them empty (batches worse)")
+
+
 def add_locust_arguments(parser) -> None:
     """The locustfile's custom flags (locust's init_command_line_parser hook calls this)."""
-    parser.add_argument("--updater", default=DEFAULT_UPDATER_URL,
+    parser.add_argument("--updater", default=c.DEFAULT_UPDATER_URL,
                         help="updater gRPC address, for the feedback task")
-    parser.add_argument("--model", default="recommend", help="the Triton model to ask")
-    parser.add_argument("--id-users", type=int, default=DEFAULT_ID_USERS, help="user ids are 1..N")
-    parser.add_argument("--id-items", type=int, default=DEFAULT_ID_ITEMS, help="item ids are 1..N")
-    parser.add_argument("--zipf", type=float, default=DEFAULT_ZIPF, help="Zipf exponent of ids")
-    parser.add_argument("--history-fraction", type=float, default=DEFAULT_HISTORY_FRACTION,
-                        help="share of recommend calls that send a HISTORY")
-    parser.add_argument("--max-history", type=int, default=DEFAULT_MAX_HISTORY,
-                        help="HISTORY length is 1..this")
-    parser.add_argument("--k", type=int, default=DEFAULT_K, help="K of each recommend call")
-    parser.add_argument("--recommend-weight", type=int, default=DEFAULT_RECOMMEND_WEIGHT,
-                        help="task weight of recommend (0: off)")
-    parser.add_argument("--feedback-weight", type=int, default=DEFAULT_FEEDBACK_WEIGHT,
-                        help="task weight of feedback to the updater (0: off)")
-    parser.add_argument("--unpadded", action="store_true",
-                        help="omit unused HISTORY / EXCLUDE instead of sending them empty")
+    add_mix_arguments(parser)
 
 
 def mix_from_options(options) -> LoadMix:
@@ -207,7 +215,7 @@ def read_stats(path: Path) -> list[LoadResult]:
 
 
 def run_locust(url: str, *, users: int, duration: str, mix: LoadMix,
-               updater_url: str = DEFAULT_UPDATER_URL, spawn_rate: float | None = None,
+               updater_url: str = c.DEFAULT_UPDATER_URL, spawn_rate: float | None = None,
                csv_prefix: Path | None = None) -> LoadRun:
     """Run clients/locustfile.py headless for `duration` with `users` concurrent users against
     Triton's gRPC `url`, and return locust's stats. Loopback or wherever `url` points; bounded
@@ -269,25 +277,11 @@ def add_loadtest_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--duration", default=DEFAULT_DURATION,
                    help=f"how long: 60s, 2m, 1h30m (default {DEFAULT_DURATION})")
     p.add_argument("--spawn-rate", type=float, help="users started per second (default: all at once)")
-    p.add_argument("--url", default=DEFAULT_URL, help=f"Triton gRPC address (default {DEFAULT_URL})")
-    p.add_argument("--updater", default=DEFAULT_UPDATER_URL,
-                   help=f"updater gRPC address, for feedback (default {DEFAULT_UPDATER_URL})")
-    p.add_argument("--model", default="recommend", help="the model to ask (default recommend)")
-    p.add_argument("--id-users", type=int, default=DEFAULT_ID_USERS,
-                   help=f"user ids drawn from 1..N (default {DEFAULT_ID_USERS})")
-    p.add_argument("--id-items", type=int, default=DEFAULT_ID_ITEMS,
-                   help=f"item ids drawn from 1..N (default {DEFAULT_ID_ITEMS})")
-    p.add_argument("--zipf", type=float, default=DEFAULT_ZIPF,
-                   help=f"Zipf exponent of user and item draws (default {DEFAULT_ZIPF})")
-    p.add_argument("--history-fraction", type=float, default=DEFAULT_HISTORY_FRACTION,
-                   help=f"share of recommend calls with a HISTORY (default {DEFAULT_HISTORY_FRACTION})")
-    p.add_argument("--k", type=int, default=DEFAULT_K, help=f"K (default {DEFAULT_K})")
-    p.add_argument("--recommend-weight", type=int, default=DEFAULT_RECOMMEND_WEIGHT,
-                   help=f"task weight of recommend (default {DEFAULT_RECOMMEND_WEIGHT})")
-    p.add_argument("--feedback-weight", type=int, default=DEFAULT_FEEDBACK_WEIGHT,
-                   help=f"task weight of feedback; 0 turns it off (default {DEFAULT_FEEDBACK_WEIGHT})")
-    p.add_argument("--unpadded", action="store_true",
-                   help="omit unused HISTORY / EXCLUDE instead of sending them empty (batches worse)")
+    p.add_argument("--url", default=c.DEFAULT_TRITON_URL,
+                   help=f"Triton gRPC address (default {c.DEFAULT_TRITON_URL})")
+    p.add_argument("--updater", default=c.DEFAULT_UPDATER_URL,
+                   help=f"updater gRPC address, for feedback (default {c.DEFAULT_UPDATER_URL})")
+    add_mix_arguments(p)
     p.add_argument("--csv", type=Path, help="keep locust's CSV files under this prefix")
     p.set_defaults(func=cmd_loadtest)
     return p
@@ -300,11 +294,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         return 1
     try:
         duration_s(args.duration)
-        mix = LoadMix(n_users=args.id_users, n_items=args.id_items, zipf=args.zipf,
-                      history_fraction=args.history_fraction, k=args.k,
-                      recommend_weight=args.recommend_weight,
-                      feedback_weight=args.feedback_weight, model=args.model,
-                      pad_inputs=not args.unpadded)
+        mix = mix_from_options(args)
     except ValueError as exc:
         print(f"freshrec: {exc}", file=sys.stderr)
         return 1

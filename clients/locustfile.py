@@ -85,7 +85,7 @@ class FreshrecUser(User):
     """One client: recommend (and, with a feedback weight, feedback) in a closed loop."""
 
     wait_time = constant(0)
-    host = "127.0.0.1:8001"
+    host = c.DEFAULT_TRITON_URL
 
     def on_start(self):
         options = self.environment.parsed_options

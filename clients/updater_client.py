@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from model_repository import contract as c
 from updater.proto import freshrec_updater_pb2 as pb
 from updater.proto import freshrec_updater_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-DEFAULT_UPDATER_URL = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 30.0
 ADMIN_TIMEOUT_S = 300.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # updater.service.MAX_MESSAGE_BYTES
@@ -75,7 +75,7 @@ class UpdaterClient:
     """`UpdaterClient(url)`: feedback, feedback_batch, feedback_stream, status, publish,
     rollback, forget_user, add_items. A context manager."""
 
-    def __init__(self, url: str = DEFAULT_UPDATER_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, url: str = c.DEFAULT_UPDATER_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.url = url
         self.timeout_s = timeout_s
         self._channel = grpc.insecure_channel(

@@ -1,0 +1,9 @@
+"""The exporter: data -> trained base model -> a complete Triton model repository.
+
+A build's output folder (`freshrec build --out DIR`) holds the repository and, for a synthetic
+build, the data it trained on. The names are here, importable without torch, so that
+`freshrec serve` can accept the output folder as well as the repository inside it.
+"""
+
+REPOSITORY_DIR = "repository"  # DIR/repository: what tritonserver serves
+DATA_DIR = "data"              # DIR/data: the generated ratings and items (synthetic builds)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exporter import DATA_DIR, REPOSITORY_DIR
 from exporter import data as datasets
 from exporter.evaluate import evaluate, format_quality_table
 from exporter.onnx_export import build_tensorrt_plan, check_onnx_parity, export_user_tower
@@ -43,8 +44,6 @@ from model_repository.tower import TOWER_FILE
 
 log = logging.getLogger(__name__)
 
-REPOSITORY_DIR = "repository"
-DATA_DIR = "data"
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
 FIRST_VERSION = 1

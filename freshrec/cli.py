@@ -11,11 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+from model_repository import contract as c  # names and defaults only: light
+
 log = logging.getLogger("freshrec")
 
-DEFAULT_URL = "127.0.0.1:8001"
-DEFAULT_UPDATER_PORT = 50051
-DEFAULT_UPDATER_URL = f"127.0.0.1:{DEFAULT_UPDATER_PORT}"
 UPDATER_RETRY_S = 10.0  # a crashed updater whose restart failed is tried again this much later
 
 
@@ -62,11 +61,25 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def serving_repository(path: Path) -> Path:
+    """The model repository to serve: ``path`` itself, or the repository inside a build's output
+    folder (`freshrec build --out DIR` writes DIR/repository). UserError naming what to pass
+    when it is neither."""
+    from exporter import REPOSITORY_DIR
+
+    if (path / c.RETRIEVE).is_dir():
+        return path
+    if (path / REPOSITORY_DIR / c.RETRIEVE).is_dir():
+        return path / REPOSITORY_DIR
+    raise UserError(f"{path} is not a model repository (no {c.RETRIEVE}/ in it, nor in "
+                    f"{path / REPOSITORY_DIR}): pass the folder `freshrec build --out DIR` wrote, "
+                    f"DIR or DIR/{REPOSITORY_DIR}")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from freshrec.server import SetupError, TritonServer
-    from model_repository import contract as c
 
-    repository = Path(args.repository)
+    repository = serving_repository(Path(args.repository))
     log_path = Path(args.log) if args.log else repository.parent / "tritonserver.log"
     # load every model the repository has: text_encoder only exists in builds with titles
     models = tuple(m for m in (c.USER_TOWER, c.TEXT_ENCODER, c.RETRIEVE, c.RECOMMEND)
@@ -198,7 +211,6 @@ def cmd_forget_user(args: argparse.Namespace) -> int:
 
 def cmd_items_add(args: argparse.Namespace) -> int:
     from exporter.data import DataError, read_new_items
-    from model_repository import contract as c
 
     try:
         items = read_new_items(args.file, max_title_chars=c.MAX_TEXT_CHARS)
@@ -237,8 +249,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def _updater_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--updater", default=DEFAULT_UPDATER_URL,
-                        help=f"updater gRPC address (default {DEFAULT_UPDATER_URL})")
+    parser.add_argument("--updater", default=c.DEFAULT_UPDATER_URL,
+                        help=f"updater gRPC address (default {c.DEFAULT_UPDATER_URL})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,14 +278,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("serve", help="start tritonserver on a model repository")
-    p.add_argument("--repository", type=Path, default=Path("var/demo/repository"))
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--repository", type=Path, default=Path("var/demo/repository"),
+                   help="a model repository, or the --out folder of `freshrec build` "
+                        "(default var/demo/repository)")
+    p.add_argument("--host", default=c.DEFAULT_HOST, help=f"address to bind (default {c.DEFAULT_HOST})")
+    p.add_argument("--grpc-port", type=int, default=c.DEFAULT_GRPC_PORT,
+                   help=f"Triton gRPC port, what clients call (default {c.DEFAULT_GRPC_PORT})")
+    p.add_argument("--http-port", type=int, default=c.DEFAULT_HTTP_PORT,
+                   help=f"Triton HTTP port (default {c.DEFAULT_HTTP_PORT})")
+    p.add_argument("--metrics-port", type=int, default=c.DEFAULT_METRICS_PORT,
+                   help=f"Triton metrics port (default {c.DEFAULT_METRICS_PORT})")
     p.add_argument("--log", type=Path, help="server log file (default: beside the repository)")
-    p.add_argument("--updater-port", type=int, default=DEFAULT_UPDATER_PORT,
-                   help=f"updater sidecar gRPC port (default {DEFAULT_UPDATER_PORT})")
+    p.add_argument("--updater-port", type=int, default=c.DEFAULT_UPDATER_PORT,
+                   help=f"updater sidecar gRPC port (default {c.DEFAULT_UPDATER_PORT})")
     p.add_argument("--no-updater", action="store_true", help="serve only; no feedback, no updates")
     p.set_defaults(func=cmd_serve)
 
@@ -328,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history", type=_id_list, help="recent item ids, most recent last: 1,2,3")
     p.add_argument("--exclude", type=_id_list, help="item ids never to return: 4,5")
     p.add_argument("--exclude-seen", action="store_true", help="also exclude the history used")
-    p.add_argument("--url", default=DEFAULT_URL, help=f"gRPC address (default {DEFAULT_URL})")
+    p.add_argument("--url", default=c.DEFAULT_TRITON_URL,
+                   help=f"gRPC address (default {c.DEFAULT_TRITON_URL})")
     p.set_defaults(func=cmd_recommend)
     return parser
 

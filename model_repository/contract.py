@@ -1,4 +1,14 @@
-"""The wire contract: model and tensor names, defined once for configs, model.py files and clients."""
+"""The wire contract: model and tensor names, limits and the default endpoints, defined once for
+configs, model.py files, the updater, the clients and the CLI."""
+
+# where the services listen unless told otherwise: loopback only, never exposed by default
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_GRPC_PORT = 8001      # tritonserver, KServe v2 over gRPC (what clients call)
+DEFAULT_HTTP_PORT = 8000      # tritonserver, KServe v2 over HTTP
+DEFAULT_METRICS_PORT = 8002   # tritonserver, Prometheus metrics
+DEFAULT_UPDATER_PORT = 50051  # the updater sidecar: Feedback and Admin over gRPC
+DEFAULT_TRITON_URL = f"{DEFAULT_HOST}:{DEFAULT_GRPC_PORT}"
+DEFAULT_UPDATER_URL = f"{DEFAULT_HOST}:{DEFAULT_UPDATER_PORT}"
 
 # models
 RECOMMEND = "recommend"      # public entry point (ensemble over RETRIEVE)

@@ -27,7 +27,7 @@ from model_repository import retrieve_schema as schema
 from model_repository.projection import TextProjection, rows_from_text
 from model_repository.tower import TOWER_FILE, NumpyTower
 from updater import faults
-from updater.log import FeedbackLog
+from updater.feedback_log import FeedbackLog
 from updater.publisher import Publisher, PublishError
 from updater.settings import PublishPolicy, TrainerConfig
 from updater.trainer import SparseTrainer

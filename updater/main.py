@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model_repository import contract as c
 from updater.settings import (
     DEFAULT_KEEP_VERSIONS,
     DEFAULT_LR,
@@ -28,9 +29,6 @@ from updater.settings import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 50051
-DEFAULT_TRITON_URL = "127.0.0.1:8001"
 LOG_FILE = "feedback.sqlite"
 STATE_DIR = "updater"  # beside the repository, never inside it (Triton scans that folder)
 
@@ -38,9 +36,9 @@ STATE_DIR = "updater"  # beside the repository, never inside it (Triton scans th
 @dataclass(frozen=True)
 class UpdaterConfig:
     repository: Path
-    triton_url: str = DEFAULT_TRITON_URL
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
+    triton_url: str = c.DEFAULT_TRITON_URL
+    host: str = c.DEFAULT_HOST
+    port: int = c.DEFAULT_UPDATER_PORT
     state_dir: Path | None = None
     policy: PublishPolicy = field(default_factory=PublishPolicy)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -59,11 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The updater's flags, shared by `freshrec updater` and `python -m updater`."""
     parser.add_argument("--repository", type=Path, default=Path("var/demo/repository"),
                         help="the Triton model repository Triton serves")
-    parser.add_argument("--triton", default=DEFAULT_TRITON_URL,
-                        help=f"Triton gRPC address (default {DEFAULT_TRITON_URL})")
-    parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help=f"updater gRPC port (default {DEFAULT_PORT})")
+    parser.add_argument("--triton", default=c.DEFAULT_TRITON_URL,
+                        help=f"Triton gRPC address (default {c.DEFAULT_TRITON_URL})")
+    parser.add_argument("--host", default=c.DEFAULT_HOST, help=f"address to bind (default {c.DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=c.DEFAULT_UPDATER_PORT,
+                        help=f"updater gRPC port (default {c.DEFAULT_UPDATER_PORT})")
     parser.add_argument("--state-dir", type=Path,
                         help="where the feedback log lives (default: updater/ beside the repository)")
     parser.add_argument("--publish-every-s", type=float, default=DEFAULT_PUBLISH_EVERY_S,
@@ -95,7 +93,7 @@ def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -
     import torch
 
     from updater.engine import Engine
-    from updater.log import FeedbackLog
+    from updater.feedback_log import FeedbackLog
     from updater.publisher import Publisher
     from updater.service import grpc_server
     from updater.triton_control import TritonControl

@@ -19,7 +19,7 @@ from model_repository import contract as c
 from model_repository.serving import RequestError, decode_text
 from updater.engine import CommandError, Engine
 from updater.events import EventError, validate
-from updater.log import FeedbackLog
+from updater.feedback_log import FeedbackLog
 from updater.proto import freshrec_updater_pb2 as pb
 from updater.proto import freshrec_updater_pb2_grpc as pb_grpc
 from updater.publisher import PublishError

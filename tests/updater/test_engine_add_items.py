@@ -7,7 +7,7 @@ import pytest
 from model_repository import contract as c
 from tests.updater.test_trainer import DIM, ITEMS, _numpy_tower, _tables
 from updater.engine import CommandError, Engine
-from updater.log import FeedbackLog
+from updater.feedback_log import FeedbackLog
 from updater.publisher import PublishError
 from updater.trainer import SparseTrainer
 

@@ -5,7 +5,7 @@ import sqlite3
 import pytest
 
 from updater.events import EventError, label, validate
-from updater.log import FeedbackLog
+from updater.feedback_log import FeedbackLog
 
 NOW = 1_790_000_000.0
 GOOD = dict(event_id="e1", user_id=1, item_id=2, kind="click", value=0.0, timestamp=NOW - 5)

@@ -1,0 +1,35 @@
+"""The CLI's options without a server: what `serve` accepts as a repository, loadtest's flags."""
+
+import argparse
+
+import pytest
+
+from clients.loadtest import add_locust_arguments, mix_from_options
+from freshrec.cli import UserError, build_parser, serving_repository
+from model_repository import contract as c
+
+
+def test_serve_takes_a_repository_or_the_build_folder_holding_one(tmp_path):
+    (tmp_path / "out" / "repository" / c.RETRIEVE).mkdir(parents=True)
+    repository = tmp_path / "out" / "repository"
+    assert serving_repository(repository) == repository
+    assert serving_repository(tmp_path / "out") == repository
+    with pytest.raises(UserError, match=r"not a model repository .* pass the folder"):
+        serving_repository(tmp_path)
+
+
+def test_loadtest_and_the_locustfile_take_the_same_mix_flags():
+    args = build_parser().parse_args(["loadtest", "--max-history", "7", "--zipf", "1.5", "--unpadded"])
+    locust = argparse.ArgumentParser()
+    add_locust_arguments(locust)
+    options = locust.parse_args(["--max-history", "7", "--zipf", "1.5", "--unpadded"])
+    assert mix_from_options(args) == mix_from_options(options)
+    assert mix_from_options(args).max_history == 7 and not mix_from_options(args).pad_inputs
+
+
+def test_default_endpoints_are_loopback_and_defined_once():
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.grpc_port, args.updater_port) == (
+        c.DEFAULT_HOST, c.DEFAULT_GRPC_PORT, c.DEFAULT_UPDATER_PORT) == ("127.0.0.1", 8001, 50051)
+    assert build_parser().parse_args(["recommend", "--user", "1"]).url == c.DEFAULT_TRITON_URL
+    assert build_parser().parse_args(["status"]).updater == c.DEFAULT_UPDATER_URL
