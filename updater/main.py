@@ -90,15 +90,12 @@ def config_from_args(args: argparse.Namespace) -> UpdaterConfig:
 
 def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -> None:
     """Run until `stop` is set or SIGINT/SIGTERM arrives (main thread only)."""
-    import torch
-
     from updater.engine import Engine
     from updater.feedback_log import FeedbackLog
     from updater.publisher import Publisher
     from updater.service import grpc_server
     from updater.triton_control import TritonControl
 
-    torch.set_num_threads(1)  # rows are tiny; leave the cores to Triton
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
