@@ -20,6 +20,7 @@ Imports stay light (numpy and kernels' numpy path only): the stub imports this o
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ from model_repository import versions
 from model_repository.pooling import recency_weights
 from model_repository.projection import TextProjection
 from model_repository.tower import NumpyTower
+
+log = logging.getLogger(__name__)
 
 TowerFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # decoded texts -> (B, TEXT_DIM) float32 embeddings; raises RequestError for a text it refuses
@@ -242,6 +245,11 @@ class Retriever:
         own_tower = NumpyTower.from_tables(tables)
         self.tower_from_tables = own_tower is not None
         self.tower: TowerFn | None = own_tower if own_tower is not None else tower
+        if own_tower is None:
+            log.warning("retrieve version %s has no tower tables: the user tower runs in the "
+                        "user_tower model through BLS, which costs more per request; rebuild "
+                        "with `freshrec build` to serve it from the version's own tables",
+                        self.manifest.version)
         if self.tower is None:
             raise ValueError(f"{self.version_dir}: the version has no tower tables and no tower "
                              "was given")

@@ -10,6 +10,7 @@ every request's outcome.
 
 from __future__ import annotations
 
+import logging
 import traceback
 from collections.abc import Callable
 
@@ -55,3 +56,29 @@ def bls_call(model: str, version: int, inputs: dict, output: str, *, refusal_pre
             raise RequestError(error.message())
         raise RuntimeError(f"{model} (code {error.code()}): {error.message()}")
     return pb_utils.get_output_tensor_by_name(response, output).as_numpy()
+
+
+class _TritonLogHandler(logging.Handler):
+    """Python logging -> the server log (the stub's own log queue, safe from any thread)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = self.format(record)
+        if record.levelno >= logging.ERROR:
+            pb_utils.Logger.log_error(message)
+        elif record.levelno >= logging.WARNING:
+            pb_utils.Logger.log_warn(message)
+        else:
+            pb_utils.Logger.log_info(message)
+
+
+def log_to_triton(level: int = logging.INFO) -> None:
+    """Send this project's module loggers (model_repository.*, kernels.*) to the server log;
+    idempotent. Without it a stub's logging goes nowhere below WARNING."""
+    for name in ("model_repository", "kernels"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _TritonLogHandler) for h in logger.handlers):
+            handler = _TritonLogHandler()
+            handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = False

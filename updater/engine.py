@@ -183,14 +183,14 @@ class Engine:
         return (now - self._last_publish >= self.policy.every_s
                 or self._events_since_publish >= self.policy.every_events)
 
-    def _probe_user(self) -> int:
+    def probe_user(self) -> int:
         ids = self.trainer.t[schema.USER_IDS].live
         return int(ids[0]) if ids.size else 0
 
     def _publish(self, *, kind: str, parent: int | None = None) -> int:
         version = self.publisher.publish(
             self.trainer.tables(), changed_rows=self.trainer.changed_rows(),
-            feedback_offset=self.applied_offset, probe_user=self._probe_user(), kind=kind,
+            feedback_offset=self.applied_offset, probe_user=self.probe_user(), kind=kind,
             parent=parent)
         self.trainer.clear_changes()
         self.published_offset = self.applied_offset

@@ -14,7 +14,7 @@ CRASH_ENV = "FRESHREC_UPDATER_CRASH_AT"
 # mid_batch: half of a batch of events applied, nothing published
 # before_rename: a complete, fsynced temporary version folder exists, not yet renamed
 # after_rename: the new version is visible on disk, Triton not yet told to load it
-# after_load: Triton loaded the new version, the probe has not run
+# after_load: the new version answers (switched to, or loaded), not yet recorded as current
 CRASH_POINTS = ("mid_batch", "before_rename", "after_rename", "after_load")
 # corrupt_once: flip a byte of a shard of the next published version after its rename
 FAULT_ENV = "FRESHREC_UPDATER_FAULT"

@@ -48,9 +48,13 @@ class UpdaterConfig:
             raise ValueError(f"UpdaterConfig.port must be in [0, 65535], got {self.port!r}")
 
     @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir if self.state_dir is not None
+                    else Path(self.repository).parent / STATE_DIR)
+
+    @property
     def log_path(self) -> Path:
-        state = self.state_dir if self.state_dir is not None else Path(self.repository).parent / STATE_DIR
-        return Path(state) / LOG_FILE
+        return self.state_path / LOG_FILE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,7 +111,8 @@ def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -
     engine = Engine(feedback_log, publisher, policy=config.policy, trainer_config=config.trainer)
     engine.recover()
     engine.start()
-    server, port = grpc_server(f"{config.host}:{config.port}", feedback_log, engine, triton)
+    server, port = grpc_server(f"{config.host}:{config.port}", feedback_log, engine, triton,
+                               state_dir=config.state_path)
     log.warning("updater ready on %s:%s (log %s, Triton %s, serving retrieve %s)",
                 config.host, port, config.log_path, config.triton_url, publisher.current)
     try:

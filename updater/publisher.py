@@ -1,8 +1,10 @@
-"""Publishing retrieve versions: write (O(rows changed)), verify, load in Triton, probe, keep a few.
+"""Publishing retrieve versions: write (O(rows changed)), verify, serve, probe, keep a few.
 
     write_version(parent=current, changed_rows)   unchanged shards hard-linked, one atomic rename
     verify_new_shards                             checksums of what was written
-    load_model("retrieve")                        Triton serves the newest version (latest 1)
+    serve                                         data only: the running retrieve switches to it
+                                                  (model_repository.live_version); other code or
+                                                  shapes: load_model("retrieve")
     probe                                         a recommend answered by exactly that version
     gc                                            keep the newest `keep_versions`, delete older
 
@@ -23,6 +25,7 @@ import numpy as np
 from model_repository import contract as c
 from model_repository import retrieve_schema as schema
 from model_repository import templates, versions
+from model_repository.live_version import swap_blocker
 from updater import faults
 from updater.triton_control import TritonControl, TritonError
 
@@ -65,7 +68,7 @@ class Publisher:
 
     # -- recovery -------------------------------------------------------------------------
     def recover(self) -> versions.Manifest:
-        """Drop half-written folders, pick the newest version that verifies, loads and answers
+        """Drop half-written folders, pick the newest version that verifies and answers
         (quarantining newer ones that do not), and make Triton serve it. Returns its manifest."""
         for path in versions.remove_stale_temporaries(self.model_dir):
             log.warning("removed a half-written version folder left by a crash: %s", path.name)
@@ -74,16 +77,10 @@ class Publisher:
             try:
                 manifest = versions.verify_version(version_dir)
                 started, timings = time.time(), {}
-                if self.triton.serving_versions((c.RETRIEVE,))[c.RETRIEVE] != version:
-                    log.warning("Triton does not serve retrieve %s, the newest good version: "
-                                "loading it", version)
-                    t0 = time.perf_counter()
-                    self.triton.load(c.RETRIEVE)
-                    timings["load_s"] = time.perf_counter() - t0
                 ids = versions.load_table(version_dir, manifest, schema.USER_IDS)
-                t0 = time.perf_counter()
-                self.triton.probe(version, int(ids[0]) if len(ids) else 0)
-                timings["probe_s"] = time.perf_counter() - t0
+                probe_user = int(ids[0]) if len(ids) else 0
+                answering = self.triton.answering_version(probe_user)
+                self._serve(version, probe_user, timings, serving=answering)
             except versions.VersionError as exc:
                 self._quarantine(version, f"verification failed on recovery: {exc}")
                 continue
@@ -102,8 +99,9 @@ class Publisher:
     def publish(self, tables: dict[str, np.ndarray], *, changed_rows: dict[str, np.ndarray] | None,
                 feedback_offset: int, probe_user: int, kind: str = "publish",
                 parent: int | None = None) -> int:
-        """Write, verify, load and probe a new version; returns its number. `parent` defaults to
-        the current version (a rollback passes its target). Raises PublishError on failure."""
+        """Write, verify and serve a new version, then probe it; returns its number. `parent`
+        defaults to the current version (a rollback passes its target). Raises PublishError on
+        failure."""
         parent = self.current if parent is None else parent
         parent_dir = self.model_dir / str(parent)
         meta = versions.read_manifest(parent_dir).meta
@@ -124,19 +122,16 @@ class Publisher:
             t0 = time.perf_counter()
             versions.verify_new_shards(version_dir, parent_dir)
             timings["verify_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            self.triton.load(c.RETRIEVE)
-            timings["load_s"] = time.perf_counter() - t0
-            faults.crash_point("after_load")
-            t0 = time.perf_counter()
-            self.triton.probe(version, probe_user)
-            timings["probe_s"] = time.perf_counter() - t0
+            self._serve(version, probe_user, timings, serving=self.current)
+            faults.crash_point("after_load")  # served, not yet recorded as the current version
         except (versions.VersionError, TritonError) as exc:
             if isinstance(exc, TritonError) and not self.triton.is_live():
                 # not the version's fault: it stays on disk, Triton loads the newest when back
                 raise PublishError(f"Triton is unreachable; version {version} not loaded: {exc}") from exc
+            loaded = "load_s" in timings
             self._quarantine(version, str(exc))
-            self._restore_serving()
+            if loaded:  # Triton runs the bad version's code: back to the last good one
+                self._restore_serving()
             raise PublishError(f"version {version} not served: {exc}") from exc
         self.current = version
         self._record(version, feedback_offset, started, kind, timings)
@@ -144,6 +139,31 @@ class Publisher:
         log.info("published retrieve %s (offset %s, %s): %s", version, feedback_offset, kind,
                  {k: round(v, 4) for k, v in timings.items()})
         return version
+
+    def _serve(self, version: int, probe_user: int, timings: dict[str, float], *,
+               serving: int | None) -> None:
+        """Make `version` answer, then check that it does. A data-only successor of the
+        version answering now (`serving`) is switched to inside the running retrieve model
+        (model_repository.live_version): no Triton reload, so no reload of the ensemble over it
+        either. Anything else (other code, another embedding size, nothing answering) goes
+        through Triton's load_model. Raises VersionError or TritonError."""
+        blocker = "no version answers" if serving is None else None
+        if serving == version:
+            blocker = None
+        elif serving is not None:
+            try:
+                blocker = swap_blocker(versions.read_manifest(self.model_dir / str(serving)),
+                                       versions.read_manifest(self.model_dir / str(version)))
+            except versions.VersionError as exc:
+                blocker = f"the answering version {serving} is unreadable ({exc})"
+        if blocker is not None:
+            log.info("loading retrieve %s in Triton: %s", version, blocker)
+            t0 = time.perf_counter()
+            self.triton.load(c.RETRIEVE)
+            timings["load_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.triton.probe(version, probe_user)  # data-only: waits for the switch
+        timings["probe_s" if blocker is not None else "swap_s"] = time.perf_counter() - t0
 
     def _restore_serving(self) -> None:
         """After a quarantine the newest numbered version is the last good one: reload it."""

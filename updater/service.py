@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -23,6 +24,7 @@ from updater.feedback_log import FeedbackLog
 from updater.proto import freshrec_updater_pb2 as pb
 from updater.proto import freshrec_updater_pb2_grpc as pb_grpc
 from updater.publisher import PublishError
+from updater.supervision import read_supervisor_state
 from updater.triton_control import TextRefused, TritonControl, TritonError
 
 log = logging.getLogger(__name__)
@@ -86,9 +88,10 @@ class FeedbackService(pb_grpc.FeedbackServicer):
 
 
 class AdminService(pb_grpc.AdminServicer):
-    def __init__(self, engine: Engine, triton: TritonControl):
+    def __init__(self, engine: Engine, triton: TritonControl, *, state_dir: Path | None = None):
         self.engine = engine
         self.triton = triton
+        self.state_dir = state_dir
 
     def _wait(self, future, context):
         try:
@@ -106,14 +109,22 @@ class AdminService(pb_grpc.AdminServicer):
             log_offset=snap["log_offset"], applied_offset=snap["applied_offset"],
             queue_depth=snap["queue_depth"], events_per_s=snap["events_per_s"],
             kept_versions=snap["kept_versions"], users=snap["users"], items=snap["items"])
-        reply.serving_versions.update(self.triton.serving_versions(SERVING_MODELS))
+        loaded = self.triton.serving_versions(SERVING_MODELS)
+        reply.loaded_versions.update(loaded)
+        reply.serving_versions.update(loaded)
+        try:  # the running retrieve switches to data-only versions itself: ask it
+            reply.serving_versions[c.RETRIEVE] = self.triton.answering_version(self.engine.probe_user())
+        except TritonError:
+            reply.serving_versions[c.RETRIEVE] = -1
+        if self.state_dir is not None:
+            reply.triton_restarts = int(read_supervisor_state(self.state_dir)["triton_restarts"])
         for f in snap["failed_versions"]:
             reply.failed_versions.add(version=f.version, reason=f.reason, moved_to=f.moved_to)
         for r in snap["recent_publishes"]:
             reply.recent_publishes.add(
                 version=r.version, feedback_offset=r.feedback_offset, started_at=r.started_at,
                 kind=r.kind, **{k: v for k, v in r.timings.items()
-                                if k in ("write_s", "rename_s", "verify_s", "load_s", "probe_s")})
+                                if k in ("write_s", "rename_s", "verify_s", "load_s", "probe_s", "swap_s")})
         return reply
 
     def Publish(self, request, context):  # noqa: N802
@@ -211,12 +222,13 @@ class AdminService(pb_grpc.AdminServicer):
 
 
 def grpc_server(address: str, feedback_log: FeedbackLog, engine: Engine, triton: TritonControl,
-                *, workers: int = 8) -> tuple[grpc.Server, int]:
-    """A started grpcio server on `address` (host:port; port 0 picks one). Returns (server, port)."""
+                *, workers: int = 8, state_dir: Path | None = None) -> tuple[grpc.Server, int]:
+    """A started grpcio server on `address` (host:port; port 0 picks one). Returns (server, port).
+    ``state_dir``: where the supervisor's state file is read from (updater.supervision)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="intake"),
                          options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
     pb_grpc.add_FeedbackServicer_to_server(FeedbackService(feedback_log, engine), server)
-    pb_grpc.add_AdminServicer_to_server(AdminService(engine, triton), server)
+    pb_grpc.add_AdminServicer_to_server(AdminService(engine, triton, state_dir=state_dir), server)
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")

@@ -66,27 +66,35 @@ class TritonControl:
                 found[entry.name] = max(found[entry.name], int(entry.version))
         return found
 
-    def probe(self, version: int, user_id: int) -> None:
-        """A real recommend request must be answered by `version` (retried briefly while the
-        ensemble still routes to the old one). Raises TritonError otherwise."""
+    def answering_version(self, user_id: int) -> int:
+        """The retrieve version that answers a real recommend request now (its VERSION output).
+        Raises TritonError when the request fails."""
         inputs = [grpcclient.InferInput(c.USER_ID, [1, 1], "INT64"),
                   grpcclient.InferInput(c.K, [1, 1], "INT32")]
         inputs[0].set_data_from_numpy(np.array([[user_id]], dtype=np.int64))
         inputs[1].set_data_from_numpy(np.array([[1]], dtype=np.int32))
-        deadline = time.monotonic() + PROBE_DEADLINE_S
-        answered = None
+        with self._lock:
+            try:
+                result = self._client.infer(c.RECOMMEND, inputs, client_timeout=self.timeout_s)
+            except Exception as exc:  # noqa: BLE001
+                raise TritonError(f"recommend failed: {exc}") from exc
+        return int(result.as_numpy(c.VERSION).reshape(-1)[0])
+
+    def probe(self, version: int, user_id: int, *, deadline_s: float = PROBE_DEADLINE_S) -> None:
+        """A real recommend request must be answered by `version`, within ``deadline_s``: the
+        running retrieve switches to a data-only version within milliseconds, and after a
+        load_model the ensemble may route to the old one briefly. Raises TritonError otherwise."""
+        deadline = time.monotonic() + deadline_s
         while True:
-            with self._lock:
-                try:
-                    result = self._client.infer(c.RECOMMEND, inputs, client_timeout=self.timeout_s)
-                    answered = int(result.as_numpy(c.VERSION).reshape(-1)[0])
-                except Exception as exc:  # noqa: BLE001
-                    raise TritonError(f"probe of version {version} failed: {exc}") from exc
+            try:
+                answered = self.answering_version(user_id)
+            except TritonError as exc:
+                raise TritonError(f"probe of version {version} failed: {exc}") from exc
             if answered == version:
                 return
             if time.monotonic() > deadline:
                 raise TritonError(f"probe: version {answered} answered, expected {version}")
-            time.sleep(0.01)
+            time.sleep(0.002)
 
     def encode(self, texts: list[str], *, version: int = -1) -> np.ndarray:
         """(len(texts), TEXT_DIM) float32 embeddings from `text_encoder` (one request for all of

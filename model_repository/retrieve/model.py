@@ -1,9 +1,10 @@
 """Triton python backend: `retrieve`. Template, copied into every version folder; edit it here only.
 
 Requests -> model_repository.serving.answer_requests (decode, check, Retriever) -> one response
-per request in request order. The user tower runs in numpy from the version's own tower tables;
-only a version written before those existed calls `user_tower` through BLS. QUERY_TEXT is
-embedded by `text_encoder`, called through BLS.
+per request in request order. Newer data-only versions are switched to between batches by a
+watcher thread (model_repository.live_version), with no Triton reload. The user tower runs in
+numpy from the version's own tables (only versions written before those call `user_tower`
+through BLS); QUERY_TEXT is embedded by `text_encoder`, called through BLS.
 """
 
 import freshrec_paths  # noqa: F401,I001 - first: puts the project on sys.path (see that file)
@@ -14,8 +15,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from model_repository import contract as c
+from model_repository.live_version import VersionWatcher
 from model_repository.serving import RequestError, Retriever, answer_requests
-from model_repository.stub import bls_call, responses
+from model_repository.stub import bls_call, log_to_triton, responses
 
 
 def _pack(answer):
@@ -28,27 +30,32 @@ def _pack(answer):
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.retriever = Retriever(Path(args["model_repository"]) / args["model_version"], self._tower)
-        self.meta = self.retriever.meta
-        if self.retriever.tower_from_tables:  # a BLS call cannot run before initialize returns
-            self.retriever.warm_up()
-        else:
-            pb_utils.Logger.log_warn(
-                f"retrieve version {args['model_version']} has no tower tables: the user tower runs "
-                "in user_tower through BLS, which costs more per request; rebuild to avoid it")
+        log_to_triton()
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.watcher = VersionWatcher(version_dir.parent, self._open(version_dir), self._open).start()
+
+    def _open(self, version_dir):
+        retriever = Retriever(version_dir, self._tower)
+        if retriever.tower_from_tables:  # a BLS call cannot run before initialize returns
+            retriever.warm_up()
+        return retriever
 
     def _tower(self, user_emb, history_emb):
         inputs = {c.USER_EMB: user_emb, c.HISTORY_EMB: history_emb}
-        return bls_call(c.USER_TOWER, self.meta.user_tower_version, inputs, c.QUERY)
+        return bls_call(c.USER_TOWER, self.watcher.current.meta.user_tower_version, inputs, c.QUERY)
 
     def _encode(self, texts):
         inputs = {c.TEXT: np.array([[t.encode()] for t in texts], dtype=object)}
+        version = self.watcher.current.meta.text_encoder_version or -1
         try:
-            return bls_call(c.TEXT_ENCODER, self.meta.text_encoder_version or -1, inputs, c.TEXT_EMB,
-                            refusal_prefix=f"{c.TEXT} ")
+            return bls_call(c.TEXT_ENCODER, version, inputs, c.TEXT_EMB, refusal_prefix=f"{c.TEXT} ")
         except RequestError as exc:
             raise RequestError(f"{c.QUERY_TEXT} rejected by {c.TEXT_ENCODER}: {exc}") from None
 
     def execute(self, requests):
         inputs = [{t.name(): t.as_numpy() for t in r.inputs()} for r in requests]
-        return responses(answer_requests(self.retriever, inputs, self._encode), _pack, model=c.RETRIEVE)
+        outcomes = answer_requests(self.watcher.current, inputs, self._encode)
+        return responses(outcomes, _pack, model=c.RETRIEVE)
+
+    def finalize(self):
+        self.watcher.stop()

@@ -1,0 +1,134 @@
+"""Switching the running `retrieve` model to newer data-only versions, between batches.
+
+Every Triton `load_model` of retrieve starts a new stub and also reloads the `recommend`
+ensemble over it; one soak crashed tritonserver (SIGSEGV) at the 547th such reload, a known
+hazard (triton-inference-server/server#2607). So a version that changes only tables is not
+loaded by Triton: the running model notices it and switches to it itself.
+
+    publisher: write version N (one atomic rename) -> verify -> probe until VERSION == N
+    retrieve:  watcher thread sees N -> `swap_blocker` (same code? same d?) -> verify N
+               against the version it serves -> memory-map, warm up -> `current` = N
+
+A version appears by one rename into the model folder, which changes the folder's mtime, so
+the watcher polls one `stat` every `poll_s` and scans only when that moved. A half-written
+version is never seen (temporary folders are not numbered; `versions.list_versions` lists
+only numbered folders holding a manifest). Verification trusts shards hard-linked from the
+version being served and checksums the rest, so it costs O(rows changed). A version that fails
+is refused once, logged with the reason, and never tried again; one with other code (model.py)
+or another embedding size waits for a `load_model`, which starts a new model on it. The batch
+being answered holds its own reference to the Retriever it started with, so a switch never
+mixes two versions in one answer, and the old memory maps are released when the last batch
+holding them ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from model_repository import retrieve_schema as schema
+from model_repository import versions
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POLL_S = 0.005  # one stat of the model folder: ~2 us; a switch waits at most this long
+CODE_FILE = "model.py"
+
+
+def swap_blocker(serving: versions.Manifest, candidate: versions.Manifest) -> str | None:
+    """Why ``candidate`` cannot replace ``serving`` inside the running model (None: it can).
+
+    Only data may change: the same model.py (code) and the same embedding size. Anything else
+    needs Triton's load_model. The publisher and the running model both decide with this."""
+    if serving.files.get(CODE_FILE) != candidate.files.get(CODE_FILE):
+        return f"its {CODE_FILE} differs from the running one (code change: needs load_model)"
+    try:
+        dims = (schema.RetrieveMeta.from_manifest(serving).dim,
+                schema.RetrieveMeta.from_manifest(candidate).dim)
+    except schema.SchemaError as exc:
+        return str(exc)
+    if dims[0] != dims[1]:
+        return f"its embedding size {dims[1]} differs from the running {dims[0]} (needs load_model)"
+    return None
+
+
+class VersionWatcher:
+    """The Retriever a running model answers from: `current`, switched by a background thread.
+
+    ``open_version(version_dir)`` builds a ready Retriever (tables mapped, warmed up); it runs
+    on the watcher thread, never on a request's path."""
+
+    def __init__(self, model_dir: Path, first, open_version: Callable[[Path], object], *,
+                 poll_s: float = DEFAULT_POLL_S):
+        self.model_dir = Path(model_dir)
+        self.current = first  # a Retriever; read once per batch by the model
+        self._open = open_version
+        self.poll_s = poll_s
+        self.refused: dict[int, str] = {}  # version -> why it is never used
+        self._mtime_ns: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def version(self) -> int:
+        return self.current.version
+
+    def start(self) -> VersionWatcher:
+        self._thread = threading.Thread(target=self._run, name="retrieve-versions", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.check()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad version
+                log.exception("retrieve version watcher failed; serving version %s still",
+                              self.version)
+
+    def check(self) -> bool:
+        """Switch to the newest usable version if there is a newer one. Returns True on a switch.
+        Cheap when nothing moved: one stat of the model folder."""
+        try:
+            mtime_ns = os.stat(self.model_dir).st_mtime_ns
+        except OSError:
+            return False
+        if mtime_ns == self._mtime_ns:
+            return False
+        self._mtime_ns = mtime_ns
+        for version in reversed(versions.list_versions(self.model_dir)):
+            if version <= self.version:
+                return False
+            if version not in self.refused and self._switch_to(version):
+                return True
+        return False
+
+    def _switch_to(self, version: int) -> bool:
+        version_dir = self.model_dir / str(version)
+        serving = self.current
+        try:
+            reason = swap_blocker(serving.manifest, versions.read_manifest(version_dir))
+            if reason is None:
+                versions.verify_version(version_dir, trusted_parent=serving.version_dir)
+                retriever = self._open(version_dir)
+        except (versions.VersionError, OSError, ValueError) as exc:
+            if not version_dir.is_dir():
+                self._mtime_ns = None  # deleted under us (GC, quarantine): scan again
+                return False
+            reason = f"failed verification or loading: {exc}"
+        if reason is not None:
+            self.refused[version] = reason
+            log.error("retrieve version %s refused, serving %s still: %s", version,
+                      serving.version, reason)
+            return False
+        self.current = retriever
+        log.info("retrieve switched from version %s to %s", serving.version, version)
+        return True
