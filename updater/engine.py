@@ -131,7 +131,7 @@ class Engine:
     # -- the loop -------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(IDLE_WAIT_S)
+            self._wake.wait(self._wait_s())
             self._wake.clear()
             try:
                 self._run_commands()
@@ -175,6 +175,14 @@ class Engine:
 
     def _pending(self) -> bool:
         return self.applied_offset > self.published_offset or self.trainer.has_changes()
+
+    def _wait_s(self) -> float:
+        """How long the loop may sleep: until the next publish is due when events wait for one
+        (so an event is served within every_s of the last publish, not a poll tick later)."""
+        if self.trainer is None or not self._pending():
+            return IDLE_WAIT_S
+        due_in = max(self._last_publish + self.policy.every_s, self._backoff_until) - time.monotonic()
+        return min(IDLE_WAIT_S, max(due_in, 0.0))
 
     def _publish_due(self) -> bool:
         now = time.monotonic()
