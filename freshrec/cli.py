@@ -63,7 +63,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from freshrec.server import SetupError, TritonServer
+    from freshrec.processes import SetupError, TritonServer
     from model_repository import contract as c
 
     repository = Path(args.repository)
@@ -131,7 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _start_updater(args: argparse.Namespace, repository: Path, triton_url: str):
-    from updater.process import UpdaterExited, UpdaterProcess
+    from freshrec.processes import UpdaterExited, UpdaterProcess
 
     updater = UpdaterProcess(repository, triton_url, host=args.host, port=args.updater_port,
                              log_path=repository.parent / "updater.log")

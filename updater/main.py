@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ class UpdaterConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     state_dir: Path | None = None
+    port_file: Path | None = None  # where to write the port listened on, once ready
     policy: PublishPolicy = field(default_factory=PublishPolicy)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
@@ -63,7 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"Triton gRPC address (default {DEFAULT_TRITON_URL})")
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help=f"updater gRPC port (default {DEFAULT_PORT})")
+                        help=f"updater gRPC port (default {DEFAULT_PORT}; 0: any free one)")
+    parser.add_argument("--port-file", type=Path,
+                        help="once ready, write the port listened on to this file (for --port 0)")
     parser.add_argument("--state-dir", type=Path,
                         help="where the feedback log lives (default: updater/ beside the repository)")
     parser.add_argument("--publish-every-s", type=float, default=DEFAULT_PUBLISH_EVERY_S,
@@ -84,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> UpdaterConfig:
     return UpdaterConfig(
         repository=args.repository, triton_url=args.triton, host=args.host, port=args.port,
-        state_dir=args.state_dir,
+        state_dir=args.state_dir, port_file=args.port_file,
         policy=PublishPolicy(every_s=args.publish_every_s, every_events=args.publish_every_events,
                              keep_versions=args.keep_versions, shard_kib=args.shard_kib),
         trainer=TrainerConfig(lr=args.lr, negatives=args.negatives, max_step=args.max_step))
@@ -113,6 +117,8 @@ def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -
     engine.recover()
     engine.start()
     server, port = grpc_server(f"{config.host}:{config.port}", feedback_log, engine, triton)
+    if config.port_file is not None:
+        _write_port_file(config.port_file, port)
     log.warning("updater ready on %s:%s (log %s, Triton %s, serving retrieve %s)",
                 config.host, port, config.log_path, config.triton_url, publisher.current)
     try:
@@ -123,6 +129,13 @@ def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -
         feedback_log.close()
         triton.close()
         log.warning("updater stopped")
+
+
+def _write_port_file(path: Path, port: int) -> None:
+    """Write-then-rename, so a reader polling for the file never sees half a number."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(str(port))
+    os.replace(partial, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from clients import Client, UpdaterClient
-from exporter.build import build
-from freshrec.server import PROJECT_ROOT, free_port
-from tests.updater.conftest import SMALL_DATA, SMALL_TRAIN
+from freshrec.processes import PROJECT_ROOT, free_port
+from tests.fixtures.builds import UPDATER
 
 pytestmark = pytest.mark.integration
 READY_S = 120.0
@@ -45,9 +44,8 @@ def _wait(predicate, what: str, timeout_s: float = READY_S):
         time.sleep(0.1)
 
 
-def test_serve_runs_triton_and_the_updater_and_the_commands_reach_them(tmp_path):
-    repository = build(tmp_path, synthetic=True, synthetic_kwargs=SMALL_DATA, config=SMALL_TRAIN,
-                       progress=False, tensorrt=False).repository
+def test_serve_runs_triton_and_the_updater_and_the_commands_reach_them(builds, tmp_path):
+    repository = builds.copy(UPDATER, tmp_path)  # it publishes and rolls back
     grpc_port, updater_port = free_port(), free_port()
     updater = f"127.0.0.1:{updater_port}"
     serve = subprocess.Popen(

@@ -57,12 +57,12 @@ def _log_db(repository):
     return sqlite3.connect(repository.parent / "updater" / LOG_FILE)
 
 
-def test_a_click_moves_similar_items_up_for_that_user(repository, triton, start_updater):
+def test_a_click_moves_similar_items_up_for_that_user(repository, stack, start_updater):
     updater = start_updater()
     manifest, tables = _serving_tables(repository)
     user_id = int(tables["user_ids"][3])
     n_items = len(tables["item_ids"])
-    with Client(triton.grpc_url) as client, UpdaterClient(updater.url) as up:
+    with Client(stack.grpc_url) as client, UpdaterClient(updater.url) as up:
         before = client.recommend(user_id, k=n_items)
         # the clicked item: one the user ranks low today; "like it": its nearest items by row
         clicked = before.item_ids[int(n_items * 0.8)]
@@ -84,11 +84,11 @@ def test_a_click_moves_similar_items_up_for_that_user(repository, triton, start_
     assert tables["user_history"][user_row, -3:].tolist() == [row] * 3
 
 
-def test_the_recommend_client_sends_feedback_to_the_updater(repository, triton, start_updater):
+def test_the_recommend_client_sends_feedback_to_the_updater(repository, stack, start_updater):
     updater = start_updater()
     user_id = _new_id()
     item_id = int(_serving_tables(repository)[1]["item_ids"][2])
-    with Client(triton.grpc_url, updater_url=updater.url) as client, UpdaterClient(updater.url) as up:
+    with Client(stack.grpc_url, updater_url=updater.url) as client, UpdaterClient(updater.url) as up:
         sent = client.feedback(user_id, item_id, "click", event_id=f"client-{user_id}")
         again = client.feedback(user_id, item_id, "click", event_id=f"client-{user_id}")
         assert (sent.accepted, again.accepted) == (1, 0)
@@ -135,14 +135,14 @@ def test_resent_events_count_once_and_bad_events_name_their_field(repository, st
         assert db.execute("SELECT COUNT(*) FROM events WHERE user_id = ?", (user_id,)).fetchone()[0] == 5
 
 
-def test_reloads_under_concurrent_load_fail_no_request(repository, triton, start_updater):
+def test_reloads_under_concurrent_load_fail_no_request(repository, stack, start_updater):
     updater = start_updater()
     user_ids = [int(u) for u in _serving_tables(repository)[1]["user_ids"][:8]]
     stop, failures, seen = threading.Event(), [], set()
     served = [0]
 
     def hammer(seed):
-        with Client(triton.grpc_url) as client:
+        with Client(stack.grpc_url) as client:
             n = 0
             while not stop.is_set():
                 try:
@@ -193,13 +193,13 @@ def _check_recovered(repository, up, client, *, user_id, items):
 
 
 @pytest.mark.parametrize("point", faults.CRASH_POINTS)
-def test_kill_9_at_each_point_then_restart_recovers(point, repository, triton, start_updater):
+def test_kill_9_at_each_point_then_restart_recovers(point, repository, stack, start_updater):
     updater = start_updater(extra_env={faults.CRASH_ENV: point})
     user_id = _new_id()
     items = [int(i) for i in _serving_tables(repository)[1]["item_ids"][10:16]]
     events = _clicks(user_id, items)
     model_dir = repository / c.RETRIEVE
-    with Client(triton.grpc_url) as client:
+    with Client(stack.grpc_url) as client:
         serving_before = client.recommend(user_id, k=3).version
         with UpdaterClient(updater.url) as up:
             try:
@@ -224,7 +224,7 @@ def test_kill_9_at_each_point_then_restart_recovers(point, repository, triton, s
             _check_recovered(repository, up, client, user_id=user_id, items=items)
 
 
-def test_kill_9_under_streaming_feedback_loses_nothing(repository, triton, start_updater):
+def test_kill_9_under_streaming_feedback_loses_nothing(repository, stack, start_updater):
     updater = start_updater()
     user_id = _new_id()
     items = [int(i) for i in _serving_tables(repository)[1]["item_ids"]]
@@ -250,7 +250,7 @@ def test_kill_9_under_streaming_feedback_loses_nothing(repository, triton, start
     stop.set()
     sender.join()
     restarted = start_updater()
-    with UpdaterClient(restarted.url) as up, Client(triton.grpc_url) as client:
+    with UpdaterClient(restarted.url) as up, Client(stack.grpc_url) as client:
         with _log_db(repository) as db:
             stored = db.execute('SELECT item_id FROM events WHERE user_id = ? ORDER BY "offset"',
                                 (user_id,)).fetchall()
@@ -260,11 +260,11 @@ def test_kill_9_under_streaming_feedback_loses_nothing(repository, triton, start
         _check_recovered(repository, up, client, user_id=user_id, items=stored)
 
 
-def test_a_version_that_fails_verification_is_never_served(repository, triton, start_updater):
+def test_a_version_that_fails_verification_is_never_served(repository, stack, start_updater):
     updater = start_updater(extra_env={faults.FAULT_ENV: "corrupt_once"})
     user_id = _new_id()
     item = int(_serving_tables(repository)[1]["item_ids"][0])
-    with UpdaterClient(updater.url) as up, Client(triton.grpc_url) as client:
+    with UpdaterClient(updater.url) as up, Client(stack.grpc_url) as client:
         before = up.status()["published_version"]
         result = up.feedback(user_id, item)
         status = _wait_published(up, result.last_offset)  # the retry after the failure
@@ -278,10 +278,10 @@ def test_a_version_that_fails_verification_is_never_served(repository, triton, s
         assert client.recommend(user_id, k=3).version == status["published_version"]
 
 
-def test_rollback_serves_the_previous_tables_in_a_new_version(repository, triton, start_updater):
+def test_rollback_serves_the_previous_tables_in_a_new_version(repository, stack, start_updater):
     updater = start_updater()
     model_dir = repository / c.RETRIEVE
-    with UpdaterClient(updater.url) as up, Client(triton.grpc_url) as client:
+    with UpdaterClient(updater.url) as up, Client(stack.grpc_url) as client:
         result = up.feedback(_new_id(), int(_serving_tables(repository)[1]["item_ids"][1]))
         status = _wait_published(up, result.last_offset)
         current = status["published_version"]
@@ -299,12 +299,12 @@ def test_rollback_serves_the_previous_tables_in_a_new_version(repository, triton
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_forget_user_leaves_no_trace(repository, triton, start_updater):
+def test_forget_user_leaves_no_trace(repository, stack, start_updater):
     updater = start_updater()
     _, tables = _serving_tables(repository)
     user_id = int(tables["user_ids"][5])  # in the base model too: every kept version holds them
     marker = f"forget-me-{uuid.uuid4().hex}"
-    with UpdaterClient(updater.url) as up, Client(triton.grpc_url) as client:
+    with UpdaterClient(updater.url) as up, Client(stack.grpc_url) as client:
         result = up.feedback_batch(_clicks(user_id, [int(tables["item_ids"][7])] * 2, prefix=marker))
         _wait_published(up, result.last_offset)
         reply = up.forget_user(user_id)
