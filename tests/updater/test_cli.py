@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from clients import Client, UpdaterClient
-from freshrec.processes import PROJECT_ROOT, free_port
+from freshrec.processes import PROJECT_ROOT, free_port, wait_until
 from tests.fixtures.builds import UPDATER
 
 pytestmark = pytest.mark.integration
@@ -35,13 +34,6 @@ def _updater_child(serve_pid: int) -> int | None:
         if b"updater" in cmdline and b"-m" in cmdline:
             return int(pid)
     return None
-
-
-def _wait(predicate, what: str, timeout_s: float = READY_S):
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_serve_runs_triton_and_the_updater_and_the_commands_reach_them(builds, tmp_path):
@@ -81,7 +73,8 @@ def test_serve_runs_triton_and_the_updater_and_the_commands_reach_them(builds, t
         child = _updater_child(serve.pid)
         assert child is not None
         os.kill(child, signal.SIGKILL)
-        _wait(lambda: _updater_child(serve.pid) not in (None, child), "a restarted updater")
+        wait_until(lambda: _updater_child(serve.pid) not in (None, child), timeout_s=READY_S,
+                   what="a restarted updater")
         with UpdaterClient(updater) as up, Client(f"127.0.0.1:{grpc_port}") as client:
             assert up.wait_ready(timeout_s=READY_S)["published_version"] == rolled["version"]
             assert client.recommend(1, k=2).version == rolled["version"]

@@ -1,15 +1,15 @@
 """The updater against a real tritonserver: freshness, reload under load, crashes, rollback, forget.
 
-One Triton serves this module's own repository; each test starts real updater processes on the
-same repository and log, so the tests run in file order and each asserts relative to the state
-it finds. Nothing here asserts a timing.
+One Triton serves this module's own copy of a build; each test starts real updater processes on
+that repository and its feedback log, and asserts only relative to the state it finds (its own
+new users and events, the versions it saw published), so each passes alone and in any order.
+Waits poll under a deadline. Nothing here asserts a timing.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 import uuid
 
 import grpc
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from clients import Client, UpdaterClient
+from freshrec.processes import wait_until
 from model_repository import contract as c
 from model_repository import versions
 from updater import faults
@@ -31,13 +32,14 @@ def _new_id(base=10_000_000):
 
 
 def _wait_published(up: UpdaterClient, offset: int, *, timeout_s: float = WAIT_S) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status = up.status()
-        if status["last_published_offset"] >= offset:
-            return status
-        assert time.monotonic() < deadline, f"offset {offset} not published: {status}"
-        time.sleep(0.05)
+    last = {}
+
+    def published():
+        last.update(up.status())
+        return dict(last) if last["last_published_offset"] >= offset else None
+
+    return wait_until(published, timeout_s=timeout_s, interval_s=0.05,
+                      what=lambda: f"offset {offset} to be published (last status {last})")
 
 
 def _serving_tables(repository):
@@ -161,7 +163,9 @@ def test_reloads_under_concurrent_load_fail_no_request(repository, stack, start_
             for n in range(4):  # four publishes, each a Triton reload, under load
                 result = up.feedback(user_ids[n], int(_serving_tables(repository)[1]["item_ids"][n]))
                 status = _wait_published(up, result.last_offset)
-            time.sleep(0.3)
+            # keep the load on until it has been answered by the last version published
+            wait_until(lambda: status["published_version"] in seen, timeout_s=WAIT_S,
+                       what="an answer from the last published version")
     finally:
         stop.set()
         for t in threads:
@@ -244,8 +248,9 @@ def test_kill_9_under_streaming_feedback_loses_nothing(repository, stack, start_
 
     sender = threading.Thread(target=send)
     sender.start()
-    while len(acked) < 40:
-        time.sleep(0.01)
+    wait_until(lambda: len(acked) >= 40 or not sender.is_alive(), timeout_s=WAIT_S, interval_s=0.01,
+               what=lambda: f"40 acknowledged events (got {len(acked)})")
+    assert len(acked) >= 40, f"the sender stopped after {len(acked)} events"
     updater.kill()  # kill -9 wherever it is: mid-batch, mid-publish, mid-reload
     stop.set()
     sender.join()
