@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch==2.13.0; fi
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
-	@$(BIN)/python -m freshrec.server --check
+	@$(BIN)/python -m freshrec.processes --check
 	touch $(STAMP)
 
 $(DEMO)/repository/retrieve/1/manifest.json: $(STAMP)

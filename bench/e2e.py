@@ -173,10 +173,9 @@ def _measure(grpc_url: str, updater_url: str, users: int, *, n_users_model: int,
 
 def run_bench(*, n_items: int, n_users_model: int, user_counts, duration: str,
               reload_every_s: float, instances: int | None, queue_delay_us: int | None) -> None:
-    from freshrec.server import TritonServer, free_port
+    from freshrec.stack import serving_stack
     from model_repository import configs
     from model_repository import contract as c
-    from updater.process import UpdaterProcess
 
     started = time.perf_counter()
     rows, ratios, reload_failures, publishes = [], {}, 0, 0
@@ -186,24 +185,15 @@ def run_bench(*, n_items: int, n_users_model: int, user_counts, duration: str,
         write_bench_repository(model, repository, instances=instances, queue_delay_us=queue_delay_us)
         retrieve = configs.read_config(repository / c.RETRIEVE)
         built_s = time.perf_counter() - started
-        server = TritonServer(repository, models=(c.USER_TOWER, c.RETRIEVE, c.RECOMMEND, FLOOR),
-                              grpc_port=0, http_port=0, metrics_port=0,
-                              log_path=Path(scratch) / "tritonserver.log")
-        with server:
-            updater = UpdaterProcess(repository, server.grpc_url, port=free_port(),
-                                     state_dir=Path(scratch) / "updater",
-                                     log_path=Path(scratch) / "updater.log")
-            updater.start()
-            try:
-                for users in user_counts:
-                    got, ratios[users], failures, published = _measure(
-                        server.grpc_url, updater.url, users, n_users_model=n_users_model,
-                        n_items=n_items, duration=duration, reload_every_s=reload_every_s)
-                    rows += got
-                    reload_failures += failures
-                    publishes += published
-            finally:
-                updater.stop()
+        with serving_stack(repository, models=(c.USER_TOWER, c.RETRIEVE, c.RECOMMEND, FLOOR),
+                           log_dir=Path(scratch), updater=True) as stack:
+            for users in user_counts:
+                got, ratios[users], failures, published = _measure(
+                    stack.grpc_url, stack.updater.url, users, n_users_model=n_users_model,
+                    n_items=n_items, duration=duration, reload_every_s=reload_every_s)
+                rows += got
+                reload_failures += failures
+                publishes += published
     delay_us = retrieve.dynamic_batching.max_queue_delay_microseconds
     print(machine_header([
         f"model: N = {n_items} items x d = {model.item_rows.shape[1]} fp32, {n_users_model} users, "

@@ -150,26 +150,20 @@ def _reload_floor(repository: Path, triton_url: str, repeat: int) -> list[float]
 def bench_freshness(*, events: int) -> None:
     from exporter.build import build
     from exporter.train import TrainConfig
-    from freshrec.server import TritonServer, free_port
+    from freshrec.stack import serving_stack
     from model_repository import contract as c
-    from updater.process import UpdaterProcess
 
     with tempfile.TemporaryDirectory(prefix="freshrec-bench-") as scratch:
         scratch = Path(scratch)
         repository = build(scratch, synthetic=True, synthetic_kwargs=BENCH_DATA,
                            config=TrainConfig(epochs=2), progress=False, tensorrt=False).repository
-        server = TritonServer(repository, models=(c.USER_TOWER, c.RETRIEVE, c.RECOMMEND),
-                              grpc_port=0, http_port=0, metrics_port=0,
-                              log_path=scratch / "tritonserver.log")
-        server.start()
-        updater = UpdaterProcess(repository, server.grpc_url, port=free_port(),
-                                 log_path=scratch / "updater.log")
-        try:
-            updater.start()
-            _freshness_run(repository, server.grpc_url, updater.url, events=3, load_threads=0)  # warm
+        with serving_stack(repository, models=(c.USER_TOWER, c.RETRIEVE, c.RECOMMEND),
+                           log_dir=scratch, updater=True) as stack:
+            grpc_url, updater_url = stack.grpc_url, stack.updater.url
+            _freshness_run(repository, grpc_url, updater_url, events=3, load_threads=0)  # warm
             rows, all_failures = [], []
             for label, threads in (("idle", 0), (f"{LOAD_THREADS} recommend threads", LOAD_THREADS)):
-                results, failures = _freshness_run(repository, server.grpc_url, updater.url,
+                results, failures = _freshness_run(repository, grpc_url, updater_url,
                                                    events=events, load_threads=threads)
                 all_failures += failures
                 fresh = [r[0] for r in results]
@@ -178,10 +172,7 @@ def bench_freshness(*, events: int) -> None:
                 p50, p95, worst = _quantiles(fresh)
                 rows.append([label, len(fresh), p50 * 1e3, p95 * 1e3, worst * 1e3,
                              *[v * 1e3 for v in parts.values()]])
-            floor = _reload_floor(repository, server.grpc_url, 5)
-        finally:
-            updater.stop()
-            server.stop()
+            floor = _reload_floor(repository, grpc_url, 5)
     print(f"\n(a) feedback -> serving freshness, ms ({BENCH_DATA['n_users']} users x "
           f"{BENCH_DATA['n_items']} items, d=32; publish every 0.25 s while events arrive)")
     print_table(["load", "events", "p50", "p95", "max", "wait", "write", "rename", "verify",

@@ -135,9 +135,8 @@ def run_bench(*, data: Path | None, window_events: int, replay_fraction: float, 
     from exporter.build import write_repository
     from exporter.data import split_by_time
     from exporter.train import TrainConfig, train_base_model
-    from freshrec.server import TritonServer, free_port
+    from freshrec.stack import serving_stack
     from model_repository import contract as c
-    from updater.process import UpdaterProcess
 
     started = time.perf_counter()
     dataset, source = load_events(data, seed=seed)
@@ -151,32 +150,27 @@ def run_bench(*, data: Path | None, window_events: int, replay_fraction: float, 
     rows = []
     with tempfile.TemporaryDirectory(prefix="freshrec-quality-") as scratch:
         repository = write_repository(model, Path(scratch) / "repository", tensorrt=False).repository
-        server = TritonServer(repository, models=(c.USER_TOWER, c.RETRIEVE, c.RECOMMEND),
-                              grpc_port=0, http_port=0, metrics_port=0,
-                              log_path=Path(scratch) / "tritonserver.log")
-        with server:
+        with serving_stack(repository, models=(c.USER_TOWER, c.RETRIEVE, c.RECOMMEND),
+                           log_dir=Path(scratch)) as stack:
             popularity = PopularityRecommender(train)
             result = replay(train, test, popularity, window_events=window_events, scored_windows=scored)
             rows.append(_row("popularity (recounted per window)", result, result.learn_s,
                              result.recommend_s))
             # static first: the updater below changes what the server answers
-            static = ServedRecommender(server.grpc_url)
+            static = ServedRecommender(stack.grpc_url)
             try:
                 result = replay(train, test, static, window_events=window_events, scored_windows=scored)
             finally:
                 static.close()
             rows.append(_row("static base model (Triton)", result, 0.0, result.recommend_s))
             static_metrics = result.metrics
-            updater = UpdaterProcess(repository, server.grpc_url, port=free_port(),
-                                     state_dir=Path(scratch) / "updater",
-                                     log_path=Path(scratch) / "updater.log", args=updater_args)
-            updater.start()
-            online = ServedRecommender(server.grpc_url, updater_url=updater.url)
+            updater = stack.start_updater(args=updater_args)
+            online = ServedRecommender(stack.grpc_url, updater_url=updater.url)
             try:
                 result = replay(train, test, online, window_events=window_events, scored_windows=scored)
             finally:
                 online.close()
-                updater.stop()
+                stack.stop_updaters()
             rows.append(_row("freshrec online (Triton + updater)", result, result.learn_s,
                              result.recommend_s))
             online_result = result

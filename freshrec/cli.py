@@ -77,7 +77,7 @@ def serving_repository(path: Path) -> Path:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from freshrec.server import SetupError, TritonServer
+    from freshrec.processes import SetupError, TritonServer
 
     repository = serving_repository(Path(args.repository))
     log_path = Path(args.log) if args.log else repository.parent / "tritonserver.log"
@@ -144,7 +144,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _start_updater(args: argparse.Namespace, repository: Path, triton_url: str):
-    from updater.process import UpdaterExited, UpdaterProcess
+    from freshrec.processes import UpdaterExited, UpdaterProcess
 
     updater = UpdaterProcess(repository, triton_url, host=args.host, port=args.updater_port,
                              log_path=repository.parent / "updater.log")

@@ -1,7 +1,7 @@
 """Puts the project's import paths on sys.path inside a python backend stub.
 
 The stub ignores PYTHONPATH, but it does put the backend folder on sys.path (it imports
-triton_python_backend_utils from there). `freshrec serve` (freshrec.server.TritonServer) copies
+triton_python_backend_utils from there). `freshrec serve` (freshrec.processes.TritonServer) copies
 this file into that folder and passes the project's paths in FRESHREC_PYTHONPATH, so every
 model.py starts with `import freshrec_paths` and nothing else to find the project.
 """

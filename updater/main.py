@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class UpdaterConfig:
     host: str = c.DEFAULT_HOST
     port: int = c.DEFAULT_UPDATER_PORT
     state_dir: Path | None = None
+    port_file: Path | None = None  # where to write the port listened on, once ready
     policy: PublishPolicy = field(default_factory=PublishPolicy)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
@@ -65,7 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"Triton gRPC address (default {c.DEFAULT_TRITON_URL})")
     parser.add_argument("--host", default=c.DEFAULT_HOST, help=f"address to bind (default {c.DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=c.DEFAULT_UPDATER_PORT,
-                        help=f"updater gRPC port (default {c.DEFAULT_UPDATER_PORT})")
+                        help=f"updater gRPC port (default {c.DEFAULT_UPDATER_PORT}; 0: any free one)")
+    parser.add_argument("--port-file", type=Path,
+                        help="once ready, write the port listened on to this file (for --port 0)")
     parser.add_argument("--state-dir", type=Path,
                         help="where the feedback log lives (default: updater/ beside the repository)")
     parser.add_argument("--publish-every-s", type=float, default=DEFAULT_PUBLISH_EVERY_S,
@@ -86,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> UpdaterConfig:
     return UpdaterConfig(
         repository=args.repository, triton_url=args.triton, host=args.host, port=args.port,
-        state_dir=args.state_dir,
+        state_dir=args.state_dir, port_file=args.port_file,
         policy=PublishPolicy(every_s=args.publish_every_s, every_events=args.publish_every_events,
                              keep_versions=args.keep_versions, shard_kib=args.shard_kib),
         trainer=TrainerConfig(lr=args.lr, negatives=args.negatives, max_step=args.max_step))
@@ -113,6 +117,8 @@ def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -
     engine.start()
     server, port = grpc_server(f"{config.host}:{config.port}", feedback_log, engine, triton,
                                state_dir=config.state_path)
+    if config.port_file is not None:
+        _write_port_file(config.port_file, port)
     log.warning("updater ready on %s:%s (log %s, Triton %s, serving retrieve %s)",
                 config.host, port, config.log_path, config.triton_url, publisher.current)
     try:
@@ -123,6 +129,13 @@ def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -
         feedback_log.close()
         triton.close()
         log.warning("updater stopped")
+
+
+def _write_port_file(path: Path, port: int) -> None:
+    """Write-then-rename, so a reader polling for the file never sees half a number."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(str(port))
+    os.replace(partial, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from freshrec.server import free_port
+from freshrec.processes import free_port
 
 pytestmark = pytest.mark.integration
 FRESHREC = [sys.executable, "-m", "freshrec.cli"]

@@ -23,7 +23,7 @@ from clients.loadtest import (
     read_stats,
     run_locust,
 )
-from tests.integration.conftest import SMALL_DATA
+from tests.fixtures.builds import SMALL
 
 
 def test_skewed_ids_stay_in_range_and_are_skewed():
@@ -66,13 +66,13 @@ def test_loadtest_parser_defaults():
 
 @pytest.mark.integration
 def test_freshrec_loadtest_headless_recommend_and_feedback_without_failures(
-        triton, updater, tmp_path, capsys):
-    with UpdaterClient(updater.url) as up:
+        stack, tmp_path, capsys):
+    with UpdaterClient(stack.updater.url) as up:
         offset_before = up.status()["log_offset"]
     args = _parser().parse_args([
-        "loadtest", "--users", "4", "--duration", "4s", "--url", triton.grpc_url,
-        "--updater", updater.url, "--id-users", str(SMALL_DATA["n_users"]),
-        "--id-items", str(SMALL_DATA["n_items"]), "--recommend-weight", "3",
+        "loadtest", "--users", "4", "--duration", "4s", "--url", stack.grpc_url,
+        "--updater", stack.updater.url, "--id-users", str(SMALL.synthetic_kwargs["n_users"]),
+        "--id-items", str(SMALL.synthetic_kwargs["n_items"]), "--recommend-weight", "3",
         "--feedback-weight", "1", "--csv", str(tmp_path / "run")])
     code = args.func(args)
     printed = capsys.readouterr()
@@ -85,15 +85,15 @@ def test_freshrec_loadtest_headless_recommend_and_feedback_without_failures(
     assert by_name[("", AGGREGATED)].failures == 0
     assert "recommend +history" in printed.out and REQUEST_TYPE_FEEDBACK in printed.out
     # every feedback locust counted as a success is in the updater's durable log
-    with UpdaterClient(updater.url) as up:
+    with UpdaterClient(stack.updater.url) as up:
         assert up.status()["log_offset"] - offset_before >= feedback.requests
 
 
 @pytest.mark.integration
-def test_locust_runner_reports_failed_calls(triton):
+def test_locust_runner_reports_failed_calls(stack):
     """A model that does not exist: every call fails, and locust's stats must say so."""
     mix = LoadMix(n_users=10, n_items=10, model="no_such_model")
-    run = run_locust(triton.grpc_url, users=1, duration="2s", mix=mix)
+    run = run_locust(stack.grpc_url, users=1, duration="2s", mix=mix)
     aggregated = run.row(AGGREGATED)
     assert aggregated.requests > 0 and aggregated.failures == aggregated.requests
     assert run.exit_code != 0

@@ -16,6 +16,7 @@ from bench.replay import (
     top_k_excluding,
 )
 from exporter.data import Interactions, read_dataset, split_by_time
+from tests.fixtures.builds import SMALL
 
 FIXED_RANKING = np.array([10, 3, 2, 5, 4, 1], dtype=np.int64)
 
@@ -104,12 +105,12 @@ class ExclusionChecked:
 
 
 @pytest.mark.integration
-def test_served_replay_static_and_online(loadtest_build, triton, updater):
-    data = read_dataset(loadtest_build.ratings)
+def test_served_replay_static_and_online(builds, stack):
+    data = read_dataset(builds.get(SMALL).ratings)
     train, test = split_by_time(data.interactions)
     test = test.take(slice(0, 240))
-    static = ServedRecommender(triton.grpc_url)
-    online = ServedRecommender(triton.grpc_url, updater_url=updater.url)
+    static = ServedRecommender(stack.grpc_url)
+    online = ServedRecommender(stack.grpc_url, updater_url=stack.updater.url)
     try:
         static_result = replay(train, test, ExclusionChecked(static), window_events=80)
         online_result = replay(train, test, ExclusionChecked(online), window_events=80)

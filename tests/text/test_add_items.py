@@ -1,13 +1,12 @@
 """Adding items from their titles through a real updater and a real tritonserver.
 
-A copy of this folder's text build is served (text_encoder included) with an updater beside it;
-the tests run in file order on that one repository and assert relative to the state they find.
-Nothing here asserts a timing.
+A copy of the session's text build is served (text_encoder included) with an updater beside it,
+for this module. Each test adds items of its own (fresh ids) and asserts relative to the state it
+finds, so each passes alone and in any order. Nothing here asserts a timing.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import uuid
@@ -17,38 +16,27 @@ import pytest
 
 from clients import Client, UpdaterClient
 from exporter.data import read_items
-from freshrec.server import TritonServer, free_port
+from freshrec.stack import serving_stack
 from model_repository import contract as c
-from tests.integration.conftest import TEXT_MODELS
-from updater.process import UpdaterProcess
+from tests.fixtures.builds import TEXT
 
 pytestmark = pytest.mark.integration
 K = 10
 
 
 @pytest.fixture(scope="module")
-def served(text_build, tmp_path_factory):
-    """(Client, UpdaterClient, item id -> category, updater url) over a copy of the text build."""
-    root = tmp_path_factory.mktemp("add-items")
-    repository = shutil.copytree(text_build.repository, root / "repository")
-    triton = TritonServer(repository, models=TEXT_MODELS, grpc_port=0, http_port=0,
-                          metrics_port=0, log_path=root / "tritonserver.log")
-    triton.start()
-    updater = UpdaterProcess(repository, triton.grpc_url, port=free_port(),
-                             state_dir=root / "updater", log_path=root / "updater.log")
-    try:
-        updater.start()
-        items = read_items(text_build.ratings.parent / "items.csv")
-        with Client(triton.grpc_url) as client, UpdaterClient(updater.url) as up:
-            yield client, up, dict(zip(items.ids.tolist(), items.categories)), updater.url
-    except BaseException:
-        for path in (root / "tritonserver.log", root / "updater.log"):
-            if path.exists():
-                print(f"--- {path.name}\n" + "\n".join(path.read_text().splitlines()[-40:]))
-        raise
-    finally:
-        updater.stop()
-        triton.stop()
+def stack(builds, tmp_path_factory):
+    repository = builds.copy(TEXT, tmp_path_factory.mktemp("add-items"))  # items get published
+    with serving_stack(repository, models=TEXT.models, log_dir=repository.parent, updater=True) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def served(stack, text_build):
+    """(Client, UpdaterClient, item id -> category, updater url) over the stack."""
+    items = read_items(text_build.ratings.parent / "items.csv")
+    with Client(stack.grpc_url) as client, UpdaterClient(stack.updater.url) as up:
+        yield client, up, dict(zip(items.ids.tolist(), items.categories)), stack.updater.url
 
 
 def _new_id():

@@ -7,15 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from clients import Client, UpdaterClient
-from exporter.build import build
-from freshrec.server import PROJECT_ROOT, free_port
-from tests.updater.conftest import SMALL_DATA, SMALL_TRAIN
+from freshrec.processes import PROJECT_ROOT, free_port, wait_until
+from tests.fixtures.builds import UPDATER
 
 pytestmark = pytest.mark.integration
 READY_S = 120.0
@@ -38,16 +36,8 @@ def _updater_child(serve_pid: int) -> int | None:
     return None
 
 
-def _wait(predicate, what: str, timeout_s: float = READY_S):
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
-def test_serve_runs_triton_and_the_updater_and_the_commands_reach_them(tmp_path):
-    repository = build(tmp_path, synthetic=True, synthetic_kwargs=SMALL_DATA, config=SMALL_TRAIN,
-                       progress=False, tensorrt=False).repository
+def test_serve_runs_triton_and_the_updater_and_the_commands_reach_them(builds, tmp_path):
+    repository = builds.copy(UPDATER, tmp_path)  # it publishes and rolls back
     grpc_port, updater_port = free_port(), free_port()
     updater = f"127.0.0.1:{updater_port}"
     serve = subprocess.Popen(
@@ -83,7 +73,8 @@ def test_serve_runs_triton_and_the_updater_and_the_commands_reach_them(tmp_path)
         child = _updater_child(serve.pid)
         assert child is not None
         os.kill(child, signal.SIGKILL)
-        _wait(lambda: _updater_child(serve.pid) not in (None, child), "a restarted updater")
+        wait_until(lambda: _updater_child(serve.pid) not in (None, child), timeout_s=READY_S,
+                   what="a restarted updater")
         with UpdaterClient(updater) as up, Client(f"127.0.0.1:{grpc_port}") as client:
             assert up.wait_ready(timeout_s=READY_S)["published_version"] == rolled["version"]
             assert client.recommend(1, k=2).version == rolled["version"]

@@ -1,15 +1,15 @@
 """The updater against a real tritonserver: freshness, reload under load, crashes, rollback, forget.
 
-One Triton serves this module's own repository; each test starts real updater processes on the
-same repository and log, so the tests run in file order and each asserts relative to the state
-it finds. Nothing here asserts a timing.
+One Triton serves this module's own copy of a build; each test starts real updater processes on
+that repository and its feedback log, and asserts only relative to the state it finds (its own
+new users and events, the versions it saw published), so each passes alone and in any order.
+Waits poll under a deadline. Nothing here asserts a timing.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 import uuid
 
 import grpc
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from clients import Client, UpdaterClient
+from freshrec.processes import wait_until
 from model_repository import contract as c
 from model_repository import versions
 from updater import faults
@@ -31,13 +32,14 @@ def _new_id(base=10_000_000):
 
 
 def _wait_published(up: UpdaterClient, offset: int, *, timeout_s: float = WAIT_S) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status = up.status()
-        if status["last_published_offset"] >= offset:
-            return status
-        assert time.monotonic() < deadline, f"offset {offset} not published: {status}"
-        time.sleep(0.05)
+    last = {}
+
+    def published():
+        last.update(up.status())
+        return dict(last) if last["last_published_offset"] >= offset else None
+
+    return wait_until(published, timeout_s=timeout_s, interval_s=0.05,
+                      what=lambda: f"offset {offset} to be published (last status {last})")
 
 
 def _serving_tables(repository):
@@ -57,12 +59,12 @@ def _log_db(repository):
     return sqlite3.connect(repository.parent / "updater" / LOG_FILE)
 
 
-def test_a_click_moves_similar_items_up_for_that_user(repository, triton, start_updater):
+def test_a_click_moves_similar_items_up_for_that_user(repository, stack, start_updater):
     updater = start_updater()
     manifest, tables = _serving_tables(repository)
     user_id = int(tables["user_ids"][3])
     n_items = len(tables["item_ids"])
-    with Client(triton.grpc_url) as client, UpdaterClient(updater.url) as up:
+    with Client(stack.grpc_url) as client, UpdaterClient(updater.url) as up:
         before = client.recommend(user_id, k=n_items)
         # the clicked item: one the user ranks low today; "like it": its nearest items by row
         clicked = before.item_ids[int(n_items * 0.8)]
@@ -84,11 +86,11 @@ def test_a_click_moves_similar_items_up_for_that_user(repository, triton, start_
     assert tables["user_history"][user_row, -3:].tolist() == [row] * 3
 
 
-def test_the_recommend_client_sends_feedback_to_the_updater(repository, triton, start_updater):
+def test_the_recommend_client_sends_feedback_to_the_updater(repository, stack, start_updater):
     updater = start_updater()
     user_id = _new_id()
     item_id = int(_serving_tables(repository)[1]["item_ids"][2])
-    with Client(triton.grpc_url, updater_url=updater.url) as client, UpdaterClient(updater.url) as up:
+    with Client(stack.grpc_url, updater_url=updater.url) as client, UpdaterClient(updater.url) as up:
         sent = client.feedback(user_id, item_id, "click", event_id=f"client-{user_id}")
         again = client.feedback(user_id, item_id, "click", event_id=f"client-{user_id}")
         assert (sent.accepted, again.accepted) == (1, 0)
@@ -135,14 +137,14 @@ def test_resent_events_count_once_and_bad_events_name_their_field(repository, st
         assert db.execute("SELECT COUNT(*) FROM events WHERE user_id = ?", (user_id,)).fetchone()[0] == 5
 
 
-def test_reloads_under_concurrent_load_fail_no_request(repository, triton, start_updater):
+def test_reloads_under_concurrent_load_fail_no_request(repository, stack, start_updater):
     updater = start_updater()
     user_ids = [int(u) for u in _serving_tables(repository)[1]["user_ids"][:8]]
     stop, failures, seen = threading.Event(), [], set()
     served = [0]
 
     def hammer(seed):
-        with Client(triton.grpc_url) as client:
+        with Client(stack.grpc_url) as client:
             n = 0
             while not stop.is_set():
                 try:
@@ -161,7 +163,9 @@ def test_reloads_under_concurrent_load_fail_no_request(repository, triton, start
             for n in range(4):  # four publishes, each a Triton reload, under load
                 result = up.feedback(user_ids[n], int(_serving_tables(repository)[1]["item_ids"][n]))
                 status = _wait_published(up, result.last_offset)
-            time.sleep(0.3)
+            # keep the load on until it has been answered by the last version published
+            wait_until(lambda: status["published_version"] in seen, timeout_s=WAIT_S,
+                       what="an answer from the last published version")
     finally:
         stop.set()
         for t in threads:
@@ -193,13 +197,13 @@ def _check_recovered(repository, up, client, *, user_id, items):
 
 
 @pytest.mark.parametrize("point", faults.CRASH_POINTS)
-def test_kill_9_at_each_point_then_restart_recovers(point, repository, triton, start_updater):
+def test_kill_9_at_each_point_then_restart_recovers(point, repository, stack, start_updater):
     updater = start_updater(extra_env={faults.CRASH_ENV: point})
     user_id = _new_id()
     items = [int(i) for i in _serving_tables(repository)[1]["item_ids"][10:16]]
     events = _clicks(user_id, items)
     model_dir = repository / c.RETRIEVE
-    with Client(triton.grpc_url) as client:
+    with Client(stack.grpc_url) as client:
         serving_before = client.recommend(user_id, k=3).version
         with UpdaterClient(updater.url) as up:
             try:
@@ -228,7 +232,7 @@ def test_kill_9_at_each_point_then_restart_recovers(point, repository, triton, s
             _check_recovered(repository, up, client, user_id=user_id, items=items)
 
 
-def test_kill_9_under_streaming_feedback_loses_nothing(repository, triton, start_updater):
+def test_kill_9_under_streaming_feedback_loses_nothing(repository, stack, start_updater):
     updater = start_updater()
     user_id = _new_id()
     items = [int(i) for i in _serving_tables(repository)[1]["item_ids"]]
@@ -248,13 +252,14 @@ def test_kill_9_under_streaming_feedback_loses_nothing(repository, triton, start
 
     sender = threading.Thread(target=send)
     sender.start()
-    while len(acked) < 40:
-        time.sleep(0.01)
+    wait_until(lambda: len(acked) >= 40 or not sender.is_alive(), timeout_s=WAIT_S, interval_s=0.01,
+               what=lambda: f"40 acknowledged events (got {len(acked)})")
+    assert len(acked) >= 40, f"the sender stopped after {len(acked)} events"
     updater.kill()  # kill -9 wherever it is: mid-batch, mid-publish, mid-reload
     stop.set()
     sender.join()
     restarted = start_updater()
-    with UpdaterClient(restarted.url) as up, Client(triton.grpc_url) as client:
+    with UpdaterClient(restarted.url) as up, Client(stack.grpc_url) as client:
         with _log_db(repository) as db:
             stored = db.execute('SELECT item_id FROM events WHERE user_id = ? ORDER BY "offset"',
                                 (user_id,)).fetchall()
@@ -264,11 +269,11 @@ def test_kill_9_under_streaming_feedback_loses_nothing(repository, triton, start
         _check_recovered(repository, up, client, user_id=user_id, items=stored)
 
 
-def test_a_version_that_fails_verification_is_never_served(repository, triton, start_updater):
+def test_a_version_that_fails_verification_is_never_served(repository, stack, start_updater):
     updater = start_updater(extra_env={faults.FAULT_ENV: "corrupt_once"})
     user_id = _new_id()
     item = int(_serving_tables(repository)[1]["item_ids"][0])
-    with UpdaterClient(updater.url) as up, Client(triton.grpc_url) as client:
+    with UpdaterClient(updater.url) as up, Client(stack.grpc_url) as client:
         before = up.status()["published_version"]
         result = up.feedback(user_id, item)
         status = _wait_published(up, result.last_offset)  # the retry after the failure
@@ -282,10 +287,10 @@ def test_a_version_that_fails_verification_is_never_served(repository, triton, s
         assert client.recommend(user_id, k=3).version == status["published_version"]
 
 
-def test_rollback_serves_the_previous_tables_in_a_new_version(repository, triton, start_updater):
+def test_rollback_serves_the_previous_tables_in_a_new_version(repository, stack, start_updater):
     updater = start_updater()
     model_dir = repository / c.RETRIEVE
-    with UpdaterClient(updater.url) as up, Client(triton.grpc_url) as client:
+    with UpdaterClient(updater.url) as up, Client(stack.grpc_url) as client:
         result = up.feedback(_new_id(), int(_serving_tables(repository)[1]["item_ids"][1]))
         status = _wait_published(up, result.last_offset)
         current = status["published_version"]
@@ -303,12 +308,12 @@ def test_rollback_serves_the_previous_tables_in_a_new_version(repository, triton
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_forget_user_leaves_no_trace(repository, triton, start_updater):
+def test_forget_user_leaves_no_trace(repository, stack, start_updater):
     updater = start_updater()
     _, tables = _serving_tables(repository)
     user_id = int(tables["user_ids"][5])  # in the base model too: every kept version holds them
     marker = f"forget-me-{uuid.uuid4().hex}"
-    with UpdaterClient(updater.url) as up, Client(triton.grpc_url) as client:
+    with UpdaterClient(updater.url) as up, Client(stack.grpc_url) as client:
         result = up.feedback_batch(_clicks(user_id, [int(tables["item_ids"][7])] * 2, prefix=marker))
         _wait_published(up, result.last_offset)
         reply = up.forget_user(user_id)

@@ -1,0 +1,77 @@
+"""The process launchers: waits under a deadline, tritonserver's retry on new ports after another
+process took one of its ports, and the serving stack stopping what it started."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from freshrec import processes
+from freshrec.processes import SetupError, TritonServer, wait_until
+from freshrec.stack import serving_stack
+
+
+def test_wait_until_returns_the_first_truthy_value():
+    calls = iter([None, 0, "ready"])
+    assert wait_until(lambda: next(calls), timeout_s=5, what="it", interval_s=0) == "ready"
+
+
+def test_wait_until_names_what_it_waited_for_as_described_at_the_deadline():
+    state = {"n": 0}
+
+    def never():
+        state["n"] += 1
+        return False
+
+    with pytest.raises(TimeoutError, match=r"waiting for the thing \(asked [1-9]"):
+        wait_until(never, timeout_s=0.05, interval_s=0.01, what=lambda: f"the thing (asked {state['n']})")
+
+
+def test_wait_until_lets_an_error_of_the_predicate_through_at_once():
+    def dead():
+        raise RuntimeError("child exited")
+
+    with pytest.raises(RuntimeError, match="child exited"):
+        wait_until(dead, timeout_s=60, what="never")
+
+
+@pytest.fixture
+def held_port():
+    """A port another process (this one) listens on, as a collision finds it."""
+    with socket.socket() as sock:
+        sock.bind((processes.DEFAULT_HOST, 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("taken", [0, 1, 2], ids=["grpc", "http", "metrics"])
+def test_triton_starts_on_new_ports_when_another_process_took_one(taken, held_port, tmp_path, monkeypatch):
+    picks = iter([held_port if n == taken else processes.free_port() for n in range(3)])
+    real_free_port = processes.free_port
+    monkeypatch.setattr(processes, "free_port", lambda host: next(picks, None) or real_free_port(host))
+    (tmp_path / "repository").mkdir()
+    with TritonServer(tmp_path / "repository", grpc_port=0, http_port=0, metrics_port=0,
+                      log_path=tmp_path / "tritonserver.log") as server:
+        assert held_port not in server.ports
+        assert set(server.ports) <= processes.listening_ports(server.process.pid)
+    assert server.log_path.read_text(errors="replace").count("Started GRPCInferenceService") >= 1
+
+
+@pytest.mark.integration
+def test_triton_refuses_a_port_given_explicitly_that_is_in_use(held_port, tmp_path):
+    (tmp_path / "repository").mkdir()
+    server = TritonServer(tmp_path / "repository", grpc_port=held_port, http_port=0, metrics_port=0)
+    with pytest.raises(SetupError, match=f"port 127.0.0.1:{held_port} is in use"):
+        server.start()
+
+
+@pytest.mark.integration
+def test_a_stack_that_fails_to_start_says_why_and_leaves_nothing_running(tmp_path):
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    with pytest.raises(SetupError, match="exited with code") as caught:
+        with serving_stack(repository, models=("no_such_model",), log_dir=tmp_path):
+            pass
+    assert "no_such_model" in str(caught.value)  # the log tail names the model it could not load
