@@ -15,8 +15,8 @@ copied into the backend folder, which every model.py imports first. The server b
 unless told otherwise, runs with explicit model control and complete configs
 (--disable-auto-complete-config: DESIGN.md measured it cutting a reload from 1.4 s to 0.13 s).
 
-The updater is a child process, not a thread: it imports torch and trains, which must not slow or
-endanger the serve loop, and crash tests must be able to SIGKILL it alone.
+The updater is a child process, not a thread: it trains and writes versions, which must not slow
+or endanger the serve loop, and crash tests must be able to SIGKILL it alone.
 """
 
 from __future__ import annotations
@@ -37,14 +37,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from model_repository.contract import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HOST,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_METRICS_PORT,
+)
 from model_repository.templates import BOOTSTRAP, PYTHONPATH_ENV
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_GRPC_PORT = 8001
-DEFAULT_HTTP_PORT = 8000
-DEFAULT_METRICS_PORT = 8002
 DEFAULT_READY_TIMEOUT_S = 120.0
 POLL_S = 0.1
 PROBE_TIMEOUT_S = 1.0  # one readiness call; the deadline is the caller's timeout_s
