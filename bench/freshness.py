@@ -10,8 +10,9 @@ tight loop, served by a version whose manifest includes the event's log offset. 
 one at a time with a random 0-0.5 s gap (so they meet the publish cadence at random phases),
 idle and with client threads hammering `recommend`. The breakdown comes from the updater's own
 publish records (Status): wait for publish (ack -> publish start), write (changed shards + links
-+ manifest, fsynced), rename (+ fsync of the folder), verify (checksums of written shards),
-Triton load_model, probe. The peer in the same run: load_model of a version that is all hard
++ manifest, fsynced), rename (+ fsync of the folder), verify (checksums of written shards), then
+the switch inside the running retrieve until it answers (data-only versions), or Triton
+load_model + probe (code changes). The peer in the same run: load_model of a version that is all hard
 links of the serving one, until it answers (Triton's reload floor for this model, no training,
 no writing).
 
@@ -44,6 +45,9 @@ BENCH_DATA = dict(n_users=2000, n_items=1500, n_events=60_000, n_categories=12, 
 # (table rows, changed rows): the issue's two sizes at 100 changed rows, then 1e6 at 10 and 1000
 PUBLISH_CASES = ((100_000, 100), (1_000_000, 100), (1_000_000, 10), (1_000_000, 1000))
 DIM, HISTORY = 32, 20
+# publish record parts, in order: wait for the publish, write, rename, verify, then either Triton's
+# load_model + probe (code changes) or the switch inside the running retrieve (data only)
+BREAKDOWN = ("wait_s", "write_s", "rename_s", "verify_s", "load_s", "probe_s", "swap_s")
 
 
 def _quantiles(samples: list[float]) -> tuple[float, float, float]:
@@ -56,11 +60,12 @@ def _freshness_run(repository, triton_url, updater_url, *, events: int, load_thr
     """Per-event (freshness_s, breakdown dict) for one scenario."""
     from clients import Client, UpdaterClient
     from model_repository import contract as c
+    from model_repository import retrieve_schema as schema
     from model_repository import versions
 
     model_dir = repository / c.RETRIEVE
     _, tables = versions.load_tables(model_dir / str(versions.latest_version(model_dir)))
-    users, items = np.array(tables["user_ids"]), np.array(tables["item_ids"])
+    users, items = np.array(tables[schema.USER_IDS]), np.array(tables[schema.ITEM_IDS])
     rng = random.Random(7 + load_threads)
     stop, failures = threading.Event(), []
 
@@ -94,8 +99,7 @@ def _freshness_run(repository, triton_url, updater_url, *, events: int, load_thr
                         break
                 fresh_s = time.perf_counter() - acked
                 record = _publish_record(up, reply.last_offset)
-                breakdown = {k: record[k] for k in ("write_s", "rename_s", "verify_s", "load_s",
-                                                    "probe_s")}
+                breakdown = {k: record[k] for k in BREAKDOWN[1:]}
                 breakdown["wait_s"] = max(0.0, record["started_at"] - acked_wall)
                 results.append((fresh_s, breakdown))
     finally:
@@ -167,16 +171,18 @@ def bench_freshness(*, events: int) -> None:
                                                    events=events, load_threads=threads)
                 all_failures += failures
                 fresh = [r[0] for r in results]
-                parts = {k: statistics.median(r[1][k] for r in results)
-                         for k in ("wait_s", "write_s", "rename_s", "verify_s", "load_s", "probe_s")}
+                parts = {k: statistics.median(r[1][k] for r in results) for k in BREAKDOWN}
                 p50, p95, worst = _quantiles(fresh)
                 rows.append([label, len(fresh), p50 * 1e3, p95 * 1e3, worst * 1e3,
                              *[v * 1e3 for v in parts.values()]])
             floor = _reload_floor(repository, grpc_url, 5)
+    from updater.settings import DEFAULT_PUBLISH_EVERY_S
+
     print(f"\n(a) feedback -> serving freshness, ms ({BENCH_DATA['n_users']} users x "
-          f"{BENCH_DATA['n_items']} items, d=32; publish every 0.25 s while events arrive)")
+          f"{BENCH_DATA['n_items']} items, d=32; publish every {DEFAULT_PUBLISH_EVERY_S} s while "
+          "events arrive)")
     print_table(["load", "events", "p50", "p95", "max", "wait", "write", "rename", "verify",
-                 "Triton load", "probe"], rows)
+                 "Triton load", "probe", "switch"], rows)
     print(f"peer, same run: load_model of a version that is all hard links of the serving one, "
           f"until it answers (Triton's reload floor for this model): "
           f"median {statistics.median(floor) * 1e3:.0f} ms over {len(floor)}; "
@@ -184,12 +190,14 @@ def bench_freshness(*, events: int) -> None:
 
 
 def _user_tables(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
+    from model_repository import retrieve_schema as schema
+
     rng = np.random.default_rng(seed)
     return {
-        "user_ids": np.arange(rows, dtype=np.int64),
-        "user_rows": rng.normal(size=(rows, DIM)).astype(np.float32),
-        "user_history": rng.integers(-1, 10_000, size=(rows, HISTORY)).astype(np.int64),
-        "user_adagrad": rng.random(rows).astype(np.float32),
+        schema.USER_IDS: np.arange(rows, dtype=np.int64),
+        schema.USER_ROWS: rng.normal(size=(rows, DIM)).astype(np.float32),
+        schema.USER_HISTORY: rng.integers(-1, 10_000, size=(rows, HISTORY)).astype(np.int64),
+        schema.USER_ADAGRAD: rng.random(rows).astype(np.float32),
     }
 
 
@@ -208,19 +216,22 @@ class _PublishCost:
         self.rng = np.random.default_rng(1)
 
     def _change(self) -> np.ndarray:
+        from model_repository import retrieve_schema as schema
+
         changed = self.rng.choice(self.size, self.n_changed, replace=False)
-        self.tables["user_rows"][changed] += 0.01
-        self.tables["user_adagrad"][changed] += 0.01
+        self.tables[schema.USER_ROWS][changed] += 0.01
+        self.tables[schema.USER_ADAGRAD][changed] += 0.01
         return changed
 
     def sparse(self) -> None:
         """As the updater publishes: changed shards written, the rest linked, new ones checked."""
         changed, version = self._change(), self.parent + 1
-        none = changed[:0]
+        from model_repository import retrieve_schema as schema
+
+        moved = (schema.USER_ROWS, schema.USER_ADAGRAD)
         path = self.versions.write_version(
             self.model_dir, version, self.tables, parent=self.parent, shard_bytes=self.shard_bytes,
-            changed_rows={"user_ids": none, "user_rows": changed, "user_history": none,
-                          "user_adagrad": changed})
+            changed_rows={name: changed if name in moved else changed[:0] for name in self.tables})
         self.versions.verify_new_shards(path, self.model_dir / str(self.parent))
         self._retire(path)
 

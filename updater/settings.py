@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Publishing: at most every T seconds while events arrive, or after M events, whichever first.
-# T = 0.25 s keeps the wait for a publish well under the 1 s freshness goal (bench/freshness.py).
-DEFAULT_PUBLISH_EVERY_S = 0.25
+# A data-only publish switches inside the running retrieve (no Triton load), so the wait for the
+# next publish is most of the freshness: bench.freshness (2026-12-01, 2 cores) with T = 0.25 s
+# gave p50 51-81 ms, p95 240-262 ms (wait up to 250 ms, write 12-15 ms, switch 9-14 ms); the
+# goal is p95 < 200 ms, and a publish costs the updater ~30 ms of one core.
+DEFAULT_PUBLISH_EVERY_S = 0.1
 DEFAULT_PUBLISH_EVERY_EVENTS = 1000
 DEFAULT_KEEP_VERSIONS = 5
 # Shards of 128 KiB whatever the row width (1024 rows of 32 x fp32, 32768 ids): a changed row
