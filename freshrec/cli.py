@@ -15,7 +15,6 @@ from model_repository import contract as c  # names and defaults only: light
 
 log = logging.getLogger("freshrec")
 
-UPDATER_RETRY_S = 10.0  # a crashed updater whose restart failed is tried again this much later
 
 
 class UserError(Exception):
@@ -77,34 +76,36 @@ def serving_repository(path: Path) -> Path:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from freshrec.processes import SetupError, TritonServer
+    from freshrec.processes import SetupError, TritonServer, UpdaterExited, UpdaterProcess
+    from freshrec.supervisor import CHECK_EVERY_S, Supervisor
+    from updater.main import UpdaterConfig
 
     repository = serving_repository(Path(args.repository))
     log_path = Path(args.log) if args.log else repository.parent / "tritonserver.log"
     # load every model the repository has: text_encoder only exists in builds with titles
     models = tuple(m for m in (c.USER_TOWER, c.TEXT_ENCODER, c.RETRIEVE, c.RECOMMEND)
                    if (repository / m).is_dir())
-    server = TritonServer(
-        repository,
-        models=models,
-        host=args.host,
-        grpc_port=args.grpc_port,
-        http_port=args.http_port,
-        metrics_port=args.metrics_port,
-        log_path=log_path,
-    )
+    server = TritonServer(repository, models=models, host=args.host, grpc_port=args.grpc_port,
+                          http_port=args.http_port, metrics_port=args.metrics_port,
+                          log_path=log_path)
+
+    def make_updater():
+        return UpdaterProcess(repository, server.grpc_url, host=args.host, port=args.updater_port,
+                              log_path=repository.parent / "updater.log")
+
+    def say(message):
+        print(f"freshrec: {message}", file=sys.stderr, flush=True)
+
+    supervisor = Supervisor(server, make_updater=None if args.no_updater else make_updater,
+                            state_dir=UpdaterConfig(repository).state_path, say=say)
     started = time.monotonic()
     try:
-        server.start()
+        supervisor.start()
     except SetupError as exc:
         raise UserError(str(exc)) from exc
-    updater = None
-    if not args.no_updater:
-        try:
-            updater = _start_updater(args, repository, server.grpc_url)
-        except UserError:
-            server.stop()
-            raise
+    except UpdaterExited as exc:
+        raise UserError(f"the updater did not start: {exc}") from exc
+    updater = supervisor.updater
     updater_note = f", updater {updater.url} (log {updater.log_path})" if updater else ""
     print(
         f"freshrec ready in {time.monotonic() - started:.1f} s: gRPC {server.grpc_url} "
@@ -119,40 +120,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, _request_stop)
     signal.signal(signal.SIGTERM, _request_stop)
-    retry_at = 0.0
     try:
         while not stop["now"]:
-            if server.process is None or server.process.poll() is not None:
-                raise UserError(f"tritonserver exited unexpectedly; see {log_path}")
-            if updater is not None and not updater.alive() and time.monotonic() >= retry_at:
-                # Triton keeps serving the last good version; a restart recovers from the log
-                print(f"freshrec: updater exited (code {updater.process.returncode}); restarting, "
-                      f"see {updater.log_path}", file=sys.stderr, flush=True)
-                updater.stop()
-                try:
-                    updater = _start_updater(args, repository, server.grpc_url)
-                except UserError as exc:  # keep serving; try again later
-                    print(f"freshrec: {exc}", file=sys.stderr, flush=True)
-                    retry_at = time.monotonic() + UPDATER_RETRY_S
-            time.sleep(0.2)
+            supervisor.check()
+            time.sleep(CHECK_EVERY_S)
     finally:
-        if updater is not None:
-            updater.stop()
-        code = server.stop()
-        print(f"freshrec stopped (tritonserver exit code {code})", flush=True)
+        code = supervisor.stop()
+        restarts = supervisor.triton_restarts
+        print(f"freshrec stopped (tritonserver exit code {code}"
+              + (f", restarted {restarts} times after crashes" if restarts else "") + ")", flush=True)
     return 0
-
-
-def _start_updater(args: argparse.Namespace, repository: Path, triton_url: str):
-    from freshrec.processes import UpdaterExited, UpdaterProcess
-
-    updater = UpdaterProcess(repository, triton_url, host=args.host, port=args.updater_port,
-                             log_path=repository.parent / "updater.log")
-    try:
-        return updater.start()
-    except UpdaterExited as exc:
-        updater.stop()
-        raise UserError(f"the updater did not start: {exc}") from exc
 
 
 def _updater_call(args: argparse.Namespace, method: str, *call_args, **kwargs):

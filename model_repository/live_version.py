@@ -55,6 +55,23 @@ def swap_blocker(serving: versions.Manifest, candidate: versions.Manifest) -> st
     return None
 
 
+def newest_good_version(model_dir: Path, *, at_most: int) -> Path:
+    """The newest version folder numbered ``at_most`` or lower that verifies in full: where a
+    model Triton just loaded starts. After a crash the newest folder may be one no publisher
+    checked (renamed, then the updater died; a byte flipped on disk); it is skipped, logged.
+    Raises VersionError when none verifies."""
+    for version in reversed(versions.list_versions(model_dir)):
+        if version > at_most:
+            continue
+        try:
+            versions.verify_version(Path(model_dir) / str(version))
+        except versions.VersionError as exc:
+            log.error("retrieve version %s does not verify, trying an older one: %s", version, exc)
+            continue
+        return Path(model_dir) / str(version)
+    raise versions.VersionError(f"no retrieve version up to {at_most} in {model_dir} verifies")
+
+
 class VersionWatcher:
     """The Retriever a running model answers from: `current`, switched by a background thread.
 

@@ -6,6 +6,7 @@ import time
 import weakref
 
 import numpy as np
+import pytest
 
 from model_repository import retrieve_schema as schema
 from model_repository import templates, versions
@@ -176,3 +177,20 @@ def test_a_version_deleted_while_being_read_is_not_refused(tmp_path, monkeypatch
 
     monkeypatch.setattr(versions, "verify_version", vanish)
     assert not watcher.check() and 2 not in watcher.refused and watcher.version == 1
+
+
+def test_a_loaded_model_starts_from_the_newest_version_that_verifies(tmp_path):
+    from model_repository.live_version import newest_good_version
+
+    repo = Repo(tmp_path)
+    repo.publish(1, seed=1)
+    repo.publish(2, seed=1, changed=7)
+    path = repo.publish(3, seed=1, changed=9)
+    shard = versions.written_shards(path, repo.model_dir / "2")[0]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF  # a flipped byte no publisher checked
+    shard.write_bytes(bytes(data))
+    assert newest_good_version(repo.model_dir, at_most=3) == repo.model_dir / "2"
+    assert newest_good_version(repo.model_dir, at_most=1) == repo.model_dir / "1"
+    with pytest.raises(versions.VersionError, match="no retrieve version up to 0"):
+        newest_good_version(repo.model_dir, at_most=0)

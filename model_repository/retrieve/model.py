@@ -15,7 +15,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from model_repository import contract as c
-from model_repository.live_version import VersionWatcher
+from model_repository.live_version import VersionWatcher, newest_good_version
 from model_repository.serving import RequestError, Retriever, answer_requests
 from model_repository.stub import bls_call, log_to_triton, responses
 
@@ -31,8 +31,9 @@ def _pack(answer):
 class TritonPythonModel:
     def initialize(self, args):
         log_to_triton()
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.watcher = VersionWatcher(version_dir.parent, self._open(version_dir), self._open).start()
+        model_dir = Path(args["model_repository"])
+        first = newest_good_version(model_dir, at_most=int(args["model_version"]))
+        self.watcher = VersionWatcher(model_dir, self._open(first), self._open).start()
 
     def _open(self, version_dir):
         retriever = Retriever(version_dir, self._tower)

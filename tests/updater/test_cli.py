@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -27,27 +29,45 @@ def freshrec(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return done
 
 
-def _updater_child(serve_pid: int) -> int | None:
+def _child(serve_pid: int, is_it) -> int | None:
+    """The pid of serve's child whose argv passes ``is_it``."""
     children = Path(f"/proc/{serve_pid}/task/{serve_pid}/children").read_text().split()
     for pid in children:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        if b"updater" in cmdline and b"-m" in cmdline:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:  # it ended meanwhile
+            continue
+        if is_it(argv):
             return int(pid)
     return None
 
 
-def test_serve_runs_triton_and_the_updater_and_the_commands_reach_them(builds, tmp_path):
-    repository = builds.copy(UPDATER, tmp_path)  # it publishes and rolls back
-    grpc_port, updater_port = free_port(), free_port()
-    updater = f"127.0.0.1:{updater_port}"
+def _updater_child(serve_pid: int) -> int | None:
+    return _child(serve_pid, lambda argv: b"updater" in argv and b"-m" in argv)
+
+
+def _triton_child(serve_pid: int) -> int | None:
+    return _child(serve_pid, lambda argv: argv[0].endswith(b"tritonserver"))
+
+
+def _serve(repository: Path, grpc_port: int, updater_port: int) -> subprocess.Popen:
     serve = subprocess.Popen(
         [sys.executable, "-m", "freshrec.cli", "serve", "--repository", str(repository),
          "--grpc-port", str(grpc_port), "--http-port", str(free_port()),
          "--metrics-port", str(free_port()), "--updater-port", str(updater_port)],
         cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    line = serve.stdout.readline()
+    assert "freshrec ready" in line, line + (serve.stdout.read() if serve.poll() is not None else "")
+    return serve
+
+
+def test_serve_runs_triton_and_the_updater_and_the_commands_reach_them(builds, tmp_path):
+    repository = builds.copy(UPDATER, tmp_path)  # it publishes and rolls back
+    grpc_port, updater_port = free_port(), free_port()
+    updater = f"127.0.0.1:{updater_port}"
+    serve = _serve(repository, grpc_port, updater_port)
     try:
-        assert "freshrec ready" in serve.stdout.readline()
         with UpdaterClient(updater) as up:
             up.wait_ready(timeout_s=READY_S)
         user_id = 123_456_789
@@ -83,3 +103,53 @@ def test_serve_runs_triton_and_the_updater_and_the_commands_reach_them(builds, t
         out, _ = serve.communicate(timeout=60)
     assert serve.returncode == 0, out
     assert "freshrec stopped" in out
+
+
+def test_serve_restarts_a_killed_tritonserver_under_load_and_keeps_the_updater(builds, tmp_path):
+    repository = builds.copy(UPDATER, tmp_path)
+    grpc_port, updater_port = free_port(), free_port()
+    url, updater = f"127.0.0.1:{grpc_port}", f"127.0.0.1:{updater_port}"
+    serve = _serve(repository, grpc_port, updater_port)
+    answered, failed, stop = [], [], threading.Event()
+
+    def ask():  # one client thread hammering recommend throughout
+        with Client(url, timeout_s=5.0) as client:
+            while not stop.is_set():
+                try:
+                    client.recommend(1, k=3)
+                    answered.append(time.monotonic())
+                except Exception:  # noqa: BLE001 - failures are expected while it restarts
+                    failed.append(time.monotonic())
+                    time.sleep(0.05)
+
+    asker = threading.Thread(target=ask)
+    try:
+        with UpdaterClient(updater) as up:
+            up.wait_ready(timeout_s=READY_S)
+        updater_pid, triton_pid = _updater_child(serve.pid), _triton_child(serve.pid)
+        asker.start()
+        wait_until(lambda: len(answered) > 20, timeout_s=READY_S, what="answers under load")
+        killed_at = time.monotonic()
+        os.kill(triton_pid, signal.SIGKILL)
+        wait_until(lambda: failed and answered[-1] > failed[-1] > killed_at, timeout_s=READY_S,
+                   what="answers again after the kill")
+        back_s = answered[-1] - killed_at
+        print(f"answers again {back_s:.1f} s after SIGKILL of tritonserver "
+              f"({len([t for t in failed if t > killed_at])} failed requests meanwhile)")
+        assert _triton_child(serve.pid) not in (None, triton_pid)
+        assert _updater_child(serve.pid) == updater_pid  # the updater kept running
+        with UpdaterClient(updater) as up, Client(url) as client:
+            assert up.status()["triton_restarts"] == 1
+            sent = up.feedback(987_654, 3, "click")
+            published = up.publish()  # publishing works against the restarted server
+            assert published["feedback_offset"] >= sent.last_offset
+            assert client.recommend(987_654, k=2).version == published["version"]
+    finally:
+        stop.set()
+        if asker.is_alive():
+            asker.join()
+        serve.send_signal(signal.SIGINT)
+        out, _ = serve.communicate(timeout=60)
+    assert serve.returncode == 0, out
+    assert "tritonserver exited (code -9); restarting it" in out
+    assert "freshrec stopped (tritonserver exit code 0, restarted 1 times after crashes)" in out
