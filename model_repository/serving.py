@@ -32,6 +32,7 @@ import kernels
 from model_repository import contract as c
 from model_repository import retrieve_schema as schema
 from model_repository import versions
+from model_repository.live_history import LiveHistoryReader
 from model_repository.pooling import recency_weights
 from model_repository.projection import TextProjection
 from model_repository.tower import NumpyTower
@@ -221,10 +222,13 @@ class IdMap:
 class Retriever:
     """A loaded retrieve version answering batches of queries."""
 
-    def __init__(self, version_dir: Path, tower: TowerFn | None = None):
+    def __init__(self, version_dir: Path, tower: TowerFn | None = None, *,
+                 live_history: LiveHistoryReader | None = None):
         """``tower``: (user_emb, history_emb) -> query, each (B, d) float32; used only when the
-        version has no tower tables of its own."""
+        version has no tower tables of its own. ``live_history``: each user's recent items as
+        they happen (model_repository.live_history), ahead of the version's stored history."""
         self.version_dir = Path(version_dir)
+        self.live_history = live_history
         self.manifest, tables = versions.load_tables(self.version_dir)
         self.meta = schema.RetrieveMeta.from_manifest(self.manifest)
         # plain ndarray views of the memory maps: every slice of an np.memmap runs Python-level
@@ -291,12 +295,17 @@ class Retriever:
         return [part[part >= 0] for part in np.split(rows, np.cumsum(sizes)[:-1])]
 
     def _histories(self, queries: list[Query], user_rows: np.ndarray) -> list[np.ndarray]:
-        """Each query's history rows: its HISTORY (ids not in the catalogue ignored) if it sent
-        one, else the user's stored history, else nothing."""
+        """Each query's history rows: its HISTORY if it sent one, else the user's live history,
+        else the history the version stored for the user, else nothing (ids not in this
+        version's catalogue are ignored). One live-history read and one id look-up per batch."""
         sent = [q.history if q.history is not None and q.history.size else None for q in queries]
-        histories = self._item_rows_per_query(sent)
+        asking = [q.user_id for q, h in zip(queries, sent) if h is None and q.user_id is not None]
+        live = self.live_history.recent(asking) if self.live_history is not None and asking else {}
+        chosen = [h if h is not None or q.user_id is None else live.get(q.user_id)
+                  for q, h in zip(queries, sent)]
+        histories = self._item_rows_per_query(chosen)
         for i, row in enumerate(user_rows):
-            if sent[i] is None and row >= 0:
+            if chosen[i] is None and row >= 0:
                 stored = np.asarray(self.user_history[row])
                 histories[i] = stored[stored >= 0]
         return histories

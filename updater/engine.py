@@ -24,9 +24,11 @@ import numpy as np
 
 from model_repository import contract as c
 from model_repository import retrieve_schema as schema
+from model_repository.live_history import LiveHistory, history_path
 from model_repository.projection import TextProjection, rows_from_text
 from model_repository.tower import TOWER_FILE, NumpyTower
 from updater import faults
+from updater.events import positives
 from updater.feedback_log import FeedbackLog
 from updater.publisher import Publisher, PublishError
 from updater.settings import PublishPolicy, TrainerConfig
@@ -66,6 +68,7 @@ class Engine:
                  policy: PublishPolicy | None = None, trainer_config: TrainerConfig | None = None):
         self.log = feedback_log
         self.publisher = publisher
+        self.live_history: LiveHistory | None = None  # opened by recover()
         self.policy = policy or PublishPolicy()
         self.trainer_config = trainer_config or TrainerConfig()
         self.trainer: SparseTrainer | None = None
@@ -95,9 +98,31 @@ class Engine:
         behind = self.log.last_offset() - manifest.feedback_offset
         log.info("recovered at retrieve %s (offset %s); %s log events to replay",
                  manifest.version, manifest.feedback_offset, max(behind, 0))
+        self.live_history = LiveHistory(history_path(self.publisher.model_dir),
+                                        history_len=self.trainer.history_len)
+        self._catch_up_live_history()
         for user_id in self.log.pending_forgets():
             log.warning("redoing the forget of a user interrupted by a crash")
             self._forget(user_id, deleted=0)
+
+    def _catch_up_live_history(self) -> None:
+        """Apply the log events the live history has not seen (a crash between the log's commit
+        and the history's, or a store deleted by hand): it is rebuilt from the log."""
+        caught_up = 0
+        while True:
+            events = self.log.read_after(self.live_history.applied_offset(), limit=READ_BATCH)
+            if not events:
+                break
+            self.live_history.append(positives(events), offset=events[-1].offset)
+            caught_up += len(events)
+        if caught_up:
+            log.warning("live history caught up with %d log events", caught_up)
+
+    def record_live(self, events: list) -> None:
+        """The intake's step after each durable append: the users' live histories move at once,
+        before Feedback.Send replies (read-your-writes), whatever the publish cadence."""
+        if events and self.live_history is not None:
+            self.live_history.append(positives(events), offset=events[-1].offset)
 
     def start(self) -> None:
         self._thread.start()
@@ -246,6 +271,7 @@ class Engine:
         return self._forget(user_id, deleted=deleted)
 
     def _forget(self, user_id: int, *, deleted: int) -> tuple[int, int, list[int]]:
+        self.live_history.forget(user_id)
         self._consume()  # the user's events are gone from the log; everyone else's go in
         had_row = self.trainer.forget_user(user_id)
         if had_row or self._pending():

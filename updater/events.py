@@ -76,3 +76,9 @@ def label(event: Event) -> float:
     if event.kind == "skip":
         return -LABEL_WEIGHTS["skip"]
     return LABEL_WEIGHTS[event.kind]
+
+
+def positives(events) -> list[tuple[int, int]]:
+    """(user_id, item_id) of the events that enter a user's history (label > 0), in order: skips
+    and negative or neutral ratings train rows but are not something the user wants more of."""
+    return [(e.user_id, e.item_id) for e in events if label(e) > 0]

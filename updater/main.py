@@ -126,6 +126,8 @@ def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -
     finally:
         server.stop(grace=2).wait()
         engine.stop()
+        if engine.live_history is not None:
+            engine.live_history.close()
         feedback_log.close()
         triton.close()
         log.warning("updater stopped")

@@ -9,6 +9,7 @@ taken. Admin calls run on the engine thread and wait for it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent import futures
 from pathlib import Path
@@ -45,6 +46,9 @@ class FeedbackService(pb_grpc.FeedbackServicer):
     def __init__(self, feedback_log: FeedbackLog, engine: Engine):
         self.log = feedback_log
         self.engine = engine
+        # the log's order is the live history's order: two Sends must not interleave between
+        # their log append and their history append
+        self._intake = threading.Lock()
 
     def _take(self, events, first_index: int, reply: pb.SendReply) -> None:
         valid = []
@@ -55,7 +59,9 @@ class FeedbackService(pb_grpc.FeedbackServicer):
             except EventError as exc:
                 reply.rejected.add(index=index, event_id=e.event_id, field=exc.field,
                                    reason=exc.reason)
-        stored, duplicates = self.log.append(valid) if valid else ([], [])
+        with self._intake:
+            stored, duplicates = self.log.append(valid) if valid else ([], [])
+            self.engine.record_live(stored)
         reply.accepted += len(stored)
         reply.duplicate_event_ids.extend(duplicates)
         if stored:

@@ -1,7 +1,8 @@
 """Triton python backend: `retrieve`. Template, copied into every version folder; edit it here only.
 
 Requests -> model_repository.serving.answer_requests (decode, check, Retriever) -> one response
-per request in request order. Newer data-only versions are switched to between batches by a
+per request in request order. Each user's live history (model_repository.live_history) is read
+on every batch. Newer data-only versions are switched to between batches by a
 watcher thread (model_repository.live_version), with no Triton reload. The user tower runs in
 numpy from the version's own tables (only versions written before those call `user_tower`
 through BLS); QUERY_TEXT is embedded by `text_encoder`, called through BLS.
@@ -15,6 +16,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from model_repository import contract as c
+from model_repository.live_history import LiveHistoryReader, history_path
 from model_repository.live_version import VersionWatcher, newest_good_version
 from model_repository.serving import RequestError, Retriever, answer_requests
 from model_repository.stub import bls_call, log_to_triton, responses
@@ -32,11 +34,12 @@ class TritonPythonModel:
     def initialize(self, args):
         log_to_triton()
         model_dir = Path(args["model_repository"])
+        self.live_history = LiveHistoryReader(history_path(model_dir))
         first = newest_good_version(model_dir, at_most=int(args["model_version"]))
         self.watcher = VersionWatcher(model_dir, self._open(first), self._open).start()
 
     def _open(self, version_dir):
-        retriever = Retriever(version_dir, self._tower)
+        retriever = Retriever(version_dir, self._tower, live_history=self.live_history)
         if retriever.tower_from_tables:  # a BLS call cannot run before initialize returns
             retriever.warm_up()
         return retriever
@@ -60,3 +63,4 @@ class TritonPythonModel:
 
     def finalize(self):
         self.watcher.stop()
+        self.live_history.close()

@@ -1,0 +1,175 @@
+"""Each user's recent positive items, live: written on every durable event, read on every request.
+
+A history used to move only when a version was published, and real users act in bursts: by the
+time the version holding a burst's first events served, the burst was mostly over (on public
+rating logs the same model answered 2.6-5.7x better given the current history). So the history
+is live state beside the versions, not part of them:
+
+    updater intake:  Feedback.Send -> feedback log (durable) -> LiveHistory.append -> reply
+    retrieve:        every batch -> LiveHistory.recent(user ids) -> pooled into the query
+
+Read-your-writes: once Send has replied, the user's next request sees the event. Versions keep
+their `user_history` table as a snapshot (recovery, and users with no live row yet); a request's
+HISTORY still overrides both.
+
+The embedded store is one SQLite file in WAL mode (readers never block the writer) beside the
+retrieve versions, `<repository>/retrieve/live/history.sqlite` (Triton ignores non-numeric
+folders in a model folder; so does `versions.list_versions`), so the updater and retrieve find it
+with no configuration. One row per user: the last `history_len` item ids, most recent last, as
+int64 bytes. It is rebuildable from the feedback log, so commits are not fsynced
+(synchronous=NORMAL) and `applied_offset` says how far the log has been applied: the updater
+replays the log after it on start. `LiveHistory` is the interface a Redis store can serve later
+(a list per user: RPUSH + LTRIM, read with one pipeline per batch).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+LIVE_DIR = "live"
+HISTORY_FILE = "history.sqlite"
+REOPEN_EVERY_S = 1.0  # a reader whose store does not exist yet looks for it again this often
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS history (user_id INTEGER PRIMARY KEY, items BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS applied (id INTEGER PRIMARY KEY CHECK (id = 0), "offset" INTEGER);
+INSERT OR IGNORE INTO applied (id, "offset") VALUES (0, 0);
+"""
+
+
+def history_path(model_dir: Path) -> Path:
+    """Where the live history of a retrieve model folder lives."""
+    return Path(model_dir) / LIVE_DIR / HISTORY_FILE
+
+
+class LiveHistory:
+    """The writer's side (the updater): thread-safe, one connection, one lock."""
+
+    def __init__(self, path: Path, *, history_len: int):
+        if history_len < 1:
+            raise ValueError(f"history_len must be >= 1, got {history_len!r}")
+        self.path = Path(path)
+        self.history_len = history_len
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # rebuildable from the durable feedback log (applied_offset): no fsync per commit
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA secure_delete=ON")  # a forgotten user's bytes are overwritten
+        self._db.executescript(_SCHEMA)
+
+    def append(self, positives: Iterable[tuple[int, int]], *, offset: int) -> None:
+        """Add (user_id, item_id) positives, in order, in one transaction, and record that the
+        log is applied up to ``offset``. Each user keeps the last ``history_len`` items."""
+        added: dict[int, list[int]] = {}
+        for user_id, item_id in positives:
+            added.setdefault(int(user_id), []).append(int(item_id))
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for user_id, items in added.items():
+                    row = self._db.execute("SELECT items FROM history WHERE user_id = ?",
+                                           (user_id,)).fetchone()
+                    old = np.frombuffer(row[0], dtype=np.int64) if row else np.zeros(0, np.int64)
+                    new = np.concatenate([old, np.asarray(items, np.int64)])[-self.history_len:]
+                    self._db.execute("INSERT OR REPLACE INTO history (user_id, items) VALUES (?, ?)",
+                                     (user_id, new.tobytes()))
+                self._db.execute('UPDATE applied SET "offset" = MAX("offset", ?) WHERE id = 0',
+                                 (int(offset),))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def applied_offset(self) -> int:
+        with self._lock:
+            return int(self._db.execute('SELECT "offset" FROM applied WHERE id = 0').fetchone()[0])
+
+    def recent(self, user_id: int) -> np.ndarray:
+        """The user's live history, item ids (int64), most recent last; empty when none."""
+        with self._lock:
+            row = self._db.execute("SELECT items FROM history WHERE user_id = ?",
+                                   (int(user_id),)).fetchone()
+        return np.frombuffer(row[0], dtype=np.int64).copy() if row else np.zeros(0, np.int64)
+
+    def forget(self, user_id: int) -> bool:
+        """Delete a user's history (the bytes too, out of the WAL). Returns whether there was one."""
+        with self._lock:
+            deleted = self._db.execute("DELETE FROM history WHERE user_id = ?",
+                                       (int(user_id),)).rowcount
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return bool(deleted)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class LiveHistoryReader:
+    """The reader's side (retrieve): one query per batch. Until the store exists (no updater has
+    run yet) every user has no live history, and the file is looked for again every
+    REOPEN_EVERY_S. Thread-safe (a lock), though retrieve reads it from one thread."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._db: sqlite3.Connection | None = None
+        self._inode: int | None = None
+        self._next_look = 0.0
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection | None:
+        if self._db is not None:
+            try:  # one stat a batch: a store deleted and rebuilt is a new file to open
+                if os.stat(self.path).st_ino == self._inode:
+                    return self._db
+            except OSError:
+                pass
+            self._db.close()
+            self._db = None
+            self._next_look = 0.0
+        if time.monotonic() >= self._next_look:
+            self._next_look = time.monotonic() + REOPEN_EVERY_S
+            try:
+                self._inode = os.stat(self.path).st_ino
+                self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                           isolation_level=None, check_same_thread=False)
+            except (OSError, sqlite3.Error) as exc:
+                log.debug("live history %s not readable yet: %s", self.path, exc)
+        return self._db
+
+    def recent(self, user_ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """user id -> live history (item ids, most recent last) for the users that have one."""
+        wanted = sorted({int(u) for u in user_ids})
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
+        with self._lock:
+            db = self._connection()
+            if db is None:
+                return {}
+            try:
+                rows = db.execute(f"SELECT user_id, items FROM history WHERE user_id IN ({marks})",
+                                  wanted).fetchall()
+            except sqlite3.Error as exc:  # e.g. the file replaced under us: open it again
+                log.warning("live history read failed, reopening: %s", exc)
+                db.close()
+                self._db = None
+                return {}
+        return {int(u): np.frombuffer(items, dtype=np.int64) for u, items in rows}
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
