@@ -28,7 +28,6 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -38,7 +37,6 @@ log = logging.getLogger(__name__)
 
 LIVE_DIR = "live"
 HISTORY_FILE = "history.sqlite"
-REOPEN_EVERY_S = 1.0  # a reader whose store does not exist yet looks for it again this often
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (user_id INTEGER PRIMARY KEY, items BLOB NOT NULL);
@@ -118,33 +116,33 @@ class LiveHistory:
 
 class LiveHistoryReader:
     """The reader's side (retrieve): one query per batch. Until the store exists (no updater has
-    run yet) every user has no live history, and the file is looked for again every
-    REOPEN_EVERY_S. Thread-safe (a lock), though retrieve reads it from one thread."""
+    run yet) every user has no live history. Thread-safe (a lock), though retrieve reads it from
+    one thread."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
         self._inode: int | None = None
-        self._next_look = 0.0
         self._lock = threading.Lock()
 
     def _connection(self) -> sqlite3.Connection | None:
+        """The open store, or None while it does not exist. One stat per batch: a store that
+        appears (the updater started) or is deleted and rebuilt is opened afresh at once."""
+        try:
+            inode = os.stat(self.path).st_ino
+        except OSError:
+            inode = None
+        if self._db is not None and inode == self._inode:
+            return self._db
         if self._db is not None:
-            try:  # one stat a batch: a store deleted and rebuilt is a new file to open
-                if os.stat(self.path).st_ino == self._inode:
-                    return self._db
-            except OSError:
-                pass
             self._db.close()
             self._db = None
-            self._next_look = 0.0
-        if time.monotonic() >= self._next_look:
-            self._next_look = time.monotonic() + REOPEN_EVERY_S
+        if inode is not None:
             try:
-                self._inode = os.stat(self.path).st_ino
                 self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
                                            isolation_level=None, check_same_thread=False)
-            except (OSError, sqlite3.Error) as exc:
+                self._inode = inode
+            except sqlite3.Error as exc:
                 log.debug("live history %s not readable yet: %s", self.path, exc)
         return self._db
 

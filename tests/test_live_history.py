@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from model_repository import live_history as lh
 from model_repository import retrieve_schema as schema
 from model_repository import versions
 from model_repository.live_history import LiveHistory, LiveHistoryReader, history_path
@@ -45,8 +44,7 @@ def test_forget_deletes_the_row(store):
     assert reader.recent([1, 2]).keys() == {2}
 
 
-def test_a_reader_waits_for_a_store_that_does_not_exist_yet(tmp_path, monkeypatch):
-    monkeypatch.setattr(lh, "REOPEN_EVERY_S", 0.0)
+def test_a_reader_waits_for_a_store_that_does_not_exist_yet(tmp_path):
     path = history_path(tmp_path / "retrieve")
     reader = LiveHistoryReader(path)
     assert reader.recent([1]) == {}

@@ -49,7 +49,7 @@ def test_each_reply_is_visible_to_the_next_request_under_load_without_a_publish(
                     up.feedback(user, item, "click")
                     seen = client.recommend(user, k=len(items), exclude_seen=True)
                     # built from exactly the live history so far: its items are the ones excluded
-                    assert set(seen.item_ids.tolist()).isdisjoint(clicked[:clicked.index(item) + 1])
+                    assert set(seen.item_ids).isdisjoint(clicked[:clicked.index(item) + 1])
                     assert len(seen.item_ids) == len(items) - clicked.index(item) - 1
                 assert client.recommend(user, k=1).version == version  # nothing was published
     finally:
@@ -79,4 +79,4 @@ def test_forget_user_and_a_restart_cover_the_live_history(stack, start_updater):
         up.forget_user(user)
         # no history left: EXCLUDE_SEEN excludes nothing
         everything = client.recommend(user, k=len(tables["item_ids"]), exclude_seen=True)
-        assert everything.item_ids.size == len(tables["item_ids"])
+        assert len(everything.item_ids) == len(tables["item_ids"])
