@@ -13,7 +13,9 @@ pooling, tower, score_topk and answer assembly) on a version written by the expo
 - the tower the way retrieve ran it before versions carried tower tables: the ONNX user tower
   in onnxruntime (one thread, as the `user_tower` model runs it; the BLS hop it also cost is not
   in this number);
-- torch: the same tower in torch and `topk(queries @ items.T)` without exclusions (the peer).
+- torch: the same tower in torch and `topk(queries @ items.T)` without exclusions (the peer);
+- `answer` again with the live history store (model_repository.live_history) holding 20 recent
+  items for every user, and that store's read for the batch alone: what live user state costs.
 
 Half the requests send a HISTORY of 1-20 items and all exclude what they have seen, as the load
 test does. The difference between `answer` and its parts is per-request Python work.
@@ -50,7 +52,7 @@ def _queries(batch: int, n_users: int, n_items: int, seed: int):
     return out
 
 
-def _time_batch(retriever, session, tower_t, items_t, batch: int, *, n_users: int,
+def _time_batch(retriever, live, session, tower_t, items_t, batch: int, *, n_users: int,
                 n_items: int, repeat: int) -> list:
     import torch
 
@@ -72,8 +74,11 @@ def _time_batch(retriever, session, tower_t, items_t, batch: int, *, n_users: in
         with torch.no_grad():
             return torch.topk(tower_t(user_t, pooled_t) @ items_t.T, K)
 
+    asking = [q.user_id for q in queries if q.history is None]
     times = time_side_by_side({
         "answer": lambda: retriever.answer(queries),
+        "answer, live history": lambda: live.answer(queries),
+        "live read": lambda: live.live_history.recent(asking),
         "tower": lambda: retriever.tower(user_emb, pooled),
         "score_topk": lambda: kernels.score_topk(query_vecs, retriever.item_rows, K,
                                                  exclude=(offsets, excluded)),
@@ -82,9 +87,23 @@ def _time_batch(retriever, session, tower_t, items_t, batch: int, *, n_users: in
         "torch": torch_peer,
     }, warmup=3, repeat=repeat)
     per = {name: t.median_s * 1e6 / batch for name, t in times.items()}
-    return [batch, per["answer"], per["tower"], per["onnx tower"], per["score_topk"],
-            per["answer"] - per["tower"] - per["score_topk"], per["torch"],
-            per["torch"] / per["answer"]]
+    return [batch, per["answer"], per["answer, live history"], per["live read"], per["tower"],
+            per["onnx tower"], per["score_topk"], per["answer"] - per["tower"] - per["score_topk"],
+            per["torch"], per["torch"] / per["answer"]]
+
+
+def _with_live_history(model_dir: Path, n_users: int, n_items: int):
+    """The same version served with a live history store holding 20 recent items for every
+    user (model_repository.live_history), as retrieve reads it on every batch."""
+    from model_repository.live_history import LiveHistory, LiveHistoryReader, history_path
+    from model_repository.serving import Retriever
+
+    rng = np.random.default_rng(3)
+    store = LiveHistory(history_path(model_dir), history_len=20)
+    store.append([(u, int(i)) for u in range(1, n_users + 1)
+                  for i in rng.integers(1, n_items + 1, size=20)], offset=1)
+    store.close()
+    return Retriever(model_dir / "1", live_history=LiveHistoryReader(history_path(model_dir)))
 
 
 def run(n_items: int, n_users: int, batches, repeat: int) -> None:
@@ -103,13 +122,14 @@ def run(n_items: int, n_users: int, batches, repeat: int) -> None:
         repository = write_repository(model, Path(scratch) / "repository", tensorrt=False).repository
         retriever = Retriever(repository / c.RETRIEVE / "1")
         assert retriever.tower_from_tables
+        live = _with_live_history(repository / c.RETRIEVE, n_users, n_items)
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         session = ort.InferenceSession(str(repository / c.USER_TOWER / "1" / "model.onnx"), options,
                                        providers=["CPUExecutionProvider"])
         items_t = torch.from_numpy(np.array(retriever.item_rows))  # a writable copy
         for batch in batches:
-            rows.append(_time_batch(retriever, session, model.tower, items_t, batch,
+            rows.append(_time_batch(retriever, live, session, model.tower, items_t, batch,
                                     n_users=n_users, n_items=n_items, repeat=repeat))
     print(machine_header([
         f"model: N = {n_items} items x d = {model.item_rows.shape[1]} fp32, {n_users} users, "
@@ -118,8 +138,8 @@ def run(n_items: int, n_users: int, batches, repeat: int) -> None:
         "onnxruntime on one thread, as a python model instance runs; OPENBLAS_NUM_THREADS="
         f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}",
     ]))
-    print_table(["batch", "answer us/req", "tower", "onnx tower", "score_topk", "rest",
-                 "torch us/req", "torch / answer"], rows)
+    print_table(["batch", "answer us/req", "+ live history", "live read", "tower", "onnx tower",
+                 "score_topk", "rest", "torch us/req", "torch / answer"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
