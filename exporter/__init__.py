@@ -7,3 +7,6 @@ build, the data it trained on. The names are here, importable without torch, so 
 
 REPOSITORY_DIR = "repository"  # DIR/repository: what tritonserver serves
 DATA_DIR = "data"              # DIR/data: the generated ratings and items (synthetic builds)
+# `freshrec build`'s time for choosing its settings on a validation slice (exporter.search):
+# the issue's bound, at most 5 minutes on 2 cores for 500k events
+DEFAULT_SEARCH_BUDGET_S = 300.0

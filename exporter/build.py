@@ -20,11 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from exporter import DATA_DIR, REPOSITORY_DIR
+from exporter import DATA_DIR, DEFAULT_SEARCH_BUDGET_S, REPOSITORY_DIR
 from exporter import data as datasets
 from exporter.evaluate import evaluate, format_quality_table
 from exporter.onnx_export import build_tensorrt_plan, check_onnx_parity, export_user_tower
+from exporter.search import SearchResult
+from exporter.search import search as search_settings
 from exporter.synthetic import generate_synthetic
 from exporter.text_projection import (
     apply_text_rows,
@@ -65,6 +68,7 @@ class BuildResult:
     text_parity_max_abs_err: float | None = None  # None: built without the text encoder
     cold_quality_table: str = ""                  # "" : built without the text encoder
     cold_items: int = 0
+    search: SearchResult | None = None              # None: settings given, not searched
 
 
 @dataclass(frozen=True)
@@ -88,9 +92,10 @@ def retrieve_tables(model: TrainedModel, projection: TextProjection | None = Non
 
 
 def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = True,
-                     text: TextExport | None = None) -> BuildResult:
+                     text: TextExport | None = None, train_record: dict | None = None) -> BuildResult:
     """Export `model` as version 1 of a fresh repository (with `text_encoder` when ``text`` is
-    given). Returns what was written."""
+    given). ``train_record``: how its settings were chosen, kept in the retrieve manifest.
+    Returns what was written."""
     repository = Path(repository)
     dim = int(model.item_rows.shape[1])
     with tempfile.TemporaryDirectory(prefix="freshrec-export-") as scratch:
@@ -127,6 +132,7 @@ def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = 
             dim=dim, history_len=model.config.history_len,
             recency_decay=model.config.recency_decay, user_tower_version=FIRST_VERSION,
             text_encoder_version=FIRST_VERSION if text is not None else None,
+            popularity_weight=model.popularity_weight, train=train_record,
         ).to_dict(),
     )
     configs.write_config(repository / c.RECOMMEND, configs.recommend_config())
@@ -147,11 +153,16 @@ def build(
     progress: bool = True,
     tensorrt: bool = True,
     text_encoder: bool | None = None,
+    search: bool | None = None,
+    search_budget_s: float = DEFAULT_SEARCH_BUDGET_S,
 ) -> BuildResult:
     """Train on the earliest 80 % of events, evaluate on the rest, export version 1 under out/.
 
     ``text_encoder``: export MiniLM as `text_encoder`, learn the text projection, hold cold items
-    out and report their quality; None (the default) means "when the items have titles"."""
+    out and report their quality; None (the default) means "when the items have titles".
+    ``search``: choose the settings and the popularity prior on a validation slice of the
+    training window (exporter.search) within ``search_budget_s``; None (the default) means "when
+    no ``config`` is given"; with a ``config`` and no search, the prior stays off."""
     out = Path(out)
     repository = out / REPOSITORY_DIR
     if repository.exists():
@@ -176,22 +187,44 @@ def build(
     cold_ids = pick_cold_items(dataset.items) if text_encoder else np.zeros(0, np.int64)
     train = drop_items(train, cold_ids)  # cold items: held out of training entirely
     log.info("training on %d events, evaluating on %d", len(train), len(test))
-    model = train_base_model(train, items=dataset.items, config=config or TrainConfig(),
+    chosen = None
+    if search if search is not None else config is None:
+        say = tqdm.write if progress else log.info
+        chosen = search_settings(train, items=dataset.items, base=config or TrainConfig(),
+                                 budget_s=search_budget_s, say=say)
+    model = train_base_model(train, items=dataset.items,
+                             config=chosen.config if chosen else config or TrainConfig(),
                              progress=progress)
+    model.popularity_weight = chosen.popularity_weight if chosen else 0.0
+    record = chosen.record() if chosen else None
     if not text_encoder:
         quality = format_quality_table(evaluate(model, train, test))
-        result = write_repository(model, repository, tensorrt=tensorrt)
+        result = write_repository(model, repository, tensorrt=tensorrt, train_record=record)
         return BuildResult(repository, ratings, quality, result.onnx_max_abs_err,
-                           result.tensorrt_plan)
+                           result.tensorrt_plan, search=chosen)
     with tempfile.TemporaryDirectory(prefix="freshrec-text-") as scratch:
         text, parity = _text_export(model, dataset.items, Path(scratch), tensorrt=tensorrt)
         quality = format_quality_table(evaluate(model, train, test))
         cold = format_quality_table(cold_item_quality(model, train, test, cold_ids),
                                     columns=COLD_TABLE_COLUMNS)
-        result = write_repository(model, repository, tensorrt=tensorrt, text=text)
+        result = write_repository(model, repository, tensorrt=tensorrt, text=text,
+                                  train_record=record)
     return BuildResult(repository, ratings, quality, result.onnx_max_abs_err, result.tensorrt_plan,
                        text_parity_max_abs_err=parity, cold_quality_table=cold,
-                       cold_items=int(cold_ids.size))
+                       cold_items=int(cold_ids.size), search=chosen)
+
+
+def describe_choice(chosen: SearchResult) -> str:
+    """What the search chose, in a line or two (the CLI prints it)."""
+    c = chosen.config
+    line = (f"chosen on the validation slice: dim {c.dim}, epochs {c.epochs}, lr {c.lr:g}, "
+            f"l2 {c.l2:g}, negatives {c.negatives}, popularity weight {chosen.popularity_weight:g} "
+            f"(valid recall@10 {chosen.valid['recall@10']:.4f} vs popularity "
+            f"{chosen.popularity_valid['recall@10']:.4f})")
+    if chosen.loses_to_popularity:
+        line += ("\nwarning: on validation the model still loses to popularity; it is served with "
+                 "the popularity prior that scored best, which ranks close to popularity")
+    return line
 
 
 def _text_export(model: TrainedModel, items: datasets.Items, scratch: Path, *, tensorrt: bool

@@ -17,6 +17,7 @@ import torch
 
 from exporter.data import Interactions
 from exporter.train import TrainedModel
+from model_repository.scoring import popularity_prior
 
 log = logging.getLogger(__name__)
 
@@ -124,16 +125,18 @@ def popularity_scorer(item_popularity: np.ndarray) -> ScoreFn:
 
 
 def model_scorer(model: TrainedModel, *, use_user_rows: bool = True) -> ScoreFn:
-    """Scores ``query @ item_rows.T``, the query from each user's row (or a zero row when
-    ``use_user_rows`` is False) and stored history."""
+    """Scores ``query @ item_rows.T`` plus the model's popularity prior, as serving scores, the
+    query from each user's row (or a zero row when ``use_user_rows`` is False) and stored
+    history."""
     queries = model.user_queries(use_user_rows=use_user_rows)
+    prior = popularity_prior(model.item_popularity, model.popularity_weight)
 
     def score(user_ids: np.ndarray) -> np.ndarray:
         rows = np.searchsorted(model.user_ids, user_ids).clip(max=len(model.user_ids) - 1)
         unknown = model.user_ids[rows] != user_ids
         if unknown.any():
             raise ValueError(f"user ids without a row in the model: {user_ids[unknown][:5]}")
-        return queries[rows] @ model.item_rows.T
+        return queries[rows] @ model.item_rows.T + prior
 
     return score
 

@@ -10,9 +10,11 @@ negatives when the catalogue is larger than ``negatives``).
 
 from __future__ import annotations
 
+import copy
 import logging
 import numbers
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,7 +157,8 @@ class TrainedModel:
     user_ids (U,) / item_ids (I,): int64 external ids of each row; user_rows (U, d) and
     item_rows (I, d): float32; user_history (U, history_len): int64 item rows of each user's last
     training events, most recent last, -1 padded on the left; item_popularity (I,): float32
-    training-window event counts; tower: eval mode.
+    training-window event counts; tower: eval mode; popularity_weight: the weight of the
+    popularity prior in the score, chosen on a validation slice (exporter.search), 0 for none.
     """
 
     user_ids: np.ndarray
@@ -166,6 +169,7 @@ class TrainedModel:
     item_popularity: np.ndarray
     tower: UserTower
     config: TrainConfig
+    popularity_weight: float = 0.0  # the score's popularity prior (model_repository.scoring)
 
     def user_queries(self, user_index: np.ndarray | None = None, *,
                      use_user_rows: bool = True) -> np.ndarray:
@@ -253,12 +257,15 @@ def _batch_loss(user_table: nn.Embedding, item_table: nn.Embedding, tower: UserT
 
 
 def train_base_model(train: Interactions, *, items: Items | None = None,
-                     config: TrainConfig = TrainConfig(), progress: bool = True) -> TrainedModel:
+                     config: TrainConfig = TrainConfig(), progress: bool = True,
+                     on_epoch: Callable[[int, TrainedModel], bool] | None = None) -> TrainedModel:
     """Train user rows, item rows and the user tower on time-sorted training interactions.
 
     Each event is one example: (its user, its item, the user's previous ``history_len`` items).
     The catalogue is every item of ``items`` plus every item seen in ``train``; users are those
     seen in ``train``. Deterministic for ``config.seed`` (torch's global RNG is left untouched).
+    ``on_epoch(epoch, model)``, if given, sees a copy of the model after each epoch (1-based)
+    and returns False to stop training there (early stopping, exporter.search).
     """
     if len(train) == 0:
         raise ValueError("train has no interactions")
@@ -280,6 +287,21 @@ def train_base_model(train: Interactions, *, items: Items | None = None,
         tower = UserTower(config.dim)
     params = [*user_table.parameters(), *item_table.parameters(), *tower.parameters()]
     optimizer = torch.optim.Adam(params, lr=config.lr)
+
+    def _snapshot() -> TrainedModel:
+        """The model as trained so far, its tables and tower copied (training goes on)."""
+        frozen = copy.deepcopy(tower)  # not a new UserTower: its init would draw global RNG
+        return TrainedModel(
+            user_ids=user_ids.astype(np.int64),
+            item_ids=item_ids.astype(np.int64),
+            user_rows=user_table.weight.detach().numpy().astype(np.float32, copy=True),
+            item_rows=item_table.weight.detach().numpy().astype(np.float32, copy=True),
+            user_history=seqs.last_histories(len(user_ids), history_len).astype(np.int64),
+            item_popularity=np.bincount(item_index, minlength=len(item_ids)).astype(np.float32),
+            tower=frozen.eval(),
+            config=config,
+        )
+
     n_batches = -(-n_events // config.batch_size)
     bar = tqdm(total=config.epochs * n_batches, desc="train", unit="batch", disable=not progress)
     for epoch in range(config.epochs):
@@ -299,19 +321,12 @@ def train_base_model(train: Interactions, *, items: Items | None = None,
             bar.update(1)
         bar.set_postfix(epoch=epoch + 1, loss=f"{total / n_batches:.4f}")
         log.debug("epoch %d: mean loss %.4f", epoch + 1, total / n_batches)
+        if on_epoch is not None and not on_epoch(epoch + 1, _snapshot()):
+            break
     bar.close()
     log.info("trained %d users x %d items on %d events in %.1f s", len(user_ids), len(item_ids),
              n_events, time.perf_counter() - started)
-    return TrainedModel(
-        user_ids=user_ids.astype(np.int64),
-        item_ids=item_ids.astype(np.int64),
-        user_rows=user_table.weight.detach().numpy().astype(np.float32, copy=True),
-        item_rows=item_table.weight.detach().numpy().astype(np.float32, copy=True),
-        user_history=seqs.last_histories(len(user_ids), history_len).astype(np.int64),
-        item_popularity=np.bincount(item_index, minlength=len(item_ids)).astype(np.float32),
-        tower=tower.eval(),
-        config=config,
-    )
+    return _snapshot()
 
 
 __all__ = [

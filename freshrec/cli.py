@@ -17,6 +17,9 @@ log = logging.getLogger("freshrec")
 
 
 
+TRAIN_FLAGS = ("dim", "epochs", "lr", "l2", "negatives")  # `build` flags that set TrainConfig fields
+
+
 class UserError(Exception):
     """Something the user can fix; printed as one line."""
 
@@ -29,18 +32,30 @@ def _id_list(text: str) -> list[int]:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from exporter.build import BuildError, build
-    from exporter.data import DataError
+    from dataclasses import replace
 
+    from exporter.build import BuildError, build, describe_choice
+    from exporter.data import DataError
+    from exporter.train import TrainConfig
+
+    given = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
+    try:
+        config = replace(TrainConfig(), **given) if given else None
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
     started = time.monotonic()
     try:
         result = build(
             args.out, data=args.data, items=args.items, synthetic=args.synthetic, force=args.force,
             progress=not args.quiet, text_encoder=False if args.no_text_encoder else None,
+            config=config, search=False if args.no_search or given else None,
+            search_budget_s=args.search_budget_s,
         )
     except (BuildError, DataError) as exc:
         raise UserError(str(exc)) from exc
     print(f"data: {result.ratings}")
+    if result.search is not None:
+        print(describe_choice(result.search))
     print("quality on the latest 20% of events by time (trained on the earliest 80%):")
     print(result.quality_table)
     print(f"user tower exported to ONNX (max |onnx - torch| = {result.onnx_max_abs_err:.2e})")
@@ -241,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_loadtest_parser(sub)
 
+    from exporter import DEFAULT_SEARCH_BUDGET_S  # a constant: light
+
     p = sub.add_parser("build", help="train a base model and export a Triton model repository")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="ratings file: u.data, ratings.dat or ratings.csv")
@@ -252,6 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-text-encoder", action="store_true",
                    help="no text_encoder model, text projection or cold-item hold-out "
                         "(default: built when the items have titles)")
+    p.add_argument("--no-search", action="store_true",
+                   help="train with the default settings instead of choosing them on a "
+                        "validation slice (no popularity prior)")
+    p.add_argument("--search-budget-s", type=float, default=DEFAULT_SEARCH_BUDGET_S,
+                   help=f"time for choosing the settings (default {DEFAULT_SEARCH_BUDGET_S:g}; the "
+                        "first candidate always runs)")
+    for name, kind, what in (("dim", int, "embedding size"), ("epochs", int, "training epochs"),
+                             ("lr", float, "learning rate"), ("l2", float, "L2 regularisation"),
+                             ("negatives", int, "sampled negatives per batch")):
+        p.add_argument(f"--{name}", type=kind, help=f"{what} (given settings turn the search off)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("serve", help="start tritonserver on a model repository")

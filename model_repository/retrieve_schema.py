@@ -20,7 +20,8 @@ a table is one edit here.
                                          versions built with the text encoder
 
 The meta (`RetrieveMeta`) rides in the manifest's ``meta``: dimensions, the pooling decay, the
-text blend weight and the versions of the models retrieve calls.
+text blend weight, the popularity prior's weight (model_repository.scoring), the versions of the
+models retrieve calls, and how the build chose its settings (`train`, for the record).
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ class RetrieveMeta:
     user_tower_version: int = 1         # the user_tower version trained with these rows
     text_encoder_version: int | None = None  # None: built without the text encoder
     text_weight: float = c.DEFAULT_TEXT_WEIGHT  # model_repository.serving.blend_text
+    popularity_weight: float = 0.0     # model_repository.scoring: the prior's weight (0: none)
+    train: dict | None = None          # the build's chosen settings and validation (a record)
 
     def __post_init__(self):
         for name in ("dim", "history_len", "user_tower_version"):
@@ -93,8 +96,9 @@ class RetrieveMeta:
         if not 0 < self.recency_decay <= 1:
             raise SchemaError(f"retrieve meta recency_decay must be in (0, 1], "
                               f"got {self.recency_decay!r}")
-        if not self.text_weight >= 0:
-            raise SchemaError(f"retrieve meta text_weight must be >= 0, got {self.text_weight!r}")
+        for name in ("text_weight", "popularity_weight"):
+            if not getattr(self, name) >= 0:
+                raise SchemaError(f"retrieve meta {name} must be >= 0, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
         return {name: value for name, value in asdict(self).items() if value is not None}

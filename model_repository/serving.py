@@ -6,7 +6,8 @@ unknown user gets a zero user row and is served from the request's HISTORY, or f
 when there is none. Rows -> query: the history is pooled with recency weights (kernels.gather_pool)
 and the user tower turns (user row, pooled history) into a query: in numpy from the version's
 own tower tables (model_repository.tower), or through the `TowerFn` given for a version written
-before those tables existed. Query -> answer: one fused score + top-K pass over the item table
+before those tables existed. Query -> answer: one fused score + top-K pass over the item table (the
+popularity prior, when the version has one, as one more column: model_repository.scoring)
 (kernels.score_topk) with per-request exclusions. Id look-ups run once per batch, not per query.
 
 Text (QUERY_TEXT): the text's embedding (the `text_encoder` model, through the `TextFn` given)
@@ -35,6 +36,7 @@ from model_repository import versions
 from model_repository.live_history import LiveHistoryReader
 from model_repository.pooling import recency_weights
 from model_repository.projection import TextProjection
+from model_repository.scoring import popularity_prior, queries_with_prior, rows_with_prior
 from model_repository.tower import NumpyTower
 
 log = logging.getLogger(__name__)
@@ -246,6 +248,12 @@ class Retriever:
         self.popular_rows = np.lexsort((np.arange(popularity.size), -popularity))
         self.popularity = popularity
         self.decay = self.meta.recency_decay
+        # what queries are scored against: the item rows, with the popularity prior as one more
+        # column when the version has one (model_repository.scoring; an (I, d+1) copy)
+        self.score_rows = self.item_rows
+        if self.meta.popularity_weight > 0:
+            self.score_rows = rows_with_prior(
+                self.item_rows, popularity_prior(popularity, self.meta.popularity_weight))
         own_tower = NumpyTower.from_tables(tables)
         self.tower_from_tables = own_tower is not None
         self.tower: TowerFn | None = own_tower if own_tower is not None else tower
@@ -377,8 +385,10 @@ class Retriever:
         np.cumsum([e.size for e in ex_lists], out=ex_offsets[1:])
         ex_ids = np.concatenate(ex_lists).astype(np.int64) if ex_offsets[-1] else np.zeros(0, np.int64)
         k_max = max(queries[i].k for i in picked)
+        if self.score_rows is not self.item_rows:  # the popularity prior's column
+            query_vecs = queries_with_prior(query_vecs)
         scores, item_rows = kernels.score_topk(
-            query_vecs, self.item_rows, k_max, exclude=(ex_offsets, ex_ids)
+            query_vecs, self.score_rows, k_max, exclude=(ex_offsets, ex_ids)
         )
         out = []
         for row, i in enumerate(picked):
