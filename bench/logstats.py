@@ -80,6 +80,11 @@ def _top_items(item_ids: np.ndarray, k: int) -> set[int]:
     return set(ids[order].tolist())
 
 
+def _overlap(a: set[int], b: set[int]) -> float:
+    """|a & b| over the smaller set's size (DRIFT_TOP_K on any real log; less on a tiny one)."""
+    return len(a & b) / min(len(a), len(b)) if a and b else math.nan
+
+
 def log_stats(inter: Interactions) -> LogStats:
     """Shape statistics of a time-sorted log (``Interactions`` are sorted on construction).
 
@@ -126,8 +131,8 @@ def log_stats(inter: Interactions) -> LogStats:
         session_gap_h_p50=float(np.median(between)) / 3600 if between.size else math.nan,
         top1pct_item_share=float(np.sort(item_counts)[::-1][:top_k].sum() / n),
         items_new_in_latest_20pct=float((first_index >= cut).mean()),
-        top100_overlap_first_last=(len(_top_items(inter.item_ids[:head], DRIFT_TOP_K)
-                                       & _top_items(latest, DRIFT_TOP_K)) / DRIFT_TOP_K),
+        top100_overlap_first_last=_overlap(_top_items(inter.item_ids[:head], DRIFT_TOP_K),
+                                           _top_items(latest, DRIFT_TOP_K)),
         test_events_user_active_in_test=(1.0 - len(np.unique(test_users)) / len(test_users)
                                          if len(test_users) else math.nan),
         test_events_user_in_train=(float(np.isin(test_users, inter.user_ids[:cut]).mean())
