@@ -100,7 +100,11 @@ SMALL_CONFIG = TrainConfig(dim=16, epochs=8, lr=0.01, batch_size=512, seed=1)
 
 @pytest.fixture(scope="module")
 def small_split():
-    dataset = generate_synthetic(n_users=300, n_items=200, n_events=12_000, seed=1)
+    # Users come and go in sessions (exporter.synthetic), so only those active on both sides of
+    # the time split are evaluated: about 280 here. Recall@10 model / popularity over generator
+    # seeds 1-3 was 1.32-1.49 here, 1.07-1.10 on the earlier 300 users x 200 items (about 100
+    # users evaluated, where the old generator gave 1.54) and 1.14-1.55 on 800 x 250.
+    dataset = generate_synthetic(n_users=1000, n_items=400, n_events=40_000, seed=1)
     train, test = split_by_time(dataset.interactions)
     return dataset.items, train, test
 
@@ -121,7 +125,7 @@ def test_training_beats_popularity(small_split, small_model):
     rows = evaluate(small_model, train, test, extra={
         "random": random_scorer(len(small_model.item_ids))})
     model, popularity = rows["model"], rows["popularity"]
-    # measured: model 0.32, history only 0.32, popularity 0.22, random 0.06 recall@10
+    # measured: model 0.18, history only 0.19, popularity 0.14, random 0.04 recall@10
     assert model["recall@10"] > 1.2 * popularity["recall@10"], format_quality_table(rows)
     assert model["ndcg@10"] > popularity["ndcg@10"], format_quality_table(rows)
     assert rows["history only"]["recall@10"] > popularity["recall@10"], format_quality_table(rows)
@@ -134,7 +138,7 @@ def test_sampled_negatives_learn(small_split):
     config = TrainConfig(dim=16, epochs=8, lr=0.01, batch_size=512, negatives=64, seed=1)
     model = train_base_model(train, items=items, config=config, progress=False)
     rows = evaluate(model, train, test, extra={"random": random_scorer(len(model.item_ids))})
-    # measured: 0.21 vs 0.06 for random scores (full softmax is better here, see above)
+    # measured: 0.16 vs 0.04 for random scores (full softmax is better here, see above)
     assert rows["model"]["recall@10"] > 2 * rows["random"]["recall@10"], format_quality_table(rows)
 
 
