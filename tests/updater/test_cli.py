@@ -139,7 +139,10 @@ def test_serve_restarts_a_killed_tritonserver_under_load_and_keeps_the_updater(b
         assert _triton_child(serve.pid) not in (None, triton_pid)
         assert _updater_child(serve.pid) == updater_pid  # the updater kept running
         with UpdaterClient(updater) as up, Client(url) as client:
-            assert up.status()["triton_restarts"] == 1
+            # counted once the supervisor has seen the new server ready, which can be a poll
+            # after the first answer
+            wait_until(lambda: up.status()["triton_restarts"] == 1, timeout_s=READY_S,
+                       what="the restart to be counted")
             sent = up.feedback(987_654, 3, "click")
             published = up.publish()  # publishing works against the restarted server
             assert published["feedback_offset"] >= sent.last_offset
