@@ -64,7 +64,31 @@ class Peer(Protocol):
         ...
 
 
-class ALSPeer:
+class _FactorPeer:
+    """implicit's matrix factorisations: `_fitted` fits one on the matrix; scores are dot
+    products of its user and item factors."""
+
+    name = ""
+    settings: dict = {}
+
+    def describe(self) -> str:
+        return f"{self.name} " + ", ".join(f"{key.replace('_', ' ')} {value}"
+                                           for key, value in self.settings.items()
+                                           if key != "random_state")
+
+    def _fitted(self, matrix: sp.csr_matrix):
+        raise NotImplementedError
+
+    def fit(self, matrix: sp.csr_matrix) -> None:
+        model = self._fitted(matrix)
+        self.user_factors = np.asarray(model.user_factors)
+        self.item_factors = np.asarray(model.item_factors)
+
+    def scores(self, user_rows: np.ndarray) -> np.ndarray:
+        return self.user_factors[user_rows] @ self.item_factors.T
+
+
+class ALSPeer(_FactorPeer):
     """implicit's AlternatingLeastSquares (conjugate gradient), confidence 1 + alpha * x."""
 
     name = "ALS"
@@ -74,12 +98,7 @@ class ALSPeer:
         self.settings = dict(factors=factors, regularization=regularization, iterations=iterations,
                              alpha=alpha, random_state=seed)
 
-    def describe(self) -> str:
-        s = self.settings
-        return f"ALS {s['factors']} factors, regularization {s['regularization']}, " \
-               f"{s['iterations']} iterations, alpha {s['alpha']}"
-
-    def fit(self, matrix: sp.csr_matrix) -> None:
+    def _fitted(self, matrix: sp.csr_matrix):
         from implicit.als import AlternatingLeastSquares
         from threadpoolctl import threadpool_limits
 
@@ -88,14 +107,10 @@ class ALSPeer:
         with threadpool_limits(1, "blas"):
             model = AlternatingLeastSquares(**self.settings, use_gpu=False)
             model.fit(matrix, show_progress=False)
-        self.user_factors = np.asarray(model.user_factors)
-        self.item_factors = np.asarray(model.item_factors)
-
-    def scores(self, user_rows: np.ndarray) -> np.ndarray:
-        return self.user_factors[user_rows] @ self.item_factors.T
+        return model
 
 
-class BPRPeer:
+class BPRPeer(_FactorPeer):
     """implicit's BayesianPersonalizedRanking (SGD on sampled (user, positive, negative) triples;
     its factors carry an item bias column)."""
 
@@ -107,24 +122,27 @@ class BPRPeer:
         self.settings = dict(factors=factors, learning_rate=learning_rate,
                              regularization=regularization, iterations=iterations, random_state=seed)
 
-    def describe(self) -> str:
-        s = self.settings
-        return f"BPR {s['factors']} factors, learning rate {s['learning_rate']}, " \
-               f"regularization {s['regularization']}, {s['iterations']} iterations"
-
-    def fit(self, matrix: sp.csr_matrix) -> None:
+    def _fitted(self, matrix: sp.csr_matrix):
         from implicit.bpr import BayesianPersonalizedRanking
 
         model = BayesianPersonalizedRanking(**self.settings, use_gpu=False)
         model.fit(matrix, show_progress=False)
-        self.user_factors = np.asarray(model.user_factors)
-        self.item_factors = np.asarray(model.item_factors)
+        return model
+
+
+class _ItemItemPeer:
+    """Item-item models: `fit` sets `weights`, an (I, I) matrix (sparse or dense); a user's
+    scores are their row of the fitted matrix times it."""
+
+    def _keep(self, matrix: sp.csr_matrix, weights) -> None:
+        self.matrix, self.weights = matrix, weights
 
     def scores(self, user_rows: np.ndarray) -> np.ndarray:
-        return self.user_factors[user_rows] @ self.item_factors.T
+        product = self.matrix[user_rows] @ self.weights
+        return np.asarray(product.todense() if sp.issparse(product) else product, dtype=np.float32)
 
 
-class ItemKNNPeer:
+class ItemKNNPeer(_ItemItemPeer):
     """implicit's CosineRecommender: item-item cosine similarity, each item's `neighbours` most
     similar kept; a user's score of an item sums its similarities to the user's items."""
 
@@ -145,14 +163,10 @@ class ItemKNNPeer:
             # matrix, to ItemItemRecommender.fit, which then warns that it expected CSR
             warnings.filterwarnings("ignore", message="Method expects CSR input")
             model.fit(matrix, show_progress=False)
-        self.matrix = matrix
-        self.similarity = model.similarity.tocsr()
-
-    def scores(self, user_rows: np.ndarray) -> np.ndarray:
-        return np.asarray((self.matrix[user_rows] @ self.similarity).todense(), dtype=np.float32)
+        self._keep(matrix, model.similarity.tocsr())
 
 
-class EASEPeer:
+class EASEPeer(_ItemItemPeer):
     """EASE (Steck, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW 2019), closed form:
     P = (X^T X + l2 I)^-1, B = I - P diag(1 / diag(P)), so diag(B) = 0; scores = X B. Dense
     (I, I) float64: 0.65 GiB and an I^3 inverse at I = 9,066 (ml-latest-small)."""
@@ -171,11 +185,7 @@ class EASEPeer:
         inverse = np.linalg.inv(gram)
         weights = inverse / -np.diag(inverse)  # column j divided by -P_jj
         weights[np.diag_indices_from(weights)] = 0.0
-        self.matrix = matrix
-        self.weights = weights.astype(np.float32)
-
-    def scores(self, user_rows: np.ndarray) -> np.ndarray:
-        return np.asarray(self.matrix[user_rows] @ self.weights, dtype=np.float32)
+        self._keep(matrix, weights.astype(np.float32))
 
 
 def make_peers(*, seed: int = 0) -> list[Peer]:

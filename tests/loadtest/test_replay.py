@@ -37,6 +37,10 @@ TRAIN = _events([(1, 1, 1), (1, 2, 2), (2, 1, 3)])
 TEST = _events([(1, 3, 10), (1, 4, 11), (2, 2, 12), (1, 3, 13), (3, 5, 14)])
 
 
+def _pairs(events):
+    return list(zip(events.user_ids.tolist(), events.item_ids.tolist()))
+
+
 class FixedRecommender:
     """Always the same ranking minus the exclusions; records what the replay did, in order."""
 
@@ -48,7 +52,7 @@ class FixedRecommender:
         return [top_k_excluding(FIXED_RANKING, e, k) for e in excludes]
 
     def learn(self, events):
-        self.calls.append(("learn", list(zip(events.user_ids.tolist(), events.item_ids.tolist()))))
+        self.calls.append(("learn", _pairs(events)))
 
 
 def test_replay_asks_before_learning_with_seen_items_excluded():
@@ -80,7 +84,7 @@ class StreamingFixed(FixedRecommender):
     """FixedRecommender that is also sent each event after its question."""
 
     def send(self, events):
-        self.calls.append(("send", list(zip(events.user_ids.tolist(), events.item_ids.tolist()))))
+        self.calls.append(("send", _pairs(events)))
 
 
 def test_streamed_replay_asks_each_run_then_sends_it_then_learns_the_window():
@@ -127,7 +131,7 @@ class LastItemNext:
         return answers
 
     def send(self, events):
-        for user, item in zip(events.user_ids.tolist(), events.item_ids.tolist()):
+        for user, item in _pairs(events):
             self.last[user] = item
 
     def learn(self, events):
