@@ -1,22 +1,36 @@
-"""Online-learning quality: a prequential replay of the latest events, with peers in the same run.
+"""Recommendation quality as users meet it: two protocols, every peer in the same run.
 
-    python -m bench.quality                      # synthetic data (the generator's defaults)
-    python -m bench.quality --data PATH          # u.data, ratings.dat or ratings.csv
-    python -m bench.quality --quick              # 20 % of the replay, fewer windows
+    python -m bench.quality                              # prequential replay, synthetic data
+    python -m bench.quality --data PATH                  # u.data, ratings.dat or ratings.csv
+    python -m bench.quality --window-events 50 --score-every 20
+    python -m bench.quality --protocol split             # what `freshrec build` reports, with peers
+    python -m bench.quality --quick                      # 20 % of the replay
 
-Train the base model on the earliest 80 % of events by time (exporter.train, as `freshrec build`
-does), serve it with the real tritonserver, then walk the remaining events in time order in
-windows (bench.replay: each event is first asked, excluding what its user has already seen, then
-the window is learned). Rows, all on the same questions:
+Both train the base model on the earliest 80 % of events by time (exporter.train defaults, as
+`freshrec build` does).
+
+`--protocol prequential` (default) serves it with the real tritonserver and walks the remaining
+events in time order (bench.replay): each event is first asked (top 50, the user's seen items
+excluded), then learned. Rows, all on the same questions:
 - popularity: counts of every event so far, recounted after each window;
-- static base model: Triton `recommend` on the base model, nothing learned;
-- freshrec online: the same server, the window's events sent as feedback through the updater
-  sidecar (a real `python -m updater` process) and published (Admin Publish) before the next;
-- ALS (implicit), retrained from scratch on all events so far before each scored window: the
-  expensive, fair upper reference.
-"update s" is what learning cost: for freshrec the wall time from the first feedback of a
-window until Triton serves a version holding it, for ALS the fits; "ask s" is the time spent
-answering the questions (over gRPC for the served rows, in-process numpy for the others).
+- static base model: Triton `recommend` on the base model; no feedback, so no learning and no
+  live history (the version's stored history of each user's training events);
+- static + app-sent history: the same server, the app sending the user's last `--app-history`
+  items (everything before the event) as HISTORY with each request; nothing sent back;
+- freshrec online: streamed; each event is sent as feedback (Feedback.Send, each with its own
+  timestamp) right after its question, so the live history serves the user's next event, and
+  the updater (a real `python -m updater`, no publish of its own) publishes the row updates
+  once per window (Admin.Publish);
+- ALS, BPR, item-kNN, EASE (bench.peers): refitted from scratch on all events so far before each
+  scored window;
+- SASRec (RecBole, bench.sasrec; optional extra `bench-seq`): trained once on the training
+  window, each event predicted from the user's events before it.
+"update s" is what learning cost: freshrec's feedback sends and publishes, the peers' fits;
+"ask s" the time spent answering (over gRPC for the served rows, in-process for the others).
+
+`--protocol split` reports recall@K / NDCG@K on the latest 20 % with each user's training items
+excluded (exporter.evaluate, so the model's rows equal `freshrec build --no-text-encoder`'s)
+beside popularity and the peers fitted on the same training window.
 """
 
 from __future__ import annotations
@@ -28,10 +42,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
+from bench.peers import RetrainedPeer, make_peers, peer_scorer
 from bench.replay import (
     DEFAULT_WINDOW_EVENTS,
+    NO_AUTO_PUBLISH_ARGS,
+    AppHistoryRecommender,
+    OnlineRecommender,
     PopularityRecommender,
     ReplayResult,
     ServedRecommender,
@@ -42,78 +58,10 @@ from exporter.data import Interactions
 
 log = logging.getLogger(__name__)
 
-# ALS settings picked for the peer, not for us: on the synthetic set's first 4 windows recall@10
-# was 0.11 / 0.15 / 0.18 / 0.20 / 0.17 with 128 / 64 / 32 / 16 / 8 factors; regularization
-# 0.05-2 and alpha 1-4 moved it by < 0.02 (alpha 40: 0.13)
-ALS_FACTORS = 16
-ALS_REGULARIZATION = 0.05
-ALS_ITERATIONS = 15
-ALS_ALPHA = 1.0
-
-
-class ALSRecommender:
-    """implicit's ALS on binary user x item interactions, refitted from scratch on everything
-    learned so far before answering, whenever something new was learned. Users without a row
-    (first seen after the last fit) get the popularity ranking, as freshrec serves them."""
-
-    def __init__(self, train: Interactions, *, factors: int = ALS_FACTORS,
-                 regularization: float = ALS_REGULARIZATION, iterations: int = ALS_ITERATIONS,
-                 alpha: float = ALS_ALPHA, seed: int = 0):
-        self.parts = [train]
-        self.settings = dict(factors=factors, regularization=regularization, iterations=iterations,
-                             alpha=alpha, random_state=seed)
-        self.popularity = PopularityRecommender(train)
-        self.stale = True
-        self.fits = 0
-        self.fit_s = 0.0
-
-    def learn(self, events: Interactions) -> None:
-        self.parts.append(events)
-        self.popularity.learn(events)
-        self.stale = True
-
-    def _fit(self) -> None:
-        import scipy.sparse as sp
-        from implicit.cpu.als import AlternatingLeastSquares
-        from threadpoolctl import threadpool_limits
-
-        started = time.perf_counter()
-        users = np.concatenate([p.user_ids for p in self.parts])
-        items = np.concatenate([p.item_ids for p in self.parts])
-        self.user_ids, user_rows = np.unique(users, return_inverse=True)
-        self.item_ids, item_rows = np.unique(items, return_inverse=True)
-        matrix = sp.csr_matrix((np.ones(len(users), np.float32), (user_rows, item_rows)),
-                               shape=(len(self.user_ids), len(self.item_ids)))
-        matrix.data[:] = 1.0  # repeats count once: binary interactions, as the metrics see them
-        # implicit asks for a single-threaded BLAS (its own threads do the work); it checks in
-        # the constructor
-        with threadpool_limits(1, "blas"):
-            model = AlternatingLeastSquares(**self.settings)
-            model.fit(matrix, show_progress=False)
-        self.user_factors = np.asarray(model.user_factors)
-        self.item_factors = np.asarray(model.item_factors)
-        self.stale = False
-        self.fits += 1
-        self.fit_s += time.perf_counter() - started
-
-    def recommend(self, user_ids, excludes, k):
-        if self.stale:
-            self._fit()
-        rows = np.searchsorted(self.user_ids, user_ids).clip(max=len(self.user_ids) - 1)
-        known = self.user_ids[rows] == user_ids
-        answers = []
-        k_eff = min(k, len(self.item_ids))
-        for row, is_known, exclude in zip(rows, known, excludes):
-            if not is_known:
-                answers.append(self.popularity.recommend(None, [exclude], k)[0])
-                continue
-            scores = self.item_factors @ self.user_factors[row]
-            columns = np.searchsorted(self.item_ids, exclude).clip(max=len(self.item_ids) - 1)
-            scores[columns[self.item_ids[columns] == exclude]] = -np.inf
-            top = np.argpartition(-scores, k_eff - 1)[:k_eff]
-            top = top[np.argsort(-scores[top], kind="stable")]
-            answers.append(self.item_ids[top[np.isfinite(scores[top])]])
-        return answers
+PROTOCOLS = ("prequential", "split")
+# the issue's measurement: the app sends the last 50 items it saw the user act on
+DEFAULT_APP_HISTORY = 50
+RATIO_KEYS = ("recall@10", "recall@50", "ndcg@10")
 
 
 def load_events(data: Path | None, *, seed: int):
@@ -125,103 +73,200 @@ def load_events(data: Path | None, *, seed: int):
     return read_dataset(data), str(data)
 
 
+def train_on_the_cut(data: Path | None, *, seed: int):
+    """(dataset, source, train, test, model, train seconds): the earliest 80 % trains the base
+    model with exporter.train's defaults, as `freshrec build` does."""
+    from exporter.data import split_by_time
+    from exporter.train import TrainConfig, train_base_model
+
+    dataset, source = load_events(data, seed=seed)
+    train, test = split_by_time(dataset.interactions)
+    started = time.perf_counter()
+    model = train_base_model(train, items=dataset.items, config=TrainConfig(seed=seed), progress=False)
+    return dataset, source, train, test, model, time.perf_counter() - started
+
+
 def _row(name: str, result: ReplayResult, update_s: float, ask_s: float) -> list:
     m = result.metrics
     return [name, m["recall@10"], m["recall@50"], m["ndcg@10"], result.scored, update_s, ask_s]
 
 
-def run_bench(*, data: Path | None, window_events: int, replay_fraction: float, score_every: int,
-              seed: int, updater_args: tuple[str, ...] = ()) -> None:
-    from exporter.build import write_repository
-    from exporter.data import split_by_time
-    from exporter.train import TrainConfig, train_base_model
+def _served_rows(repository: Path, scratch: Path, train: Interactions, test: Interactions, *,
+                 window_events: int, scored: list[int], app_history: int,
+                 updater_args: tuple[str, ...]) -> tuple[list, dict[str, ReplayResult]]:
     from freshrec.stack import serving_stack
     from model_repository import contract as c
 
+    rows, results = [], {}
+    with serving_stack(repository, models=(c.USER_TOWER, c.RETRIEVE, c.RECOMMEND),
+                       log_dir=scratch) as stack:
+        # the rows that send no feedback first: the updater below changes what the server answers
+        static = ServedRecommender(stack.grpc_url)
+        try:
+            results["static"] = replay(train, test, static, window_events=window_events,
+                                       scored_windows=scored)
+        finally:
+            static.close()
+        rows.append(_row("static base model (Triton, no feedback)", results["static"], 0.0,
+                         results["static"].recommend_s))
+        app = AppHistoryRecommender(stack.grpc_url, train, history_len=app_history)
+        try:
+            results["app"] = replay(train, test, app, window_events=window_events,
+                                    scored_windows=scored)
+        finally:
+            app.close()
+        rows.append(_row(f"static + app-sent history (last {app_history})", results["app"], 0.0,
+                         results["app"].recommend_s))
+        updater = stack.start_updater(args=NO_AUTO_PUBLISH_ARGS + updater_args)
+        online = OnlineRecommender(stack.grpc_url, updater.url)
+        try:
+            result = replay(train, test, online, window_events=window_events, scored_windows=scored)
+        finally:
+            online.close()
+            stack.stop_updaters()
+        results["online"] = result
+        rows.append(_row(f"freshrec online (streamed feedback, {online.publishes} publishes)", result,
+                         result.send_s + result.learn_s, result.recommend_s))
+    return rows, results
+
+
+def run_prequential(*, data: Path | None, window_events: int, replay_fraction: float,
+                    score_every: int, app_history: int, seed: int, sasrec: bool, sasrec_epochs: int,
+                    updater_args: tuple[str, ...] = ()) -> None:
+    from exporter.build import write_repository
+
     started = time.perf_counter()
-    dataset, source = load_events(data, seed=seed)
-    train, test = split_by_time(dataset.interactions)
+    dataset, source, train, test, model, train_s = train_on_the_cut(data, seed=seed)
     test = test.take(slice(0, max(1, int(round(len(test) * replay_fraction)))))
     n_windows = -(-len(test) // window_events)
     scored = list(range(0, n_windows, score_every))
-    fitting = time.perf_counter()
-    model = train_base_model(train, items=dataset.items, config=TrainConfig(seed=seed), progress=False)
-    train_s = time.perf_counter() - fitting
-    rows = []
+    rows: list = []
+    popularity = PopularityRecommender(train)
+    result = replay(train, test, popularity, window_events=window_events, scored_windows=scored)
+    rows.append(_row("popularity (recounted per window)", result, result.learn_s, result.recommend_s))
     with tempfile.TemporaryDirectory(prefix="freshrec-quality-") as scratch:
         repository = write_repository(model, Path(scratch) / "repository", tensorrt=False).repository
-        with serving_stack(repository, models=(c.USER_TOWER, c.RETRIEVE, c.RECOMMEND),
-                           log_dir=Path(scratch)) as stack:
-            popularity = PopularityRecommender(train)
-            result = replay(train, test, popularity, window_events=window_events, scored_windows=scored)
-            rows.append(_row("popularity (recounted per window)", result, result.learn_s,
-                             result.recommend_s))
-            # static first: the updater below changes what the server answers
-            static = ServedRecommender(stack.grpc_url)
-            try:
-                result = replay(train, test, static, window_events=window_events, scored_windows=scored)
-            finally:
-                static.close()
-            rows.append(_row("static base model (Triton)", result, 0.0, result.recommend_s))
-            static_metrics = result.metrics
-            updater = stack.start_updater(args=updater_args)
-            online = ServedRecommender(stack.grpc_url, updater_url=updater.url)
-            try:
-                result = replay(train, test, online, window_events=window_events, scored_windows=scored)
-            finally:
-                online.close()
-                stack.stop_updaters()
-            rows.append(_row("freshrec online (Triton + updater)", result, result.learn_s,
-                             result.recommend_s))
-            online_result = result
-    als = ALSRecommender(train, seed=seed)
-    result = replay(train, test, als, window_events=window_events, scored_windows=scored)
-    rows.append(_row(f"ALS retrained per window ({als.fits} fits)", result, als.fit_s,
-                     result.recommend_s - als.fit_s))
-    als_result = result
+        served_rows, served = _served_rows(repository, Path(scratch), train, test,
+                                           window_events=window_events, scored=scored,
+                                           app_history=app_history, updater_args=updater_args)
+    rows += served_rows
+    peers: dict[str, ReplayResult] = {}
+    notes = []
+    for peer in make_peers(seed=seed):
+        retrained = RetrainedPeer(peer, train)
+        result = replay(train, test, retrained, window_events=window_events, scored_windows=scored)
+        rows.append(_row(f"{peer.name} retrained per window ({retrained.fits} fits)", result,
+                         retrained.fit_s, result.recommend_s - retrained.fit_s))
+        peers[peer.name] = result
+        notes.append(peer.describe())
+    if sasrec:
+        sasrec_row = _sasrec_row(train, test, window_events=window_events, scored=scored,
+                                 epochs=sasrec_epochs, seed=seed)
+        if sasrec_row is not None:
+            row, result, note = sasrec_row
+            rows.append(row)
+            peers["SASRec"] = result
+            notes.append(note)
     print(machine_header([
         f"data: {source}: {len(dataset.interactions)} events; base model trained on the earliest "
         f"{len(train)} (80 %) in {train_s:.1f} s (exporter.train defaults, d = {model.config.dim})",
         f"replay: {len(test)} events after the cut in {n_windows} windows of {window_events}, "
-        f"{len(scored)} windows scored (every {score_every}), all learned; each event asked "
-        "before its window is learned, the user's seen items excluded; K = 50",
-        f"ALS: implicit {_implicit_version()}, factors {ALS_FACTORS}, regularization "
-        f"{ALS_REGULARIZATION}, {ALS_ITERATIONS} iterations, binary interactions",
-        f"updater: {' '.join(updater_args) or 'default settings'}; feedback kind click for every event",
+        f"{len(scored)} windows scored (every {score_every}), all learned; each event asked before "
+        "it is learned, the user's seen items excluded; K = 50; "
+        f"freshrec online asked in {served['online'].runs} runs of distinct users",
+        f"peers: implicit {_version('implicit')}; " + "; ".join(notes) + "; binary interactions",
+        f"updater: {' '.join(updater_args) or 'default settings'}, publishing only when asked; "
+        "feedback kind click for every event, each with its own timestamp",
         f"whole run {time.perf_counter() - started:.0f} s",
     ]))
     print_table(["recommender", "recall@10", "recall@50", "ndcg@10", "events", "update s", "ask s"],
                 rows)
-    online_m, als_m = online_result.metrics, als_result.metrics
-    update_ratio = online_result.learn_s / als.fit_s if als.fit_s else float("nan")
-    print(f"freshrec online vs static: recall@10 x{_ratio(online_m, static_metrics, 'recall@10')}, "
-          f"ndcg@10 x{_ratio(online_m, static_metrics, 'ndcg@10')}; vs retrained ALS: recall@10 "
-          f"x{_ratio(online_m, als_m, 'recall@10')}, ndcg@10 x{_ratio(online_m, als_m, 'ndcg@10')}, "
-          f"update time x{update_ratio:.2f} of ALS's")
+    online = served["online"]
+    best = max(peers, key=lambda name: peers[name].metrics["recall@10"])
+    print(f"freshrec online vs static + app-sent history: {_ratios(online, served['app'])}")
+    print(f"freshrec online vs the best peer ({best}, by recall@10): {_ratios(online, peers[best])}")
 
 
-def _ratio(ours: dict, theirs: dict, key: str) -> str:
-    return f"{ours[key] / theirs[key]:.2f}" if theirs[key] else "n/a"
+def _sasrec_row(train: Interactions, test: Interactions, *, window_events: int, scored: list[int],
+                epochs: int, seed: int):
+    """(table row, result, header note), or None with the reason printed when RecBole is missing."""
+    from bench.sasrec import SASRecRecommender, recbole_missing
+
+    missing = recbole_missing()
+    if missing:
+        print(f"SASRec row skipped: {missing}")
+        return None
+    with tempfile.TemporaryDirectory(prefix="freshrec-sasrec-") as scratch:
+        sasrec = SASRecRecommender(train, workdir=Path(scratch), epochs=epochs, seed=seed)
+        result = replay(train, test, sasrec, window_events=window_events, scored_windows=scored)
+    row = _row(f"SASRec trained once ({epochs} epochs), streamed history", result, sasrec.fit_s,
+               result.recommend_s)
+    return row, result, sasrec.describe()
 
 
-def _implicit_version() -> str:
+def run_split(*, data: Path | None, seed: int) -> None:
+    from exporter.evaluate import evaluate
+
+    started = time.perf_counter()
+    dataset, source, train, test, model, train_s = train_on_the_cut(data, seed=seed)
+    extra, fit_s, notes = {}, {"model": train_s}, []
+    for peer in make_peers(seed=seed):
+        extra[peer.name], fit_s[peer.name] = peer_scorer(peer, train, model.item_ids)
+        notes.append(peer.describe())
+    results = evaluate(model, train, test, extra=extra)
+    print(machine_header([
+        f"data: {source}: {len(dataset.interactions)} events; train on the earliest {len(train)} "
+        f"(80 %), evaluate on the latest {len(test)} (exporter.evaluate: users known in training, "
+        f"their training items excluded, targets their new items; {len(model.item_ids)} items)",
+        f"base model: exporter.train defaults (d = {model.config.dim}), as `freshrec build "
+        "--no-text-encoder` trains and reports it",
+        f"peers: implicit {_version('implicit')}; " + "; ".join(notes) + "; binary interactions",
+        f"whole run {time.perf_counter() - started:.0f} s",
+    ]))
+    rows = [[name, m["recall@10"], m["ndcg@10"], m["recall@50"], m["ndcg@50"], int(m["users"]),
+             fit_s.get(name, 0.0)] for name, m in results.items()]
+    print_table(["scorer", "recall@10", "ndcg@10", "recall@50", "ndcg@50", "users", "fit s"], rows)
+    best = max(extra, key=lambda name: results[name]["recall@10"])
+    ours = results["model"]
+    print(f"base model vs the best peer ({best}, by recall@10): "
+          + ", ".join(f"{k} x{_ratio(ours[k], results[best][k])}" for k in ("recall@10", "ndcg@10")))
+
+
+def _ratios(ours: ReplayResult, theirs: ReplayResult) -> str:
+    return ", ".join(f"{k} x{_ratio(ours.metrics[k], theirs.metrics[k])}" for k in RATIO_KEYS)
+
+
+def _ratio(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.2f}" if theirs else "n/a"
+
+
+def _version(package: str) -> str:
     from importlib.metadata import version
 
-    return version("implicit")
+    return version(package)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.splitlines()[0])
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="prequential",
+                        help="prequential replay through the server (default) or build's time split")
     parser.add_argument("--data", type=Path, help="ratings file (default: the synthetic generator)")
     parser.add_argument("--window-events", type=int, default=DEFAULT_WINDOW_EVENTS,
-                        help=f"events per replay window (default {DEFAULT_WINDOW_EVENTS})")
+                        help=f"events per replay window: one publish, one peer refit each "
+                             f"(default {DEFAULT_WINDOW_EVENTS})")
+    parser.add_argument("--app-history", type=int, default=DEFAULT_APP_HISTORY,
+                        help="items the app sends as HISTORY in the static + app-sent history row "
+                             f"(default {DEFAULT_APP_HISTORY})")
     parser.add_argument("--replay-fraction", type=float, default=1.0,
                         help="replay only this leading share of the events after the cut")
     parser.add_argument("--score-every", type=int, default=1,
-                        help="score every n-th window only (all are learned; ALS fits n x less)")
+                        help="score every n-th window only (all are learned; peers fit n x less)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--updater-args", default="",
                         help="extra flags for the updater process, e.g. \"--lr 0.002\"")
+    parser.add_argument("--no-sasrec", action="store_true", help="leave the SASRec row out")
+    parser.add_argument("--sasrec-epochs", type=int, default=None,
+                        help="SASRec training epochs (default: bench.sasrec's)")
     parser.add_argument("--quick", action="store_true", help="replay 20 %% of the events")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -229,9 +274,18 @@ def main(argv: list[str] | None = None) -> int:
         args.replay_fraction = min(args.replay_fraction, 0.2)
     if args.window_events < 1 or args.score_every < 1 or not 0 < args.replay_fraction <= 1:
         parser.error("--window-events and --score-every must be >= 1, --replay-fraction in (0, 1]")
-    run_bench(data=args.data, window_events=args.window_events, replay_fraction=args.replay_fraction,
-              score_every=args.score_every, seed=args.seed,
-              updater_args=tuple(shlex.split(args.updater_args)))
+    if args.app_history < 1:
+        parser.error("--app-history must be >= 1")
+    if args.protocol == "split":
+        run_split(data=args.data, seed=args.seed)
+        return 0
+    from bench.sasrec import DEFAULT_EPOCHS
+
+    run_prequential(data=args.data, window_events=args.window_events,
+                    replay_fraction=args.replay_fraction, score_every=args.score_every,
+                    app_history=args.app_history, seed=args.seed, sasrec=not args.no_sasrec,
+                    sasrec_epochs=args.sasrec_epochs or DEFAULT_EPOCHS,
+                    updater_args=tuple(shlex.split(args.updater_args)))
     return 0
 
 

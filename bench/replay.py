@@ -3,28 +3,37 @@
 Walk the events after the training cut in time order, in windows of `window_events`. For each
 event, first ask the recommender for that user's top K, excluding every item the user has been
 seen with so far (training events and earlier replayed events, kept client-side), and score a
-hit if the event's item is in it; only then does the window's events go to the recommender as
-feedback (`learn`). A window's questions are asked together (`recommend` gets the batch), which
-is the same as asking one by one because nothing learns inside a window; the exclusion of each
-question is the user's seen set at that event's moment.
+hit if the event's item is in it. Then learning, in one of two ways:
+- windowed (a plain `Recommender`): a window's questions are asked together, then the whole
+  window goes to `learn`; the same as asking one by one, because nothing learns inside a window.
+- streamed (a `StreamingRecommender`, e.g. freshrec online): each event is also handed to `send`
+  right after its question, before its user's next one (freshrec: Feedback.Send, which updates
+  the user's live history before it replies), and `learn` still closes each window (freshrec:
+  Admin.Publish of the row updates). Events go in time order, in runs in which no user appears
+  twice (`distinct_user_runs`): a run's questions are asked together, then the run is sent. That
+  is the same as ask, send, ask, send, ... one event at a time, since between two `learn`s an
+  answer depends only on its own user's events, and every earlier event of that user was sent in
+  an earlier run.
 
 Metrics, averaged over scored events (an event whose item the user had already seen cannot be
 recommended and is not scored): recall@k = share of events whose item is in the top k (one
 relevant item per question, so recall@k is the hit rate); NDCG@10 = 1 / log2(rank + 2) when the
 item's 0-based rank is below 10, else 0.
 
-Recommenders implement `Recommender`; this module has the popularity baseline and the served
-one (Triton `recommend`, optionally with the updater learning); bench.quality adds ALS.
+This module has the popularity baseline and the served recommenders (Triton `recommend`: static,
+static with app-sent history, and online with the updater learning); bench.peers adds the
+retrained matrix peers, bench.sasrec the sequential one.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -37,6 +46,8 @@ DEFAULT_KS = (10, 50)
 NDCG_K = 10
 SERVED_CONCURRENCY = 8
 FEEDBACK_CHUNK = 500
+# the updater publishes only when asked (Admin.Publish once per window), never on its own clock
+NO_AUTO_PUBLISH_ARGS = ("--publish-every-s", "1e9", "--publish-every-events", str(10**9))
 
 
 class Recommender(Protocol):
@@ -51,6 +62,15 @@ class Recommender(Protocol):
     def learn(self, events: Interactions) -> None: ...
 
 
+@runtime_checkable
+class StreamingRecommender(Recommender, Protocol):
+    """A recommender that is also told each event right after its question (module docstring)."""
+
+    def send(self, events: Interactions) -> None:
+        """Events of distinct users, in time order, each asked already if its window is scored."""
+        ...
+
+
 @dataclass
 class ReplayResult:
     """Metrics and costs of one recommender's replay. Seconds are wall time on this machine."""
@@ -61,6 +81,8 @@ class ReplayResult:
     windows: int
     recommend_s: float
     learn_s: float
+    send_s: float = 0.0
+    runs: int = 0  # how many times the replay asked (a window, or a run of distinct users)
     ranks: list[int] = field(default_factory=list, repr=False)  # -1: not in the top K
 
 
@@ -72,11 +94,48 @@ def windows_of(events: Interactions, window_events: int) -> list[Interactions]:
             for start in range(0, len(events), window_events)]
 
 
+def distinct_user_runs(events: Interactions) -> list[Interactions]:
+    """Consecutive time-ordered slices, each as long as it can be without a user twice."""
+    cuts, current = [0], set()
+    for position, user in enumerate(events.user_ids.tolist()):
+        if user in current:
+            cuts.append(position)
+            current = set()
+        current.add(user)
+    cuts.append(len(events))
+    return [events.take(slice(a, b)) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
 def seen_sets(train: Interactions) -> dict[int, set[int]]:
     seen: dict[int, set[int]] = {}
     for user, item in zip(train.user_ids.tolist(), train.item_ids.tolist()):
         seen.setdefault(user, set()).add(item)
     return seen
+
+
+class RecentItems:
+    """Each user's last `max_len` items, most recent last, as the app (or a sequential model)
+    knows them: seeded from training events, extended by `add`."""
+
+    def __init__(self, max_len: int, events: Interactions | None = None):
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        self.max_len = max_len
+        self.items: dict[int, deque[int]] = {}
+        if events is not None:
+            self.add(events)
+
+    def add(self, events: Interactions) -> None:
+        for user, item in zip(events.user_ids.tolist(), events.item_ids.tolist()):
+            recent = self.items.get(user)
+            if recent is None:
+                recent = self.items[user] = deque(maxlen=self.max_len)
+            recent.append(item)
+
+    def of(self, user: int) -> np.ndarray:
+        """(<= max_len,) int64 item ids, most recent last (empty for a user never seen)."""
+        recent = self.items.get(user, ())
+        return np.fromiter(recent, dtype=np.int64, count=len(recent))
 
 
 def metrics_from_ranks(ranks: Sequence[int], *, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
@@ -94,43 +153,52 @@ def metrics_from_ranks(ranks: Sequence[int], *, ks: Sequence[int] = DEFAULT_KS) 
 def replay(train: Interactions, test: Interactions, recommender: Recommender, *,
            window_events: int = DEFAULT_WINDOW_EVENTS, ks: Sequence[int] = DEFAULT_KS,
            scored_windows: Iterable[int] | None = None) -> ReplayResult:
-    """Test-then-learn over `test` in windows (module docstring). `scored_windows`: indices of
-    the windows whose events are asked and scored (default all); every window is learned."""
+    """Test-then-learn over `test` in windows, streamed when the recommender is a
+    StreamingRecommender (module docstring). `scored_windows`: indices of the windows whose
+    events are asked and scored (default all); every event is sent and every window learned."""
     k_max = max(ks)
     seen = seen_sets(train)
     windows = windows_of(test, window_events)
     scored_set = set(range(len(windows))) if scored_windows is None else set(scored_windows)
+    streaming = isinstance(recommender, StreamingRecommender)
     ranks: list[int] = []
-    skipped = 0
-    recommend_s = learn_s = 0.0
+    skipped = runs = 0
+    recommend_s = learn_s = send_s = 0.0
     for index, window in enumerate(windows):
-        users, targets, excludes = [], [], []
-        for user, item in zip(window.user_ids.tolist(), window.item_ids.tolist()):
-            user_seen = seen.setdefault(user, set())
-            if index in scored_set:
-                if item in user_seen:
-                    skipped += 1
-                else:
-                    users.append(user)
-                    targets.append(item)
-                    excludes.append(np.fromiter(user_seen, dtype=np.int64, count=len(user_seen)))
-            user_seen.add(item)
-        if users:
-            started = time.perf_counter()
-            answers = recommender.recommend(np.asarray(users, dtype=np.int64), excludes, k_max)
-            recommend_s += time.perf_counter() - started
-            if len(answers) != len(users):
-                raise ValueError(f"recommend answered {len(answers)} of {len(users)} questions")
-            for answer, target in zip(answers, targets):
-                hit = np.flatnonzero(np.asarray(answer)[:k_max] == target)
-                ranks.append(int(hit[0]) if hit.size else -1)
+        n_scored = len(ranks)
+        for part in distinct_user_runs(window) if streaming else [window]:
+            users, targets, excludes = [], [], []
+            for user, item in zip(part.user_ids.tolist(), part.item_ids.tolist()):
+                user_seen = seen.setdefault(user, set())
+                if index in scored_set:
+                    if item in user_seen:
+                        skipped += 1
+                    else:
+                        users.append(user)
+                        targets.append(item)
+                        excludes.append(np.fromiter(user_seen, dtype=np.int64, count=len(user_seen)))
+                user_seen.add(item)
+            if users:
+                runs += 1
+                started = time.perf_counter()
+                answers = recommender.recommend(np.asarray(users, dtype=np.int64), excludes, k_max)
+                recommend_s += time.perf_counter() - started
+                if len(answers) != len(users):
+                    raise ValueError(f"recommend answered {len(answers)} of {len(users)} questions")
+                for answer, target in zip(answers, targets):
+                    hit = np.flatnonzero(np.asarray(answer)[:k_max] == target)
+                    ranks.append(int(hit[0]) if hit.size else -1)
+            if streaming:
+                started = time.perf_counter()
+                recommender.send(part)
+                send_s += time.perf_counter() - started
         started = time.perf_counter()
         recommender.learn(window)
         learn_s += time.perf_counter() - started
-        log.info("window %d/%d: %d scored", index + 1, len(windows), len(users))
+        log.info("window %d/%d: %d scored", index + 1, len(windows), len(ranks) - n_scored)
     return ReplayResult(metrics=metrics_from_ranks(ranks, ks=ks), scored=len(ranks),
                         skipped_repeats=skipped, windows=len(windows), recommend_s=recommend_s,
-                        learn_s=learn_s, ranks=ranks)
+                        learn_s=learn_s, send_s=send_s, runs=runs, ranks=ranks)
 
 
 def top_k_excluding(ranking: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
@@ -160,27 +228,24 @@ class PopularityRecommender:
 
 
 class ServedRecommender:
-    """Asks Triton's `recommend` over gRPC (`SERVED_CONCURRENCY` calls in flight). With an
-    `updater_url`, `learn` sends the window as feedback through the updater, then Admin Publish,
-    which returns once Triton serves a version holding it; without one, nothing learns (the
-    static base model). `feedback_kind` "click" treats every event as a positive interaction,
-    as the metrics do."""
+    """Asks Triton's `recommend` over gRPC (`SERVED_CONCURRENCY` calls in flight); learns
+    nothing: the static base model, answering from the user's row and the history its version
+    stored. `ask_history` (subclasses) says what HISTORY a question sends."""
 
-    def __init__(self, triton_url: str, *, updater_url: str | None = None,
-                 feedback_kind: str = "click", concurrency: int = SERVED_CONCURRENCY):
-        from clients import Client, UpdaterClient
+    def __init__(self, triton_url: str, *, concurrency: int = SERVED_CONCURRENCY):
+        from clients import Client
 
         self.client = Client(triton_url)
-        self.updater = UpdaterClient(updater_url) if updater_url else None
-        self.feedback_kind = feedback_kind
         self.pool = ThreadPoolExecutor(concurrency)
-        self.sent = 0
         self.versions_seen: set[int] = set()
+
+    def ask_history(self, user: int) -> np.ndarray | None:
+        return None
 
     def recommend(self, user_ids, excludes, k):
         def ask(args):
             user, exclude = args
-            answer = self.client.recommend(int(user), k=k, exclude=exclude)
+            answer = self.client.recommend(user, k=k, history=self.ask_history(user), exclude=exclude)
             return np.asarray(answer.item_ids, dtype=np.int64), answer.version
 
         results = list(self.pool.map(ask, zip(user_ids.tolist(), excludes)))
@@ -188,23 +253,65 @@ class ServedRecommender:
         return [items for items, _ in results]
 
     def learn(self, events: Interactions) -> None:
-        if self.updater is None:
-            return
+        pass
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        self.client.close()
+
+
+class AppHistoryRecommender(ServedRecommender):
+    """The static base model, with the app sending the user's last `history_len` items (training
+    and replayed events so far, most recent last) as HISTORY on every request; the server learns
+    nothing and keeps no live history (no feedback is sent)."""
+
+    def __init__(self, triton_url: str, train: Interactions, *, history_len: int,
+                 concurrency: int = SERVED_CONCURRENCY):
+        super().__init__(triton_url, concurrency=concurrency)
+        self.recent = RecentItems(history_len, train)
+
+    def ask_history(self, user: int) -> np.ndarray | None:
+        return self.recent.of(user)
+
+    def send(self, events: Interactions) -> None:
+        self.recent.add(events)  # what the app saw the user do; nothing goes to the server
+
+
+class OnlineRecommender(ServedRecommender):
+    """freshrec online: each event is sent through the updater sidecar right after its question
+    (Feedback.Send replies once the event is durable and in the user's live history), each
+    with its own timestamp; `learn` closes a window with Admin.Publish, which returns once Triton
+    serves a version holding the row updates. Start the updater with NO_AUTO_PUBLISH_ARGS so
+    that is the only publish. `feedback_kind` "click" treats every event as a positive
+    interaction, as the metrics do."""
+
+    def __init__(self, triton_url: str, updater_url: str, *, feedback_kind: str = "click",
+                 concurrency: int = SERVED_CONCURRENCY):
+        from clients import UpdaterClient
+
+        super().__init__(triton_url, concurrency=concurrency)
+        self.updater = UpdaterClient(updater_url)
+        self.feedback_kind = feedback_kind
+        self.sent = 0
+        self.publishes = 0
+
+    def send(self, events: Interactions) -> None:
         batch = []
-        for user, item, value in zip(events.user_ids.tolist(), events.item_ids.tolist(),
-                                     events.values.tolist()):
-            # deterministic ids: a retried window is not learned twice
+        for user, item, value, timestamp in zip(events.user_ids.tolist(), events.item_ids.tolist(),
+                                                events.values.tolist(), events.timestamps.tolist()):
+            # deterministic ids: a retried run is not learned twice
             batch.append(dict(event_id=f"replay-{self.sent}", user_id=user, item_id=item,
-                              kind=self.feedback_kind, value=value))
+                              kind=self.feedback_kind, value=value, timestamp=float(timestamp)))
             self.sent += 1
         for start in range(0, len(batch), FEEDBACK_CHUNK):
             reply = self.updater.feedback_batch(batch[start:start + FEEDBACK_CHUNK])
             if reply.rejected:
                 raise RuntimeError(f"the updater rejected replayed events: {reply.rejected[:3]}")
+
+    def learn(self, events: Interactions) -> None:
         self.updater.publish()
+        self.publishes += 1
 
     def close(self) -> None:
-        self.pool.shutdown()
-        self.client.close()
-        if self.updater is not None:
-            self.updater.close()
+        super().close()
+        self.updater.close()

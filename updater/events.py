@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 KINDS = ("click", "purchase", "rating", "skip")
 MAX_EVENT_ID_LEN = 200
-# absurd timestamps: before 2000-01-01 or more than a day in the future (clock skew allowance)
-MIN_TIMESTAMP = 946_684_800.0
+# absurd timestamps: before the epoch or more than a day in the future (clock skew allowance).
+# Any time since 1970 is accepted, so a historical log replays as it happened (MovieLens 100k is
+# from 1997-98, ml-latest-small starts in 1995; bench.quality sends each event's own time).
+MIN_TIMESTAMP = 0.0
 MAX_FUTURE_S = 86_400.0
 RATING_MIN, RATING_MAX = 1.0, 5.0
 LABEL_WEIGHTS = {"click": 1.0, "purchase": 3.0, "skip": 0.5}
@@ -61,7 +63,8 @@ def validate(event_id: str, user_id: int | None, item_id: int | None, kind: str,
     if timestamp is None:
         timestamp = now
     elif not MIN_TIMESTAMP <= timestamp <= now + MAX_FUTURE_S:
-        raise EventError("timestamp", f"{timestamp} is not a plausible Unix time in seconds")
+        raise EventError("timestamp", f"{timestamp} is not a plausible Unix time in seconds "
+                                      f"(>= 0 and at most {MAX_FUTURE_S:g} s ahead)")
     return Event(event_id, int(user_id), int(item_id), kind, float(value), float(timestamp))
 
 

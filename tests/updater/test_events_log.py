@@ -18,7 +18,8 @@ GOOD = dict(event_id="e1", user_id=1, item_id=2, kind="click", value=0.0, timest
     pytest.param(dict(user_id=-3), "user_id", id="negative-user"),
     pytest.param(dict(kind="like"), "kind", id="unknown-kind"),
     pytest.param(dict(kind="rating", value=9.0), "value", id="rating-out-of-range"),
-    pytest.param(dict(timestamp=12.0), "timestamp", id="timestamp-1970"),
+    pytest.param(dict(timestamp=-1.0), "timestamp", id="timestamp-before-1970"),
+    pytest.param(dict(timestamp=float("nan")), "timestamp", id="timestamp-nan"),
     pytest.param(dict(timestamp=NOW + 10 * 86_400), "timestamp", id="timestamp-future"),
 ])
 def test_a_bad_event_names_its_field(change, field):
@@ -26,6 +27,15 @@ def test_a_bad_event_names_its_field(change, field):
         validate(**{**GOOD, **change}, now=NOW)
     assert caught.value.field == field
     assert str(caught.value).startswith(f"{field}:")
+
+
+@pytest.mark.parametrize("timestamp", [
+    pytest.param(0.0, id="the-epoch"),
+    pytest.param(874_724_710.0, id="ml-100k-1997"),  # MovieLens 100k's first rating
+    pytest.param(NOW + 86_400, id="a-day-ahead"),
+])
+def test_any_time_since_1970_is_accepted_as_sent(timestamp):
+    assert validate(**{**GOOD, "timestamp": timestamp}, now=NOW).timestamp == timestamp
 
 
 def test_a_missing_timestamp_is_the_time_of_receipt():

@@ -117,7 +117,7 @@ def test_resent_events_count_once_and_bad_events_name_their_field(repository, st
         assert streamed.accepted == 0 and len(streamed.duplicate_event_ids) == 4
         bad = [dict(event_id="x1", user_id=user_id, item_id=1, kind="like"),
                dict(event_id="x2", item_id=1, kind="click"),
-               dict(event_id="x3", user_id=user_id, item_id=1, kind="click", timestamp=3.0),
+               dict(event_id="x3", user_id=user_id, item_id=1, kind="click", timestamp=-3.0),
                dict(event_id=f"ok-{uuid.uuid4().hex}", user_id=user_id, item_id=items[0], kind="click")]
         mixed = up.feedback_batch(bad)
         assert mixed.accepted == 1
