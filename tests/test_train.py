@@ -138,6 +138,29 @@ def test_sampled_negatives_learn(small_split):
     assert rows["model"]["recall@10"] > 2 * rows["random"]["recall@10"], format_quality_table(rows)
 
 
+def test_sampled_negatives_follow_item_frequency_and_their_correction_is_unbiased():
+    """Draws come in proportion to (count + smoothing); with each draw's logit corrected by
+    -log(n q(i)), the sampled sum of exp(logits) estimates the full softmax's normaliser."""
+    from exporter.train import FREQUENCY_SMOOTHING, _Negatives
+
+    counts = np.array([500, 120, 40, 9, 0, 0, 3, 1], dtype=np.int64)
+    sampler = _Negatives(counts, 64)
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.linspace(3.0, -2.0, len(counts), dtype=torch.float64)  # popular items score high
+    drawn_counts = torch.zeros(len(counts), dtype=torch.float64)
+    estimates = []
+    for _ in range(2000):
+        drawn, log_expected = sampler.sample(generator)
+        drawn_counts += torch.bincount(drawn, minlength=len(counts))
+        estimates.append(float(torch.exp(logits[drawn] - log_expected.double()).sum()))
+    want_q = (counts + FREQUENCY_SMOOTHING) / (counts + FREQUENCY_SMOOTHING).sum()
+    np.testing.assert_allclose(drawn_counts.numpy() / drawn_counts.sum().item(), want_q, atol=0.01)
+    full = float(torch.exp(logits).sum())
+    assert abs(np.mean(estimates) / full - 1) < 0.03, (np.mean(estimates), full)
+    # the uncorrected sum is far off: the correction matters
+    assert abs(float(torch.exp(logits[drawn]).sum()) / full - 1) > 0.5
+
+
 def test_training_is_deterministic_and_leaves_global_rng_alone(small_split, small_model):
     items, train, _ = small_split
     before = torch.random.get_rng_state()
