@@ -51,11 +51,11 @@ FEEDBACK_PER_RELOAD = 20
 
 
 def random_model(n_items: int, n_users: int, *, dim: int | None = None, seed: int = 0):
-    """A TrainedModel with random tables of the exporter's shapes and an untrained tower."""
+    """A TrainedModel with random tables of the exporter's shapes and an untrained pooled tower."""
     from exporter.train import DEFAULT_DIM, TrainConfig, TrainedModel, UserTower
 
     dim = dim or DEFAULT_DIM
-    config = TrainConfig(dim=dim, seed=seed)
+    config = TrainConfig(dim=dim, seed=seed, tower=UserTower.kind)
     rng = np.random.default_rng(seed)
     history = rng.integers(0, n_items, size=(n_users, config.history_len), dtype=np.int64)
     return TrainedModel(

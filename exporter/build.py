@@ -36,7 +36,14 @@ from exporter.text_projection import (
     pick_cold_items,
     titled_rows,
 )
-from exporter.train import TrainConfig, TrainedModel, numpy_tower, save_tower, train_base_model
+from exporter.train import (
+    SequenceTower,
+    TrainConfig,
+    TrainedModel,
+    numpy_tower,
+    save_tower,
+    train_base_model,
+)
 from model_repository import configs, templates, versions
 from model_repository import contract as c
 from model_repository import retrieve_schema as schema
@@ -69,6 +76,7 @@ class BuildResult:
     cold_quality_table: str = ""                  # "" : built without the text encoder
     cold_items: int = 0
     search: SearchResult | None = None              # None: settings given, not searched
+    tower: str = schema.TOWER_POOLED                # the user tower's kind
 
 
 @dataclass(frozen=True)
@@ -108,9 +116,12 @@ def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = 
         plan = build_tensorrt_plan(onnx_path, scratch / PLAN_FILE) if tensorrt else None
         if plan is not None:
             tower_files[PLAN_FILE] = plan
-        configs.write_config(repository / c.USER_TOWER, configs.user_tower_config(dim=dim))
+        sequence_length = model.tower.length if isinstance(model.tower, SequenceTower) else None
+        configs.write_config(repository / c.USER_TOWER,
+                             configs.user_tower_config(dim=dim, sequence_length=sequence_length))
         versions.write_version(
-            repository / c.USER_TOWER, FIRST_VERSION, {}, files=tower_files, meta={"dim": dim}
+            repository / c.USER_TOWER, FIRST_VERSION, {}, files=tower_files,
+            meta={"dim": dim, "tower": model.tower.kind}
         )
     if text is not None:
         configs.write_config(repository / c.TEXT_ENCODER, configs.text_encoder_config())
@@ -129,7 +140,7 @@ def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = 
         retrieve_tables(model, text.projection if text is not None else None),
         files={"model.py": templates.template(c.RETRIEVE)},
         meta=schema.RetrieveMeta(
-            dim=dim, history_len=model.config.history_len,
+            dim=dim, history_len=model.config.history_len, tower=model.tower.kind,
             recency_decay=model.config.recency_decay, user_tower_version=FIRST_VERSION,
             text_encoder_version=FIRST_VERSION if text is not None else None,
             popularity_weight=model.popularity_weight, train=train_record,
@@ -138,7 +149,26 @@ def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = 
     configs.write_config(repository / c.RECOMMEND, configs.recommend_config())
     # an ensemble has no files of its own, but Triton wants a version folder
     versions.write_version(repository / c.RECOMMEND, FIRST_VERSION, {})
-    return BuildResult(repository, Path(), "", max_err, plan)
+    return BuildResult(repository, Path(), "", max_err, plan, tower=model.tower.kind)
+
+
+def train_model(train: datasets.Interactions, *, items: datasets.Items | None,
+                config: TrainConfig | None, search: bool,
+                search_budget_s: float = DEFAULT_SEARCH_BUDGET_S, progress: bool = True
+                ) -> tuple[TrainedModel, SearchResult | None]:
+    """The model `build` serves: trained with ``config`` (the defaults when None), or, with
+    ``search``, with the settings and popularity prior chosen on a validation slice of ``train``
+    starting from ``config`` (exporter.search). Returns the model and the search's result."""
+    chosen = None
+    if search:
+        say = tqdm.write if progress else log.info
+        chosen = search_settings(train, items=items, base=config or TrainConfig(),
+                                 budget_s=search_budget_s, say=say)
+    model = train_base_model(train, items=items,
+                             config=chosen.config if chosen else config or TrainConfig(),
+                             progress=progress)
+    model.popularity_weight = chosen.popularity_weight if chosen else 0.0
+    return model, chosen
 
 
 def build(
@@ -187,21 +217,15 @@ def build(
     cold_ids = pick_cold_items(dataset.items) if text_encoder else np.zeros(0, np.int64)
     train = drop_items(train, cold_ids)  # cold items: held out of training entirely
     log.info("training on %d events, evaluating on %d", len(train), len(test))
-    chosen = None
-    if search if search is not None else config is None:
-        say = tqdm.write if progress else log.info
-        chosen = search_settings(train, items=dataset.items, base=config or TrainConfig(),
-                                 budget_s=search_budget_s, say=say)
-    model = train_base_model(train, items=dataset.items,
-                             config=chosen.config if chosen else config or TrainConfig(),
-                             progress=progress)
-    model.popularity_weight = chosen.popularity_weight if chosen else 0.0
+    model, chosen = train_model(train, items=dataset.items, config=config,
+                                search=search if search is not None else config is None,
+                                search_budget_s=search_budget_s, progress=progress)
     record = chosen.record() if chosen else None
     if not text_encoder:
         quality = format_quality_table(evaluate(model, train, test))
         result = write_repository(model, repository, tensorrt=tensorrt, train_record=record)
         return BuildResult(repository, ratings, quality, result.onnx_max_abs_err,
-                           result.tensorrt_plan, search=chosen)
+                           result.tensorrt_plan, search=chosen, tower=model.tower.kind)
     with tempfile.TemporaryDirectory(prefix="freshrec-text-") as scratch:
         text, parity = _text_export(model, dataset.items, Path(scratch), tensorrt=tensorrt)
         quality = format_quality_table(evaluate(model, train, test))
@@ -211,14 +235,15 @@ def build(
                                   train_record=record)
     return BuildResult(repository, ratings, quality, result.onnx_max_abs_err, result.tensorrt_plan,
                        text_parity_max_abs_err=parity, cold_quality_table=cold,
-                       cold_items=int(cold_ids.size), search=chosen)
+                       cold_items=int(cold_ids.size), search=chosen, tower=model.tower.kind)
 
 
 def describe_choice(chosen: SearchResult) -> str:
     """What the search chose, in a line or two (the CLI prints it)."""
     c = chosen.config
-    line = (f"chosen on the validation slice: dim {c.dim}, epochs {c.epochs}, lr {c.lr:g}, "
-            f"l2 {c.l2:g}, negatives {c.negatives}, popularity weight {chosen.popularity_weight:g} "
+    line = (f"chosen on the validation slice ({c.tower} tower): dim {c.dim}, epochs {c.epochs}, "
+            f"lr {c.lr:g}, l2 {c.l2:g}, negatives {c.negatives}, popularity weight "
+            f"{chosen.popularity_weight:g} "
             f"(valid recall@10 {chosen.valid['recall@10']:.4f} vs popularity "
             f"{chosen.popularity_valid['recall@10']:.4f})")
     if chosen.loses_to_popularity:

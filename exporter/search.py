@@ -73,7 +73,7 @@ class SearchResult:
 
     def record(self) -> dict:
         """What the manifest keeps: the settings chosen and how they scored."""
-        keep = ("dim", "epochs", "lr", "l2", "negatives", "batch_size", "seed")
+        keep = ("tower", "dim", "epochs", "lr", "l2", "negatives", "batch_size", "seed")
         return {"settings": {k: v for k, v in asdict(self.config).items() if k in keep},
                 "popularity_weight": self.popularity_weight,
                 "valid": {k: round(v, 5) for k, v in self.valid.items() if k != "users"},

@@ -65,10 +65,17 @@ def retrieve_config(
     return config
 
 
-def user_tower_config(*, dim: int, instances: int = 1) -> mc.ModelConfig:
+def user_tower_config(*, dim: int, sequence_length: int | None = None,
+                      instances: int = 1) -> mc.ModelConfig:
+    """A pooled tower's inputs (USER_EMB, HISTORY_EMB), or with ``sequence_length`` L a
+    sequence tower's (USER_EMB, HISTORY_SEQ [L, d], HISTORY_MASK [L]); QUERY out."""
     config = _python_model(c.USER_TOWER, instances=instances, queue_delay_us=0)
     _add_input(config, c.USER_EMB, mc.TYPE_FP32, [dim])
-    _add_input(config, c.HISTORY_EMB, mc.TYPE_FP32, [dim])
+    if sequence_length is None:
+        _add_input(config, c.HISTORY_EMB, mc.TYPE_FP32, [dim])
+    else:
+        _add_input(config, c.HISTORY_SEQ, mc.TYPE_FP32, [sequence_length, dim])
+        _add_input(config, c.HISTORY_MASK, mc.TYPE_FP32, [sequence_length])
     _add_output(config, c.QUERY, mc.TYPE_FP32, [dim])
     return config
 

@@ -29,9 +29,12 @@ ITEM_IDS = "ITEM_IDS"        # INT64 [-1], best first
 SCORES = "SCORES"            # FP32 [-1]
 VERSION = "VERSION"          # INT64 [1], the retrieve version that answered
 
-# user_tower tensors
+# user_tower tensors: a pooled tower takes USER_EMB and HISTORY_EMB, a sequence tower USER_EMB,
+# HISTORY_SEQ and HISTORY_MASK (model_repository.sequence_tower.sequence_inputs lays them out)
 USER_EMB = "USER_EMB"        # FP32 [d], the user's row (zeros for an unknown user)
 HISTORY_EMB = "HISTORY_EMB"  # FP32 [d], recency-weighted pool of recent item rows
+HISTORY_SEQ = "HISTORY_SEQ"  # FP32 [L, d], the last L history item rows, right-aligned, 0 at pads
+HISTORY_MASK = "HISTORY_MASK"  # FP32 [L], 1 at an item, 0 at a pad
 QUERY = "QUERY"              # FP32 [d]
 
 # text_encoder tensors

@@ -15,13 +15,17 @@ a table is one edit here.
     item_rows        (I, d)     float32  item embeddings
     item_popularity  (I,)       float32  event counts (the popularity fallback)
     item_adagrad     (I,)       float32  as user_adagrad
-    tower_w1, tower_b1, tower_w2, tower_b2   the user tower (model_repository.tower)
+    tower_w1, tower_b1, tower_w2, tower_b2   the pooled user tower (model_repository.tower)
+    seq_*                                the sequence user tower (model_repository.sequence_tower;
+                                         shapes there): a version holds one tower's tables, the
+                                         one its meta's ``tower`` names
     text_projection (TEXT_DIM, d), text_projection_bias (d,)   text -> item space, only in
                                          versions built with the text encoder
 
-The meta (`RetrieveMeta`) rides in the manifest's ``meta``: dimensions, the pooling decay, the
-text blend weight, the popularity prior's weight (model_repository.scoring), the versions of the
-models retrieve calls, and how the build chose its settings (`train`, for the record).
+The meta (`RetrieveMeta`) rides in the manifest's ``meta``: dimensions, the user tower's kind,
+the pooling decay, the text blend weight, the popularity prior's weight
+(model_repository.scoring), the versions of the models retrieve calls, and how the build chose
+its settings (`train`, for the record).
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ ITEM_ROWS = "item_rows"
 ITEM_POPULARITY = "item_popularity"
 ITEM_ADAGRAD = "item_adagrad"
 TOWER_W1, TOWER_B1, TOWER_W2, TOWER_B2 = "tower_w1", "tower_b1", "tower_w2", "tower_b2"
+SEQ_POSITIONS = "seq_positions"
+SEQ_ATTN_NORM, SEQ_ATTN_IN, SEQ_ATTN_IN_BIAS = "seq_attn_norm", "seq_attn_in", "seq_attn_in_bias"
+SEQ_ATTN_OUT, SEQ_ATTN_OUT_BIAS = "seq_attn_out", "seq_attn_out_bias"
+SEQ_FFN_NORM, SEQ_FFN_W1, SEQ_FFN_B1 = "seq_ffn_norm", "seq_ffn_w1", "seq_ffn_b1"
+SEQ_FFN_W2, SEQ_FFN_B2, SEQ_OUT_NORM = "seq_ffn_w2", "seq_ffn_b2", "seq_out_norm"
 TEXT_PROJECTION = "text_projection"
 TEXT_PROJECTION_BIAS = "text_projection_bias"
 
@@ -51,6 +60,15 @@ TEXT_PROJECTION_BIAS = "text_projection_bias"
 USER_TABLES = (USER_IDS, USER_ROWS, USER_HISTORY, USER_ADAGRAD)
 ITEM_TABLES = (ITEM_IDS, ITEM_ROWS, ITEM_POPULARITY, ITEM_ADAGRAD)
 TOWER_TABLES = (TOWER_W1, TOWER_B1, TOWER_W2, TOWER_B2)
+SEQUENCE_TABLES = (SEQ_POSITIONS, SEQ_ATTN_NORM, SEQ_ATTN_IN, SEQ_ATTN_IN_BIAS, SEQ_ATTN_OUT,
+                   SEQ_ATTN_OUT_BIAS, SEQ_FFN_NORM, SEQ_FFN_W1, SEQ_FFN_B1, SEQ_FFN_W2, SEQ_FFN_B2,
+                   SEQ_OUT_NORM)
+# the user tower's kinds (RetrieveMeta.tower): query = u + h + MLP([u, h]) over the recency-pooled
+# history h (model_repository.tower), or u + SeqEncoder(last L history rows)
+# (model_repository.sequence_tower)
+TOWER_POOLED, TOWER_SEQUENCE = "pooled", "sequence"
+TOWER_KINDS = (TOWER_POOLED, TOWER_SEQUENCE)
+TOWER_TABLES_OF = {TOWER_POOLED: TOWER_TABLES, TOWER_SEQUENCE: SEQUENCE_TABLES}
 TEXT_TABLES = (TEXT_PROJECTION, TEXT_PROJECTION_BIAS)
 # what every servable version has; the optimiser state, the tower (older versions: in the
 # user_tower model) and the text tables may be absent
@@ -59,6 +77,7 @@ DTYPES = {
     USER_IDS: np.int64, USER_ROWS: np.float32, USER_HISTORY: np.int64, USER_ADAGRAD: np.float32,
     ITEM_IDS: np.int64, ITEM_ROWS: np.float32, ITEM_POPULARITY: np.float32,
     ITEM_ADAGRAD: np.float32, **dict.fromkeys(TOWER_TABLES, np.float32),
+    **dict.fromkeys(SEQUENCE_TABLES, np.float32),
     **dict.fromkeys(TEXT_TABLES, np.float32),
 }
 # the row a new user or item starts a growing table with, where no row is computed for it
@@ -76,6 +95,7 @@ class RetrieveMeta:
 
     dim: int                            # embedding size d of user_rows and item_rows
     history_len: int                    # H, columns of user_history
+    tower: str = TOWER_POOLED           # the user tower's kind (TOWER_KINDS); older versions: pooled
     recency_decay: float = DEFAULT_RECENCY_DECAY  # model_repository.pooling
     user_tower_version: int = 1         # the user_tower version trained with these rows
     text_encoder_version: int | None = None  # None: built without the text encoder
@@ -93,6 +113,9 @@ class RetrieveMeta:
                 and self.text_encoder_version >= 1):
             raise SchemaError("retrieve meta text_encoder_version must be a positive integer or "
                               f"absent, got {self.text_encoder_version!r}")
+        if self.tower not in TOWER_KINDS:
+            raise SchemaError(f"retrieve meta tower must be one of {', '.join(TOWER_KINDS)}, "
+                              f"got {self.tower!r}")
         if not 0 < self.recency_decay <= 1:
             raise SchemaError(f"retrieve meta recency_decay must be in (0, 1], "
                               f"got {self.recency_decay!r}")
@@ -151,7 +174,8 @@ def make_tables(*, user_ids, item_ids, user_rows, item_rows, user_history, item_
                 text_projection: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """A retrieve version's tables by name, cast to the schema's dtypes and checked.
 
-    ``tower``: the four tower tables (`NumpyTower.tables()`); ``text_projection``: the two text
+    ``tower``: the user tower's tables (`NumpyTower.tables()`, `NumpySequenceTower.tables()`);
+    ``text_projection``: the two text
     tables (`TextProjection.tables()`), or None for a build without the text encoder."""
     tables = {USER_IDS: user_ids, ITEM_IDS: item_ids, USER_ROWS: user_rows, ITEM_ROWS: item_rows,
               USER_HISTORY: user_history, ITEM_POPULARITY: item_popularity,

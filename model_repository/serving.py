@@ -3,10 +3,12 @@
 Request -> rows: external user and item ids are mapped to table rows through the version's id
 maps; HISTORY ids that are not in the catalogue are ignored (documented in the README); an
 unknown user gets a zero user row and is served from the request's HISTORY, or from popularity
-when there is none. Rows -> query: the history is pooled with recency weights (kernels.gather_pool)
-and the user tower turns (user row, pooled history) into a query: in numpy from the version's
-own tower tables (model_repository.tower), or through the `TowerFn` given for a version written
-before those tables existed. Query -> answer: one fused score + top-K pass over the item table (the
+when there is none. Rows -> query, with the tower the version carries (its meta's ``tower``): a
+pooled tower turns (user row, the history pooled with recency weights by kernels.gather_pool)
+into a query, in numpy from the version's own tower tables (model_repository.tower), or through
+the `TowerFn` given for a version written before those tables existed; a sequence tower reads
+the history's last L item rows themselves (model_repository.sequence_tower), always from its
+tables. Query -> answer: one fused score + top-K pass over the item table (the
 popularity prior, when the version has one, as one more column: model_repository.scoring)
 (kernels.score_topk) with per-request exclusions. Id look-ups run once per batch, not per query.
 
@@ -37,7 +39,8 @@ from model_repository.live_history import LiveHistoryReader
 from model_repository.pooling import recency_weights
 from model_repository.projection import TextProjection
 from model_repository.scoring import popularity_prior, queries_with_prior, rows_with_prior
-from model_repository.tower import NumpyTower
+from model_repository.sequence_tower import NumpySequenceTower
+from model_repository.tower import tower_from_tables
 
 log = logging.getLogger(__name__)
 
@@ -254,9 +257,12 @@ class Retriever:
         if self.meta.popularity_weight > 0:
             self.score_rows = rows_with_prior(
                 self.item_rows, popularity_prior(popularity, self.meta.popularity_weight))
-        own_tower = NumpyTower.from_tables(tables)
+        try:
+            own_tower = tower_from_tables(tables, self.meta.tower)
+        except schema.SchemaError as exc:
+            raise schema.SchemaError(f"retrieve version {self.manifest.version}: {exc}") from None
         self.tower_from_tables = own_tower is not None
-        self.tower: TowerFn | None = own_tower if own_tower is not None else tower
+        self.tower: TowerFn | NumpySequenceTower | None = own_tower if own_tower is not None else tower
         if own_tower is None:
             log.warning("retrieve version %s has no tower tables: the user tower runs in the "
                         "user_tower model through BLS, which costs more per request; rebuild "
@@ -361,13 +367,17 @@ class Retriever:
         return answers  # type: ignore[return-value]
 
     def _user_queries(self, user_rows, histories, picked) -> np.ndarray:
-        """(len(picked), d) float32 queries from user rows and pooled histories (the tower)."""
+        """(len(picked), d) float32 queries from user rows and histories (the tower)."""
         dim = self.item_rows.shape[1]
         rows = user_rows[picked]
         user_emb = np.zeros((len(picked), dim), dtype=np.float32)
         known = rows >= 0
         user_emb[known] = self.user_rows[rows[known]]
-        pooled = self.pooled_histories([histories[i] for i in picked])
+        picked_histories = [histories[i] for i in picked]
+        if isinstance(self.tower, NumpySequenceTower):
+            sequence, mask = self.tower.history_inputs(self.item_rows, picked_histories)
+            return self.tower(user_emb, sequence, mask)
+        pooled = self.pooled_histories(picked_histories)
         return np.asarray(self.tower(user_emb, pooled), np.float32)
 
     def pooled_histories(self, histories: list[np.ndarray]) -> np.ndarray:

@@ -1,6 +1,11 @@
-"""The user tower in numpy, from a retrieve version's own tables.
+"""The pooled user tower in numpy, from a retrieve version's own tables; and which tower a
+version serves with (`tower_from_tables`).
 
     query = u + h + W2 relu(W1 [u, h] + b1) + b2        (exporter.train.UserTower)
+
+h is the recency-weighted pool of the user's history (model_repository.pooling). A version's
+meta names its tower's kind (retrieve_schema.RetrieveMeta.tower): this one, "pooled", or the
+sequence tower (model_repository.sequence_tower), which reads the history rows themselves.
 
 The build writes the tower's four weights into every retrieve version as the tables named in
 `retrieve_schema.TOWER_TABLES`, and the updater carries them unchanged (it trains rows, never the tower), so a
@@ -21,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from model_repository import retrieve_schema as schema
 from model_repository.retrieve_schema import TOWER_TABLES
+from model_repository.sequence_tower import NumpySequenceTower
 
 TOWER_FILE = "tower.pt"  # in each user_tower version: {"format", "args", "state_dict"} (torch.save)
 TOWER_FILE_FORMAT = 1
@@ -47,6 +54,8 @@ class TowerShapeError(ValueError):
 
 class NumpyTower:
     """(user_emb, history_emb), each (B, d) float32 -> query (B, d) float32."""
+
+    kind = schema.TOWER_POOLED
 
     def __init__(self, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray):
         """w1 (hidden, 2d), b1 (hidden,), w2 (d, hidden), b2 (d,): torch's Linear layout."""
@@ -92,3 +101,16 @@ class NumpyTower:
         query += history
         query += self.b2
         return query
+
+
+def tower_from_tables(tables, kind: str) -> NumpyTower | NumpySequenceTower | None:
+    """The tower a retrieve version's tables hold, of the ``kind`` its meta names. None for a
+    pooled version written before versions carried tower tables (the user_tower model has it);
+    a sequence version always carries its tables, and one that lacks them is a SchemaError."""
+    if kind == schema.TOWER_SEQUENCE:
+        tower = NumpySequenceTower.from_tables(tables)
+        if tower is None:
+            raise schema.SchemaError("a sequence-tower version without its tables "
+                                     f"({schema.SEQ_POSITIONS}, ...)")
+        return tower
+    return NumpyTower.from_tables(tables)

@@ -62,6 +62,14 @@ def test_user_tower_takes_and_returns_rows_of_the_table_width(tmp_path):
     assert [(o.name, list(o.dims)) for o in config.output] == [(c.QUERY, [48])]
 
 
+def test_a_sequence_user_tower_takes_the_window_of_item_rows_and_its_mask(tmp_path):
+    config = _round_trip(tmp_path, configs.user_tower_config(dim=48, sequence_length=20))
+    assert {i.name: (i.data_type, list(i.dims)) for i in config.input} == {
+        c.USER_EMB: (mc.TYPE_FP32, [48]), c.HISTORY_SEQ: (mc.TYPE_FP32, [20, 48]),
+        c.HISTORY_MASK: (mc.TYPE_FP32, [20])}
+    assert [(o.name, list(o.dims)) for o in config.output] == [(c.QUERY, [48])]
+
+
 def test_text_encoder_takes_bytes_and_returns_unit_vectors_of_minilm_width(tmp_path):
     config = _round_trip(tmp_path, configs.text_encoder_config())
     assert config.backend == "python"

@@ -55,7 +55,8 @@ def test_a_missing_or_mistyped_table_is_named():
 
 def test_meta_round_trips_through_a_manifest(tmp_path):
     meta = schema.RetrieveMeta(dim=DIM, history_len=HISTORY, recency_decay=0.5,
-                               text_encoder_version=3, text_weight=0.25)
+                               text_encoder_version=3, text_weight=0.25,
+                               tower=schema.TOWER_SEQUENCE)
     path = versions.write_version(tmp_path / "retrieve", 1, _tables(), meta=meta.to_dict())
     assert schema.RetrieveMeta.from_manifest(versions.read_manifest(path)) == meta
 
@@ -65,11 +66,13 @@ def test_meta_of_a_hand_written_version_comes_from_its_tables(tmp_path):
                                   meta={"recency_decay": 0.5, "a_newer_writers_key": 1})
     meta = schema.RetrieveMeta.from_manifest(versions.read_manifest(path))
     assert (meta.dim, meta.history_len, meta.recency_decay) == (DIM, HISTORY, 0.5)
+    assert meta.tower == schema.TOWER_POOLED  # a version from before the sequence tower
     assert meta.text_encoder_version is None and "text_encoder_version" not in meta.to_dict()
 
 
 @pytest.mark.parametrize("field, value", [("dim", 0), ("history_len", 2.5), ("recency_decay", 0.0),
-                                          ("text_weight", -1.0), ("text_encoder_version", 0)])
+                                          ("text_weight", -1.0), ("text_encoder_version", 0),
+                                          ("tower", "bag-of-words")])
 def test_bad_meta_is_refused_naming_the_field(field, value):
     with pytest.raises(schema.SchemaError, match=field):
         schema.RetrieveMeta(**{"dim": DIM, "history_len": HISTORY, field: value})
@@ -99,8 +102,24 @@ def test_the_updater_trains_through_the_tables_tower_or_else_the_user_tower_file
     (tmp_path / c.USER_TOWER / "3").mkdir(parents=True)
     save_tower(tower, tmp_path / c.USER_TOWER / "3" / TOWER_FILE)
     want = numpy_tower(tower).tables()
-    from_file = version_tower(_tables(), tmp_path, 3)  # no tower tables: the file
-    from_tables = version_tower({**_tables(), **want}, tmp_path / "absent", 3)
+    meta = schema.RetrieveMeta(dim=DIM, history_len=HISTORY, user_tower_version=3)
+    from_file = version_tower(_tables(), tmp_path, meta)  # no tower tables: the file
+    from_tables = version_tower({**_tables(), **want}, tmp_path / "absent", meta)
     for name, table in want.items():
         np.testing.assert_array_equal(from_file.tables()[name], table, err_msg=name)
         np.testing.assert_array_equal(from_tables.tables()[name], table, err_msg=name)
+
+
+def test_the_updater_trains_through_a_sequence_versions_own_tower(tmp_path):
+    from exporter.sequence_tower import SequenceTower
+    from model_repository.sequence_tower import NumpySequenceTower
+    from updater.engine import version_tower
+
+    want = numpy_tower(SequenceTower(DIM, length=HISTORY)).tables()
+    meta = schema.RetrieveMeta(dim=DIM, history_len=HISTORY, tower=schema.TOWER_SEQUENCE)
+    got = version_tower({**_tables(), **want}, tmp_path / "absent", meta)
+    assert isinstance(got, NumpySequenceTower)
+    for name, table in want.items():
+        np.testing.assert_array_equal(got.tables()[name], table, err_msg=name)
+    with pytest.raises(schema.SchemaError, match="sequence-tower version without its tables"):
+        version_tower(_tables(), tmp_path / "absent", meta)  # never the pooled tower's file

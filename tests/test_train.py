@@ -4,6 +4,7 @@ quality against popularity, and the metrics themselves on a hand-checked case.""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,15 +17,19 @@ from exporter.evaluate import (
     format_quality_table,
     ranking_metrics,
 )
+from exporter.onnx_export import torch_query, tower_inputs
 from exporter.synthetic import generate_synthetic
 from exporter.train import (
     TrainConfig,
     UserTower,
     load_tower,
+    make_tower,
     pool_history_torch,
     save_tower,
     train_base_model,
 )
+from model_repository import retrieve_schema as schema
+from model_repository.tower import TOWER_FILE_FORMAT
 from tests.fixtures.serving_pool import pool_numpy
 
 # ---------------------------------------------------------------------------------------------
@@ -64,7 +69,7 @@ def test_pool_history_torch_weights_recent_items_more():
 @pytest.mark.parametrize(("field", "value"), [
     ("dim", 0), ("epochs", -1), ("batch_size", 2.5), ("negatives", 0), ("history_len", 0),
     ("lr", 0.0), ("recency_decay", 0.0), ("recency_decay", 1.5), ("user_dropout", 1.0),
-    ("l2", -1e-3),
+    ("l2", -1e-3), ("tower", "bag"), ("seq_blocks", 0), ("seq_dropout", 1.0),
 ])
 def test_train_config_names_the_bad_field(field, value):
     with pytest.raises(ValueError, match=f"TrainConfig.{field} "):
@@ -142,6 +147,29 @@ def test_sampled_negatives_learn(small_split):
     assert rows["model"]["recall@10"] > 2 * rows["random"]["recall@10"], format_quality_table(rows)
 
 
+def test_sampled_negatives_follow_item_frequency_and_their_correction_is_unbiased():
+    """Draws come in proportion to (count + smoothing); with each draw's logit corrected by
+    -log(n q(i)), the sampled sum of exp(logits) estimates the full softmax's normaliser."""
+    from exporter.train import FREQUENCY_SMOOTHING, _Negatives
+
+    counts = np.array([500, 120, 40, 9, 0, 0, 3, 1], dtype=np.int64)
+    sampler = _Negatives(counts, 64)
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.linspace(3.0, -2.0, len(counts), dtype=torch.float64)  # popular items score high
+    drawn_counts = torch.zeros(len(counts), dtype=torch.float64)
+    estimates = []
+    for _ in range(2000):
+        drawn, log_expected = sampler.sample(generator)
+        drawn_counts += torch.bincount(drawn, minlength=len(counts))
+        estimates.append(float(torch.exp(logits[drawn] - log_expected.double()).sum()))
+    want_q = (counts + FREQUENCY_SMOOTHING) / (counts + FREQUENCY_SMOOTHING).sum()
+    np.testing.assert_allclose(drawn_counts.numpy() / drawn_counts.sum().item(), want_q, atol=0.01)
+    full = float(torch.exp(logits).sum())
+    assert abs(np.mean(estimates) / full - 1) < 0.03, (np.mean(estimates), full)
+    # the uncorrected sum is far off: the correction matters
+    assert abs(float(torch.exp(logits[drawn]).sum()) / full - 1) > 0.5
+
+
 def test_training_is_deterministic_and_leaves_global_rng_alone(small_split, small_model):
     items, train, _ = small_split
     before = torch.random.get_rng_state()
@@ -164,15 +192,38 @@ def test_progress_bar_goes_to_stderr(small_split, capsys):
 # tower file
 
 
-def test_save_and_load_tower(tmp_path, small_model):
-    path = save_tower(small_model.tower, tmp_path / "tower.pt")
+@pytest.mark.parametrize("kind", schema.TOWER_KINDS)
+def test_save_and_load_tower(tmp_path, kind):
+    torch.manual_seed(0)
+    tower = make_tower(TrainConfig(dim=16, history_len=7, seq_blocks=1, tower=kind))
+    path = save_tower(tower, tmp_path / "tower.pt")
     loaded = load_tower(path)
-    assert not loaded.training
-    assert (loaded.dim, loaded.hidden) == (small_model.tower.dim, small_model.tower.hidden)
-    user, history = torch.randn(5, 16), torch.randn(5, 16)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(user, history), small_model.tower(user, history),
-                                   rtol=0, atol=0)
+    assert not loaded.training and type(loaded) is type(tower) and loaded.kind == kind
+    assert loaded.constructor_args() == tower.constructor_args()
+    inputs = tower_inputs(tower, 5, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(torch_query(loaded, inputs), torch_query(tower, inputs))
+
+
+def test_a_tower_file_without_a_kind_holds_a_pooled_tower(tmp_path):
+    """Files written before the sequence tower: {"dim", "hidden"} only."""
+    tower = UserTower(4)
+    path = tmp_path / "tower.pt"
+    torch.save({"format": TOWER_FILE_FORMAT, "args": {"dim": 4, "hidden": 8},
+                "state_dict": tower.state_dict()}, path)
+    assert isinstance(load_tower(path), UserTower)
+
+
+@pytest.mark.parametrize("kind", schema.TOWER_KINDS)
+def test_each_tower_trains_deterministically_and_beats_popularity(small_split, kind):
+    items, train, test = small_split
+    config = replace(SMALL_CONFIG, tower=kind, epochs=4)
+    model = train_base_model(train, items=items, config=config, progress=False)
+    assert model.tower.kind == kind
+    again = train_base_model(train, items=items, config=config, progress=False)
+    np.testing.assert_array_equal(again.user_queries(), model.user_queries())
+    rows = evaluate(model, train, test)
+    assert rows["model"]["recall@10"] > 1.2 * rows["popularity"]["recall@10"], \
+        format_quality_table(rows)
 
 
 def test_load_tower_rejects_unknown_format(tmp_path):

@@ -26,7 +26,8 @@ from model_repository import contract as c
 from model_repository import retrieve_schema as schema
 from model_repository.live_history import LiveHistory, history_path
 from model_repository.projection import TextProjection, rows_from_text
-from model_repository.tower import TOWER_FILE, NumpyTower
+from model_repository.sequence_tower import NumpySequenceTower
+from model_repository.tower import TOWER_FILE, NumpyTower, tower_from_tables
 from updater import faults
 from updater.events import positives
 from updater.feedback_log import FeedbackLog
@@ -50,12 +51,14 @@ class CommandError(RuntimeError):
         self.code = code
 
 
-def version_tower(tables: dict[str, np.ndarray], repository: Path, user_tower_version: int
-                  ) -> NumpyTower:
-    """The tower a retrieve version was trained with: its own tower tables, or, for a version
-    written before those existed, the user_tower version's torch file (the only case that
-    imports torch; recovery after a crash is otherwise torch-free)."""
-    tower = NumpyTower.from_tables(tables)
+def version_tower(tables: dict[str, np.ndarray], repository: Path, meta: schema.RetrieveMeta
+                  ) -> NumpyTower | NumpySequenceTower:
+    """The tower a retrieve version was trained with, of the kind its meta names: its own tower
+    tables, or, for a pooled version written before those existed, the user_tower version's
+    torch file (the only case that imports torch; recovery after a crash is otherwise
+    torch-free)."""
+    user_tower_version = meta.user_tower_version
+    tower = tower_from_tables(tables, meta.tower)
     if tower is not None:
         return tower
     log.warning("retrieve version has no tower tables: reading user_tower %s's %s (imports torch)",
@@ -91,7 +94,7 @@ class Engine:
         manifest = self.publisher.recover()
         _, tables = self.publisher.load_tables(manifest.version)
         meta = schema.RetrieveMeta.from_manifest(manifest)
-        tower = version_tower(tables, self.publisher.repository, meta.user_tower_version)
+        tower = version_tower(tables, self.publisher.repository, meta)
         self.trainer = SparseTrainer(tables, tower, recency_decay=meta.recency_decay,
                                      config=self.trainer_config)
         self.applied_offset = self.published_offset = manifest.feedback_offset

@@ -1,8 +1,9 @@
 """Sparse fine-tuning of embedding rows from feedback, one event at a time, in log order.
 
 Per event only the touched rows move: the user's row, the event's item row and a few sampled
-negative item rows. The query is the frozen user tower applied to (user row, recency-pooled
-stored history), exactly as serving computes it; the loss is BPR of the event item against the
+negative item rows. The query is the version's frozen user tower applied to the user row and the
+stored history (recency-pooled, or the last L rows for a sequence tower), exactly as serving
+computes it; the loss is BPR of the event item against the
 negatives, signed by the event's label (a skip wants the negatives above the item). Rows step
 with row-wise Adagrad (one accumulator per row, the mean squared gradient, as FBGEMM's
 rowwise_adagrad), and each row's step is clipped to ``max_step`` in L2 norm, so one event
@@ -12,9 +13,11 @@ cannot throw a row far. A positive event appends its item to the user's stored h
 Negatives come from a generator seeded with (seed, event offset): replaying the same events
 from the same tables gives the same tables, which is what crash recovery relies on.
 
-The step is numpy with the gradients written out (the tower is a fixed two-layer MLP, see
-`_TowerGrad`): per event that costs a fraction of torch autograd's overhead, and
-tests/updater/test_trainer.py checks it against autograd.
+The step is numpy with the gradients written out: the history is held constant (its item rows
+move only as scored items), so the user row's gradient goes through the pooled tower's fixed
+two-layer MLP (`_PooledTowerGrad`), and through a sequence tower, query = u + Seq(history), it is
+the query's gradient itself (`_SequenceTowerGrad`). Per event that costs a fraction of torch
+autograd's overhead, and tests/updater/test_trainer.py checks both against autograd.
 
 Tables live in arrays with headroom (capacity doubles) so new users and items cost amortised
 O(1); `tables()` hands out views with the real row counts. Tables the trainer does not train
@@ -29,6 +32,7 @@ import numpy as np
 
 from model_repository import retrieve_schema as schema
 from model_repository.pooling import DEFAULT_RECENCY_DECAY, recency_weights
+from model_repository.sequence_tower import NumpySequenceTower
 from model_repository.tower import NumpyTower
 from updater.events import Event, label
 from updater.settings import TrainerConfig
@@ -77,16 +81,23 @@ class _Grown:
         return self.data[: self.n]
 
 
-class _TowerGrad:
-    """For one user: the tower's forward with its hidden pre-activation kept, and the gradient
-    of a loss through it w.r.t. the user row (numpy, float32; see model_repository.tower)."""
+class _PooledTowerGrad:
+    """For one user: the pooled tower's forward with its hidden pre-activation kept, and the
+    gradient of a loss through it w.r.t. the user row (numpy, float32; model_repository.tower)."""
 
-    def __init__(self, tower: NumpyTower):
+    def __init__(self, tower: NumpyTower, decay: float):
         self.w1, self.b1, self.w2, self.b2 = tower.w1, tower.b1, tower.w2, tower.b2
         self.dim = tower.dim
+        self.decay = decay
 
-    def forward(self, user: np.ndarray, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(query (d,), hidden pre-activation (hidden,)) for one user."""
+    def forward(self, user: np.ndarray, item_rows: np.ndarray, history: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(query (d,), hidden pre-activation (hidden,)) for one user; ``history``: item rows,
+        oldest first."""
+        pooled = np.zeros(self.dim, np.float32)
+        if history.size:
+            weights = recency_weights(np.array([0, history.size]), decay=self.decay)
+            pooled = (weights[:, None] * item_rows[history]).sum(0).astype(np.float32)
         z1 = self.w1 @ np.concatenate([user, pooled]) + self.b1
         return user + pooled + self.w2 @ np.maximum(z1, 0.0) + self.b2, z1
 
@@ -95,14 +106,38 @@ class _TowerGrad:
         return query_grad + self.w1[:, : self.dim].T @ ((self.w2.T @ query_grad) * (z1 > 0))
 
 
+class _SequenceTowerGrad:
+    """For one user: query = u + Seq(history) (model_repository.sequence_tower); with the
+    history held constant d(query)/du is the identity, so dL/du is dL/dquery."""
+
+    def __init__(self, tower: NumpySequenceTower):
+        self.tower = tower
+
+    def forward(self, user: np.ndarray, item_rows: np.ndarray, history: np.ndarray
+                ) -> tuple[np.ndarray, None]:
+        rows, mask = self.tower.history_inputs(item_rows, [history])
+        return self.tower(user[None], rows, mask)[0], None
+
+    def user_grad(self, query_grad: np.ndarray, _context: None) -> np.ndarray:
+        return query_grad
+
+
+def _tower_grad(tower: NumpyTower | NumpySequenceTower, decay: float
+                ) -> _PooledTowerGrad | _SequenceTowerGrad:
+    if isinstance(tower, NumpySequenceTower):
+        return _SequenceTowerGrad(tower)
+    return _PooledTowerGrad(tower, decay)
+
+
 class SparseTrainer:
     """Trainer state: the retrieve tables of one version plus what changed since it."""
 
-    def __init__(self, tables: dict[str, np.ndarray], tower: NumpyTower, *,
+    def __init__(self, tables: dict[str, np.ndarray], tower: NumpyTower | NumpySequenceTower, *,
                  recency_decay: float = DEFAULT_RECENCY_DECAY,
                  config: TrainerConfig | None = None):
-        """``tower``: the version's user tower, frozen (only rows train)."""
-        self._tower = _TowerGrad(tower)
+        """``tower``: the version's user tower, frozen (only rows train); ``recency_decay``:
+        the pooled tower's (a sequence tower does not pool)."""
+        self._tower = _tower_grad(tower, recency_decay)
         self.decay = recency_decay
         self.config = config or TrainerConfig()
         self.reset(tables)
@@ -208,14 +243,12 @@ class SparseTrainer:
             self.t[name].truncate(keep)
             self.changed[name] -= set(range(keep, keep + n))
 
-    def _pooled(self, user_row: int) -> np.ndarray:
+    def query(self, user_row: int) -> tuple[np.ndarray, object]:
+        """(query (d,), what `user_grad` needs) from the user's row and stored history, as
+        serving computes the query; the row and history are read, not copied."""
         history = self.t[schema.USER_HISTORY].data[user_row]
-        rows = history[history >= 0]
-        dim = self.t[schema.ITEM_ROWS].data.shape[1]
-        if rows.size == 0:
-            return np.zeros(dim, np.float32)
-        weights = recency_weights(np.array([0, rows.size]), decay=self.decay)
-        return (weights[:, None] * self.t[schema.ITEM_ROWS].data[rows]).sum(0).astype(np.float32)
+        return self._tower.forward(self.t[schema.USER_ROWS].data[user_row],
+                                   self.t[schema.ITEM_ROWS].data, history[history >= 0])
 
     def _adagrad_step(self, table: str, acc_table: str, rows: np.ndarray, grads: np.ndarray) -> None:
         acc = self.t[acc_table].data
@@ -247,9 +280,8 @@ class SparseTrainer:
         negatives = rng.integers(0, self.n_items - 1, size=self.config.negatives)
         negatives = np.unique(negatives + (negatives >= item_row))  # never the event's item
         item_rows = np.concatenate([[item_row], negatives])
-        user = self.t[schema.USER_ROWS].data[user_row].copy()
         items = self.t[schema.ITEM_ROWS].data[item_rows].copy()
-        query, z1 = self._tower.forward(user, self._pooled(user_row))
+        query, context = self.query(user_row)
         scores = items @ query
         sign = 1.0 if weight > 0 else -1.0
         margin = sign * (scores[0] - scores[1:])
@@ -257,7 +289,7 @@ class SparseTrainer:
         margin_grad = -abs(weight) * _sigmoid(-margin) / margin.size
         score_grad = np.concatenate([[sign * margin_grad.sum()], -sign * margin_grad])
         item_grads = score_grad[:, None] * query[None, :]
-        user_grad = self._tower.user_grad(items.T @ score_grad, z1)
+        user_grad = self._tower.user_grad(items.T @ score_grad, context)
         self._adagrad_step(schema.USER_ROWS, schema.USER_ADAGRAD, np.array([user_row]),
                            user_grad[None].astype(np.float64))
         self._adagrad_step(schema.ITEM_ROWS, schema.ITEM_ADAGRAD, item_rows, item_grads.astype(np.float64))

@@ -1,6 +1,7 @@
 """Triton python backend: `user_tower`, the exported ONNX tower run by onnxruntime.
 
 Template, copied into every version folder. A batch of requests runs as one onnxruntime call.
+The inputs are the ONNX graph's own (a pooled or a sequence tower: model_repository.contract).
 """
 
 import freshrec_paths  # noqa: F401,I001 - first: puts the project on sys.path (see that file)
@@ -22,17 +23,17 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1  # tiny MLP: threads cost more than they save
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
 
     def execute(self, requests):
-        users = [pb_utils.get_input_tensor_by_name(r, c.USER_EMB).as_numpy() for r in requests]
-        pools = [pb_utils.get_input_tensor_by_name(r, c.HISTORY_EMB).as_numpy() for r in requests]
+        inputs = {name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests]
+                  for name in self.input_names}
         (query,) = self.session.run(
             [c.QUERY],
-            {c.USER_EMB: np.concatenate(users).astype(np.float32),
-             c.HISTORY_EMB: np.concatenate(pools).astype(np.float32)},
+            {name: np.concatenate(parts).astype(np.float32) for name, parts in inputs.items()},
         )
         responses, start = [], 0
-        for user in users:
+        for user in inputs[c.USER_EMB]:
             stop = start + user.shape[0]
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(c.QUERY, query[start:stop])]))
             start = stop

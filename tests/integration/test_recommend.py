@@ -4,67 +4,15 @@ import time
 
 import numpy as np
 import pytest
-import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from clients import Client
 from clients.client import recommend_inputs
-from exporter.train import load_tower, pool_history_torch
 from model_repository import contract as c
-from model_repository import versions
+from tests.fixtures.reference import SCORE_ATOL, TorchReference
 
 pytestmark = pytest.mark.integration
-SCORE_ATOL = 1e-4  # onnxruntime vs torch on a small MLP; measured max error ~1e-6
-
-
-class TorchReference:
-    """Recommendations computed in torch straight from the exported version's files."""
-
-    def __init__(self, repository):
-        retrieve_dir = repository / c.RETRIEVE / str(versions.latest_version(repository / c.RETRIEVE))
-        self.manifest, tables = versions.load_tables(retrieve_dir)
-        tower_dir = repository / c.USER_TOWER / str(self.manifest.meta["user_tower_version"])
-        self.tower = load_tower(tower_dir / "tower.pt")
-        self.tables = {name: np.array(t) for name, t in tables.items()}
-        self.items = torch.from_numpy(self.tables["item_rows"])
-
-    def item_row(self, item_id):
-        hits = np.flatnonzero(self.tables["item_ids"] == item_id)
-        return int(hits[0]) if hits.size else -1
-
-    def scores(self, user_id, history=None):
-        """Scores of every catalogue item (row order) for one request."""
-        hits = np.flatnonzero(self.tables["user_ids"] == user_id)
-        user_row = int(hits[0]) if hits.size else -1
-        if history:
-            rows = [r for r in (self.item_row(i) for i in history) if r >= 0]
-        elif user_row >= 0:
-            rows = [r for r in self.tables["user_history"][user_row] if r >= 0]
-        else:
-            rows = []
-        if user_row < 0 and not rows:
-            return torch.from_numpy(self.tables["item_popularity"])
-        hist = torch.tensor([rows or [-1]], dtype=torch.int64)
-        pooled = pool_history_torch(self.items, hist, self.manifest.meta["recency_decay"])
-        user = torch.zeros(1, self.items.shape[1])
-        if user_row >= 0:
-            user = torch.from_numpy(self.tables["user_rows"][user_row : user_row + 1])
-        with torch.no_grad():
-            query = self.tower(user, pooled)
-        return (self.items @ query[0]).float()
-
-    def check_topk(self, answer, user_id, k, history=None):
-        """The answer is a true top-k: its scores are the reference's k best (within tolerance)
-        and each returned item's score is the reference score of that item."""
-        scores = self.scores(user_id, history)
-        want = torch.sort(scores, descending=True, stable=True).values[:k].numpy()
-        assert len(answer.item_ids) == k
-        np.testing.assert_allclose(answer.scores, want, atol=SCORE_ATOL, rtol=1e-5)
-        rows = [self.item_row(i) for i in answer.item_ids]
-        assert min(rows) >= 0, f"unknown item ids returned: {answer.item_ids}"
-        np.testing.assert_allclose(answer.scores, scores[rows].numpy(), atol=SCORE_ATOL, rtol=1e-5)
-        assert len(set(answer.item_ids)) == k
 
 
 @pytest.fixture(scope="module")
@@ -174,13 +122,7 @@ def text_reference(built):
     from model_repository.text_encoding import TextEncoderRuntime
 
     repository = built.repository
-    tower = load_tower(repository / c.USER_TOWER / "1" / "tower.pt")
-
-    def run_tower(user_emb, history_emb):
-        with torch.no_grad():
-            return tower(torch.from_numpy(user_emb), torch.from_numpy(history_emb)).numpy()
-
-    retriever = Retriever(repository / c.RETRIEVE / "1", run_tower)
+    retriever = Retriever(repository / c.RETRIEVE / "1")  # the version's own tower
     runtime = TextEncoderRuntime.from_version(repository / c.TEXT_ENCODER / "1")
     items = read_items(built.ratings.parent / "items.csv")
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.train import UserTower, numpy_tower
+from exporter.sequence_tower import SequenceTower
+from exporter.train import UserTower, numpy_tower, tower_query
 from updater.events import validate
 from updater.settings import TrainerConfig
 from updater.trainer import SparseTrainer
@@ -176,15 +177,19 @@ def test_adding_a_known_or_repeated_item_adds_nothing_and_a_failed_add_can_be_un
 
 
 def _autograd_step(trainer, tower, event, user_row, item_row, weight):
-    """The step with torch autograd, as the trainer did before its gradients were written out."""
+    """The step with torch autograd, as the trainer did before its gradients were written out:
+    the query through the torch tower from the user row and the stored history, whose item rows
+    are held constant (they move only as scored items)."""
     rng = np.random.default_rng([trainer.config.seed, event.offset])
     negatives = rng.integers(0, trainer.n_items - 1, size=trainer.config.negatives)
     negatives = np.unique(negatives + (negatives >= item_row))
     user = torch.from_numpy(trainer.t["user_rows"].data[user_row].copy()).requires_grad_(True)
-    pooled = torch.from_numpy(trainer._pooled(user_row))
+    history = torch.from_numpy(trainer.t["user_history"].data[user_row][None].copy())
+    constant_items = torch.from_numpy(trainer.t["item_rows"].data[: trainer.n_items].copy())
+    query = tower_query(tower, user[None], constant_items, history, decay=trainer.decay)[0]
     item_rows = np.concatenate([[item_row], negatives])
     items = torch.from_numpy(trainer.t["item_rows"].data[item_rows].copy()).requires_grad_(True)
-    scores = items @ tower(user[None], pooled[None])[0]
+    scores = items @ query
     margin = scores[0] - scores[1:] if weight > 0 else scores[1:] - scores[0]
     (-abs(weight) * torch.nn.functional.logsigmoid(margin).mean()).backward()
     trainer._adagrad_step("user_rows", "user_adagrad", np.array([user_row]),
@@ -192,10 +197,15 @@ def _autograd_step(trainer, tower, event, user_row, item_row, weight):
     trainer._adagrad_step("item_rows", "item_adagrad", item_rows, items.grad.numpy().astype(np.float64))
 
 
+TOWERS = {"pooled": lambda: UserTower(DIM),
+          "sequence": lambda: SequenceTower(DIM, length=HISTORY, blocks=2)}
+
+
+@pytest.mark.parametrize("tower_kind", sorted(TOWERS))
 @pytest.mark.parametrize("kind", ["click", "skip"])
-def test_written_out_gradients_match_torch_autograd(kind, monkeypatch):
+def test_written_out_gradients_match_torch_autograd(kind, tower_kind, monkeypatch):
     torch.manual_seed(1)
-    tower = UserTower(DIM)
+    tower = TOWERS[tower_kind]().eval()
     for p in tower.parameters():  # a trained-looking tower, not the near-identity of a fresh one
         torch.nn.init.normal_(p, std=0.5)
     ours = SparseTrainer(_tables(), numpy_tower(tower))
@@ -209,3 +219,25 @@ def test_written_out_gradients_match_torch_autograd(kind, monkeypatch):
         np.testing.assert_allclose(ours.tables()[name], reference.tables()[name], rtol=1e-4,
                                    atol=1e-6, err_msg=name)
     assert not np.array_equal(ours.tables()["item_rows"], _tables()["item_rows"])  # rows moved
+
+
+def test_the_sequence_query_reads_the_stored_history_in_order():
+    """The gradient check above holds for any history; this pins that the trainer's query is the
+    served one: the version's stored history, oldest first, through the sequence tower."""
+    torch.manual_seed(2)
+    tower = SequenceTower(DIM, length=HISTORY, blocks=1).eval()
+    served = numpy_tower(tower)
+    trainer = SparseTrainer(_tables(), served)
+    t = trainer.tables()
+    for user_row in range(USERS):
+        history = t["user_history"][user_row]
+        want = served(t["user_rows"][user_row][None],
+                      *served.history_inputs(t["item_rows"], [history[history >= 0]]))[0]
+        np.testing.assert_array_equal(trainer.query(user_row)[0], want)
+    trainer.apply(_event(1, user_id=1000, item_id=500 + 7 * 3))  # a click: appended, most recent
+    history = trainer.tables()["user_history"][0]
+    assert history[-1] == 3
+    rows = history[history >= 0]
+    want = served(trainer.tables()["user_rows"][0][None],
+                  *served.history_inputs(trainer.tables()["item_rows"], [rows]))[0]
+    np.testing.assert_array_equal(trainer.query(0)[0], want)
