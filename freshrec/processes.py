@@ -227,10 +227,14 @@ class ChildProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+        self._after_exit()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
         return code
+
+    def _after_exit(self) -> None:
+        """What a subclass must clean up once its child has ended (before the workdir goes)."""
 
     def start(self):
         raise NotImplementedError
@@ -290,6 +294,9 @@ def project_pythonpath() -> str:
     """The import paths the stub needs: this project and the running environment's packages."""
     paths = [str(PROJECT_ROOT), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     return os.pathsep.join(dict.fromkeys(paths))
+
+
+STUB_SHM_PREFIX = "triton_python_backend_shm_region_"  # the stub's shared memory, in /dev/shm
 
 
 class TritonServer(ChildProcess):
@@ -419,6 +426,34 @@ class TritonServer(ChildProcess):
         except Exception:  # noqa: BLE001 - not answering yet
             return False
         return held is None or set(self.ports) <= listening_ports(self.process.pid)
+
+    def _after_exit(self) -> None:
+        """Reap the python backend stubs a killed server left behind. A stub is tritonserver's
+        child; when the server dies by SIGKILL (a crash, `kill -9`) its stubs are re-parented
+        and live on (seen after the restart test: idle stubs of 75 MiB each, hours later), each
+        with a 1 MiB shared-memory region in /dev/shm. This run's stubs are the processes
+        started from this run's backend folder; their regions are named in their argv."""
+        if self._workdir is None:
+            return
+        backend = str(self._workdir)
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if not argv or not argv[0].startswith(backend):
+                continue
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+                log.warning("killed a python backend stub the server left behind (pid %s)",
+                            entry.name)
+            except OSError:
+                pass
+            for arg in argv[1:]:
+                if arg.startswith(STUB_SHM_PREFIX):
+                    Path("/dev/shm", arg).unlink(missing_ok=True)
 
     def _collided(self) -> bool:
         """Did another process take one of the ports this run picked?"""

@@ -127,6 +127,8 @@ def test_serve_restarts_a_killed_tritonserver_under_load_and_keeps_the_updater(b
         with UpdaterClient(updater) as up:
             up.wait_ready(timeout_s=READY_S)
         updater_pid, triton_pid = _updater_child(serve.pid), _triton_child(serve.pid)
+        stubs = Path(f"/proc/{triton_pid}/task/{triton_pid}/children").read_text().split()
+        assert stubs  # one python backend stub per loaded model
         asker.start()
         wait_until(lambda: len(answered) > 20, timeout_s=READY_S, what="answers under load")
         killed_at = time.monotonic()
@@ -137,6 +139,10 @@ def test_serve_restarts_a_killed_tritonserver_under_load_and_keeps_the_updater(b
         print(f"answers again {back_s:.1f} s after SIGKILL of tritonserver "
               f"({len([t for t in failed if t > killed_at])} failed requests meanwhile)")
         assert _triton_child(serve.pid) not in (None, triton_pid)
+        # the killed server's stubs do not outlive it (they are re-parented, not killed, by a
+        # SIGKILL of their server): the supervisor reaps them
+        wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in stubs),
+                   timeout_s=READY_S, what="the killed server's stubs to be gone")
         assert _updater_child(serve.pid) == updater_pid  # the updater kept running
         with UpdaterClient(updater) as up, Client(url) as client:
             # counted once the supervisor has seen the new server ready, which can be a poll
