@@ -6,8 +6,9 @@
     python -m bench.quality --protocol split             # what `freshrec build` reports, with peers
     python -m bench.quality --quick                      # 20 % of the replay
 
-Both train the base model on the earliest 80 % of events by time (exporter.train defaults, as
-`freshrec build` does).
+Both train the base model on the earliest 80 % of events by time as `freshrec build` does
+(exporter.build.train_model: the validation search over the closed form and the trained towers,
+and the popularity prior; `--no-search`: exporter.train's defaults).
 
 `--protocol prequential` (default) serves it with the real tritonserver and walks the remaining
 events in time order (bench.replay): each event is first asked (top 50, the user's seen items
@@ -73,17 +74,29 @@ def load_events(data: Path | None, *, seed: int):
     return read_dataset(data), str(data)
 
 
-def train_on_the_cut(data: Path | None, *, seed: int):
-    """(dataset, source, train, test, model, train seconds): the earliest 80 % trains the base
-    model with exporter.train's defaults, as `freshrec build` does."""
+def train_on_the_cut(data: Path | None, *, seed: int, search: bool = True):
+    """(dataset, source, train, test, model, train seconds, the search's result or None): the
+    earliest 80 % trains the base model as `freshrec build` does (exporter.build.train_model:
+    settings and popularity prior chosen on a validation slice; ``search=False``: the
+    defaults)."""
+    from exporter.build import train_model
     from exporter.data import split_by_time
-    from exporter.train import TrainConfig, train_base_model
+    from exporter.train import TrainConfig
 
     dataset, source = load_events(data, seed=seed)
     train, test = split_by_time(dataset.interactions)
     started = time.perf_counter()
-    model = train_base_model(train, items=dataset.items, config=TrainConfig(seed=seed), progress=False)
-    return dataset, source, train, test, model, time.perf_counter() - started
+    model, chosen = train_model(train, items=dataset.items, config=TrainConfig(seed=seed),
+                                search=search, progress=False)
+    return dataset, source, train, test, model, time.perf_counter() - started, chosen
+
+
+def _describe_model(model, chosen) -> str:
+    from exporter.build import describe_choice
+
+    if chosen is None:
+        return f"base model: exporter.train defaults (d = {model.config.dim}), no search"
+    return ("base model: as `freshrec build` chooses it, " + describe_choice(chosen)).replace("\n", " ")
 
 
 def _row(name: str, result: ReplayResult, update_s: float, ask_s: float) -> list:
@@ -132,11 +145,12 @@ def _served_rows(repository: Path, scratch: Path, train: Interactions, test: Int
 
 def run_prequential(*, data: Path | None, window_events: int, replay_fraction: float,
                     score_every: int, app_history: int, seed: int, sasrec: bool, sasrec_epochs: int,
-                    updater_args: tuple[str, ...] = ()) -> None:
+                    updater_args: tuple[str, ...] = (), search: bool = True) -> None:
     from exporter.build import write_repository
 
     started = time.perf_counter()
-    dataset, source, train, test, model, train_s = train_on_the_cut(data, seed=seed)
+    dataset, source, train, test, model, train_s, chosen = train_on_the_cut(data, seed=seed,
+                                                                           search=search)
     test = test.take(slice(0, max(1, int(round(len(test) * replay_fraction)))))
     n_windows = -(-len(test) // window_events)
     scored = list(range(0, n_windows, score_every))
@@ -169,7 +183,8 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
             notes.append(note)
     print(machine_header([
         f"data: {source}: {len(dataset.interactions)} events; base model trained on the earliest "
-        f"{len(train)} (80 %) in {train_s:.1f} s (exporter.train defaults, d = {model.config.dim})",
+        f"{len(train)} (80 %) in {train_s:.1f} s",
+        _describe_model(model, chosen),
         f"replay: {len(test)} events after the cut in {n_windows} windows of {window_events}, "
         f"{len(scored)} windows scored (every {score_every}), all learned; each event asked before "
         "it is learned, the user's seen items excluded; K = 50; "
@@ -204,11 +219,12 @@ def _sasrec_row(train: Interactions, test: Interactions, *, window_events: int, 
     return row, result, sasrec.describe()
 
 
-def run_split(*, data: Path | None, seed: int) -> None:
+def run_split(*, data: Path | None, seed: int, search: bool = True) -> None:
     from exporter.evaluate import evaluate
 
     started = time.perf_counter()
-    dataset, source, train, test, model, train_s = train_on_the_cut(data, seed=seed)
+    dataset, source, train, test, model, train_s, chosen = train_on_the_cut(data, seed=seed,
+                                                                           search=search)
     extra, fit_s, notes = {}, {"model": train_s}, []
     for peer in make_peers(seed=seed):
         extra[peer.name], fit_s[peer.name] = peer_scorer(peer, train, model.item_ids)
@@ -218,15 +234,14 @@ def run_split(*, data: Path | None, seed: int) -> None:
         f"data: {source}: {len(dataset.interactions)} events; train on the earliest {len(train)} "
         f"(80 %), evaluate on the latest {len(test)} (exporter.evaluate: users known in training, "
         f"their training items excluded, targets their new items; {len(model.item_ids)} items)",
-        f"base model: exporter.train defaults (d = {model.config.dim}), as `freshrec build "
-        "--no-text-encoder` trains and reports it",
+        _describe_model(model, chosen) + f" ({train_s:.0f} s with the search)",
         f"peers: implicit {_version('implicit')}; " + "; ".join(notes) + "; binary interactions",
         f"whole run {time.perf_counter() - started:.0f} s",
     ]))
     rows = [[name, m["recall@10"], m["ndcg@10"], m["recall@50"], m["ndcg@50"], int(m["users"]),
              fit_s.get(name, 0.0)] for name, m in results.items()]
     print_table(["scorer", "recall@10", "ndcg@10", "recall@50", "ndcg@50", "users", "fit s"], rows)
-    best = max(extra, key=lambda name: results[name]["recall@10"])
+    best = max([*extra, "popularity"], key=lambda name: results[name]["recall@10"])
     ours = results["model"]
     print(f"base model vs the best peer ({best}, by recall@10): "
           + ", ".join(f"{k} x{_ratio(ours[k], results[best][k])}" for k in ("recall@10", "ndcg@10")))
@@ -268,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sasrec-epochs", type=int, default=None,
                         help="SASRec training epochs (default: bench.sasrec's)")
     parser.add_argument("--quick", action="store_true", help="replay 20 %% of the events")
+    parser.add_argument("--no-search", action="store_true",
+                        help="train the base model with exporter.train's defaults instead of "
+                             "`freshrec build`'s validation search")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.quick:
@@ -277,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.app_history < 1:
         parser.error("--app-history must be >= 1")
     if args.protocol == "split":
-        run_split(data=args.data, seed=args.seed)
+        run_split(data=args.data, seed=args.seed, search=not args.no_search)
         return 0
     from bench.sasrec import DEFAULT_EPOCHS
 
@@ -285,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                     replay_fraction=args.replay_fraction, score_every=args.score_every,
                     app_history=args.app_history, seed=args.seed, sasrec=not args.no_sasrec,
                     sasrec_epochs=args.sasrec_epochs or DEFAULT_EPOCHS,
-                    updater_args=tuple(shlex.split(args.updater_args)))
+                    updater_args=tuple(shlex.split(args.updater_args)),
+                    search=not args.no_search)
     return 0
 
 

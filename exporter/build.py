@@ -37,6 +37,7 @@ from exporter.text_projection import (
     titled_rows,
 )
 from exporter.train import (
+    METHOD_EASE,
     SequenceTower,
     TrainConfig,
     TrainedModel,
@@ -241,8 +242,13 @@ def build(
 def describe_choice(chosen: SearchResult) -> str:
     """What the search chose, in a line or two (the CLI prints it)."""
     c = chosen.config
-    line = (f"chosen on the validation slice ({c.tower} tower): dim {c.dim}, epochs {c.epochs}, "
-            f"lr {c.lr:g}, l2 {c.l2:g}, negatives {c.negatives}, popularity weight "
+    if c.method == METHOD_EASE:
+        settings = (f"closed form ({c.tower} tower, exporter.closed_form): rank {c.dim}, EASE l2 "
+                    f"{c.ease_l2:g}, history weight {c.history_weight:g}")
+    else:
+        settings = (f"{c.tower} tower trained: dim {c.dim}, epochs {c.epochs}, lr {c.lr:g}, l2 "
+                    f"{c.l2:g}, negatives {c.negatives}")
+    line = (f"chosen on the validation slice, {settings}, popularity weight "
             f"{chosen.popularity_weight:g} "
             f"(valid recall@10 {chosen.valid['recall@10']:.4f} vs popularity "
             f"{chosen.popularity_valid['recall@10']:.4f})")

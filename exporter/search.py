@@ -2,19 +2,22 @@
 
     training window (earliest 80 % of events)  =  fit (its earliest 90 %)  +  valid (its latest 10 %)
 
-Each candidate setting (embedding size, learning rate, L2, negatives: `candidates`) trains on
-*fit* for up to `MAX_EPOCHS` epochs, scored on *valid* after each epoch with the protocol
-`build` reports (exporter.evaluate: recall@10 on items new to the user, training items
-excluded); training stops after `PATIENCE` epochs without a better score (early stopping). At
-the best epoch the weight of the popularity prior (model_repository.scoring) is chosen from
+Each candidate setting (`candidates`: the closed form's rank, ridge and history weight; the
+trained model's embedding size, learning rate, L2, negatives) is fitted on *fit* and scored on
+*valid* with the protocol `build` reports (exporter.evaluate: recall@10 on items new to the
+user, training items excluded); a trained one for up to `MAX_EPOCHS` epochs, scored after each,
+stopping after `PATIENCE` epochs without a better score (early stopping). At its best epoch
+the weight of the popularity prior (model_repository.scoring) is chosen from
 `PRIOR_WEIGHTS`; its largest value makes the ranking popularity's with the model as tie-breaker,
 so the chosen model does not lose to popularity on validation by more than that tie-breaking.
-The winner (most recall@10 on valid, then NDCG@10) is then trained on the whole training window
-for its best epoch count; `build` serves that.
+The winner (most recall@10 on valid, then NDCG@10) is then fitted on the whole training window
+(trained for its best epoch count); `build` serves that.
 
-The budget is checked between candidates: the first always runs, later ones only while the
-budget lasts, in the order `candidates` lists them (the defaults first). Under a seed the
-search is deterministic whenever the budget lets every candidate run; a cut is reported.
+The budget is checked before each candidate: the first always runs; a later one runs when the
+time spent plus what its kind's last fresh fit took stays within the budget (a closed-form
+candidate that shares a fit already made costs nothing), in the order `candidates` lists them
+(the closed form first, then the trained defaults). Under a seed the search is deterministic
+whenever the budget lets every candidate run; a cut is reported.
 """
 
 from __future__ import annotations
@@ -24,10 +27,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
-from exporter import DEFAULT_SEARCH_BUDGET_S
+import numpy as np
+
+from exporter import DEFAULT_SEARCH_BUDGET_S, closed_form
 from exporter.data import Interactions, Items, split_by_time
 from exporter.evaluate import build_eval_split, model_scorer, popularity_scorer, ranking_metrics
-from exporter.train import DEFAULT_DIM, TrainConfig, TrainedModel, train_base_model
+from exporter.train import (
+    DEFAULT_DIM,
+    METHOD_EASE,
+    METHOD_SOFTMAX,
+    TrainConfig,
+    TrainedModel,
+    closed_form_key,
+    fit_closed_form,
+    train_base_model,
+)
+from model_repository.retrieve_schema import TOWER_POOLED
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +50,26 @@ VALID_FRACTION = 0.1    # of the training window, its latest events
 MAX_EPOCHS = 12
 PATIENCE = 2
 PRIOR_WEIGHTS = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0, 100.0)
+# the closed form's (rank, EASE ridge) fits, and the recent-history weights tried on each fit
+CLOSED_FORM_DIMS = (64, 128)
+CLOSED_FORM_FITS = ((64, 200.0), (64, 50.0), (64, 800.0), (128, 200.0))
+HISTORY_WEIGHTS = (0.25, 0.5, 1.0)
 METRIC, TIE_BREAK = "recall@10", "ndcg@10"
 
 
-def candidates(base: TrainConfig) -> list[TrainConfig]:
-    """The settings tried, defaults first: embedding size, learning rate, L2 and negatives."""
-    grid = [base, replace(base, dim=2 * DEFAULT_DIM), replace(base, lr=base.lr / 2),
-            replace(base, l2=base.l2 * 10 if base.l2 > 0 else 1e-4),
-            replace(base, negatives=max(1, base.negatives // 4))]
+def candidates(base: TrainConfig, *, n_items: int | None = None) -> list[TrainConfig]:
+    """The settings tried: the closed form's ridge, rank and history weight (exporter.closed_form,
+    when ``n_items`` items with events fit it and ``base`` is a pooled tower), then the trained
+    model's defaults, embedding size, learning rate, L2 and negatives."""
+    grid = []
+    if base.tower == TOWER_POOLED and (n_items is None or n_items <= closed_form.MAX_ITEMS):
+        ease = replace(base, method=METHOD_EASE, dim=CLOSED_FORM_DIMS[0])
+        grid += [replace(ease, dim=dim, ease_l2=l2, history_weight=weight)
+                 for dim, l2 in CLOSED_FORM_FITS for weight in HISTORY_WEIGHTS]
+    trained = replace(base, method=METHOD_SOFTMAX)
+    grid += [trained, replace(trained, dim=2 * DEFAULT_DIM), replace(trained, lr=base.lr / 2),
+             replace(trained, l2=base.l2 * 10 if base.l2 > 0 else 1e-4),
+             replace(trained, negatives=max(1, base.negatives // 4))]
     unique: list[TrainConfig] = []
     for config in grid:
         if config not in unique:
@@ -73,7 +100,9 @@ class SearchResult:
 
     def record(self) -> dict:
         """What the manifest keeps: the settings chosen and how they scored."""
-        keep = ("tower", "dim", "epochs", "lr", "l2", "negatives", "batch_size", "seed")
+        keep = (("method", "tower", "dim", "ease_l2", "history_weight", "seed")
+                if self.config.method == METHOD_EASE else
+                ("method", "tower", "dim", "epochs", "lr", "l2", "negatives", "batch_size", "seed"))
         return {"settings": {k: v for k, v in asdict(self.config).items() if k in keep},
                 "popularity_weight": self.popularity_weight,
                 "valid": {k: round(v, 5) for k, v in self.valid.items() if k != "users"},
@@ -125,24 +154,44 @@ def search(train: Interactions, *, items: Items | None = None, base: TrainConfig
     fit, valid = split_by_time(train, train_fraction=1.0 - VALID_FRACTION)
     started = time.monotonic()
     trials: list[Trial] = []
-    grid = list(grid) if grid is not None else candidates(base)
+    grid = list(grid) if grid is not None else candidates(
+        base, n_items=len(np.unique(fit.item_ids)))
     split = None  # the validation split: the same catalogue for every candidate
+    fits: dict = {}  # closed-form fits shared by candidates that differ in history weight only
+    costs: dict[str, float] = {}  # seconds of the last candidate of each method that fitted anew
+    cut = 0
     for n, config in enumerate(grid):
-        if n and time.monotonic() - started > budget_s:
-            say(f"search: time budget of {budget_s:.0f} s spent; {len(grid) - n} of {len(grid)} "
-                "candidates left out")
-            break
-        stopper = _EarlyStopping(fit, valid, split)
-        train_base_model(fit, items=items, config=replace(config, epochs=MAX_EPOCHS),
-                         progress=False, on_epoch=stopper)
-        split, best_epoch, best_model = stopper.split, stopper.best_epoch, stopper.best_model
+        shared = config.method == METHOD_EASE and closed_form_key(config) in fits
+        expected = 0.0 if shared else costs.get(config.method, 0.0)
+        if n and time.monotonic() - started + expected > budget_s:
+            cut += 1
+            continue
+        candidate_started = time.monotonic()
+        if config.method == METHOD_EASE:
+            best_model = fit_closed_form(fit, items=items, configs=[config], cache=fits)[0]
+            best_epoch = config.epochs
+            if split is None:
+                split = build_eval_split(fit, valid, item_ids=best_model.item_ids)
+            what = (f"closed form, rank {config.dim}, EASE l2 {config.ease_l2:g}, history weight "
+                    f"{config.history_weight:g}")
+        else:
+            stopper = _EarlyStopping(fit, valid, split)
+            train_base_model(fit, items=items, config=replace(config, epochs=MAX_EPOCHS),
+                             progress=False, on_epoch=stopper)
+            split, best_epoch, best_model = stopper.split, stopper.best_epoch, stopper.best_model
+            what = (f"{config.tower} tower trained, dim {config.dim}, lr {config.lr:g}, l2 "
+                    f"{config.l2:g}, negatives {config.negatives} -> best epoch {best_epoch}")
+        if not shared:
+            costs[config.method] = time.monotonic() - candidate_started
         weight, metrics = _best_prior(best_model, split)
         trials.append(Trial(replace(config, epochs=best_epoch), best_epoch, weight, metrics))
-        say(f"search {n + 1}/{len(grid)}: dim {config.dim}, lr {config.lr:g}, l2 {config.l2:g}, "
-            f"negatives {config.negatives} -> best epoch {best_epoch}, popularity weight "
-            f"{weight:g}: valid {METRIC} {metrics[METRIC]:.4f}, {TIE_BREAK} "
-            f"{metrics[TIE_BREAK]:.4f} ({time.monotonic() - started:.0f} s so far)")
+        say(f"search {n + 1}/{len(grid)}: {what}, popularity weight {weight:g}: valid "
+            f"{METRIC} {metrics[METRIC]:.4f}, {TIE_BREAK} {metrics[TIE_BREAK]:.4f} "
+            f"({time.monotonic() - started:.0f} s so far)")
+    if cut:
+        say(f"search: time budget of {budget_s:.0f} s; {cut} of {len(grid)} candidates left out "
+            "(each would have run past it, by the time its kind took last)")
     winner = max(trials, key=lambda t: _key(t.valid))
     popularity = ranking_metrics(popularity_scorer(best_model.item_popularity), split)
     return SearchResult(winner.config, winner.popularity_weight, winner.valid, popularity,
-                        trials, budget_cut=len(grid) - len(trials))
+                        trials, budget_cut=cut)

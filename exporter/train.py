@@ -1,5 +1,9 @@
 """Base-model training: user and item embedding tables plus a small user tower.
 
+Two methods (``TrainConfig.method``): "softmax" trains everything below by gradient descent;
+"ease" fits the pooled tower's rows in closed form (exporter.closed_form: low-rank symmetric
+EASE, the tower's MLP zero), which `build`'s search also tries.
+
 An item's score is ``query @ item_row``; the query comes from the user's row and recent history
 through one of two towers (``TrainConfig.tower``):
 
@@ -28,7 +32,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from exporter import DEFAULT_TOWER
+from exporter import DEFAULT_TOWER, closed_form
 from exporter.data import Interactions, Items
 from exporter.sequence_tower import SequenceTower, numpy_sequence_tower, sequence_inputs_torch
 from model_repository import retrieve_schema as schema
@@ -53,6 +57,13 @@ DEFAULT_SEED = 0
 INIT_STD = 0.05
 DEFAULT_SEQ_BLOCKS = 2
 DEFAULT_SEQ_DROPOUT = 0.2
+METHOD_SOFTMAX, METHOD_EASE = "softmax", "ease"
+METHODS = (METHOD_SOFTMAX, METHOD_EASE)
+DEFAULT_METHOD = METHOD_SOFTMAX
+# the closed form's ridge and the weight of the recent history against the whole one
+# (exporter.closed_form); ml-100k's validation slice chose among 50-500 and 0.25-1
+DEFAULT_EASE_L2 = 200.0
+DEFAULT_HISTORY_WEIGHT = 0.5
 # added to every item's count in the negatives' proposal, so that no catalogue item has q = 0
 FREQUENCY_SMOOTHING = 1.0
 
@@ -83,8 +94,20 @@ class TrainConfig:
     tower: str = DEFAULT_TOWER
     seq_blocks: int = DEFAULT_SEQ_BLOCKS
     seq_dropout: float = DEFAULT_SEQ_DROPOUT
+    method: str = DEFAULT_METHOD
+    ease_l2: float = DEFAULT_EASE_L2
+    history_weight: float = DEFAULT_HISTORY_WEIGHT
 
     def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"TrainConfig.method must be one of {', '.join(METHODS)}, "
+                             f"got {self.method!r}")
+        if self.method == METHOD_EASE and self.tower != schema.TOWER_POOLED:
+            raise ValueError(f"TrainConfig.method {METHOD_EASE!r} fits the pooled tower only, "
+                             f"got tower {self.tower!r}")
+        for name in ("ease_l2", "history_weight"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)!r}")
         if self.tower not in schema.TOWER_KINDS:
             raise ValueError(f"TrainConfig.tower must be one of {', '.join(schema.TOWER_KINDS)}, "
                              f"got {self.tower!r}")
@@ -281,6 +304,63 @@ def _catalogue(train: Interactions, items: Items | None) -> np.ndarray:
     return np.unique(known)
 
 
+def _indexed(train: Interactions, items: Items | None
+             ) -> tuple[np.ndarray, np.ndarray, _Sequences]:
+    """(user ids, catalogue item ids, the events as row sequences per user)."""
+    user_ids = np.unique(train.user_ids)
+    item_ids = _catalogue(train, items)
+    seqs = _Sequences.build(np.searchsorted(user_ids, train.user_ids),
+                            np.searchsorted(item_ids, train.item_ids))
+    return user_ids, item_ids, seqs
+
+
+def _linear_tower(dim: int, seed: int) -> UserTower:
+    """A pooled tower whose MLP outputs zeros (query = u + h), seeded like make_tower."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tower = UserTower(dim)
+    with torch.no_grad():
+        tower.mix[-1].weight.zero_()
+        tower.mix[-1].bias.zero_()
+    return tower.eval()
+
+
+def closed_form_key(config: TrainConfig) -> tuple:
+    """What a closed-form fit depends on: configs with equal keys share one (fit_closed_form)."""
+    return config.ease_l2, config.dim, config.history_len, config.recency_decay
+
+
+def fit_closed_form(train: Interactions, *, items: Items | None = None,
+                    configs: list[TrainConfig], cache: dict | None = None) -> list[TrainedModel]:
+    """One closed-form model (exporter.closed_form) per config (method "ease"), in order; the
+    EASE fit is shared by configs that differ only in their history weight, also across calls
+    on the same ``train`` that pass the same ``cache`` dict."""
+    if len(train) == 0:
+        raise ValueError("train has no interactions")
+    user_ids, item_ids, seqs = _indexed(train, items)
+    popularity = np.bincount(seqs.items, minlength=len(item_ids)).astype(np.float32)
+    fits: dict[tuple, tuple[closed_form.Factors, np.ndarray]] = {} if cache is None else cache
+    models = []
+    for config in configs:
+        if config.method != METHOD_EASE:
+            raise ValueError(f"fit_closed_form takes method {METHOD_EASE!r} configs, "
+                             f"got {config.method!r}")
+        key = closed_form_key(config)
+        if key not in fits:
+            history = seqs.last_histories(len(user_ids), config.history_len).astype(np.int64)
+            fits[key] = (closed_form.fit_factors(
+                seqs.users, seqs.items, (len(user_ids), len(item_ids)), l2=config.ease_l2,
+                dim=config.dim, history=history, decay=config.recency_decay), history)
+        factors, history = fits[key]
+        user_rows, item_rows = closed_form.served_rows(factors, config.history_weight)
+        models.append(TrainedModel(
+            user_ids=user_ids.astype(np.int64), item_ids=item_ids.astype(np.int64),
+            user_rows=user_rows, item_rows=item_rows, user_history=history,
+            item_popularity=popularity.copy(),
+            tower=_linear_tower(config.dim, config.seed), config=config))
+    return models
+
+
 class _Negatives:
     """Sampled negatives for the sampled softmax, drawn in proportion to the training window's
     item frequency, and their logQ correction.
@@ -352,12 +432,10 @@ def train_base_model(train: Interactions, *, items: Items | None = None,
     """
     if len(train) == 0:
         raise ValueError("train has no interactions")
+    if config.method == METHOD_EASE:
+        return fit_closed_form(train, items=items, configs=[config])[0]
     started = time.perf_counter()
-    user_ids = np.unique(train.user_ids)
-    item_ids = _catalogue(train, items)
-    user_index = np.searchsorted(user_ids, train.user_ids)
-    item_index = np.searchsorted(item_ids, train.item_ids)
-    seqs = _Sequences.build(user_index, item_index)
+    user_ids, item_ids, seqs = _indexed(train, items)
     n_events, history_len = len(seqs.items), config.history_len
 
     with torch.random.fork_rng(devices=[]):
@@ -370,7 +448,7 @@ def train_base_model(train: Interactions, *, items: Items | None = None,
         tower = make_tower(config)
     params = [*user_table.parameters(), *item_table.parameters(), *tower.parameters()]
     optimizer = torch.optim.Adam(params, lr=config.lr)
-    sampler = _Negatives(np.bincount(item_index, minlength=len(item_ids)), config.negatives)
+    sampler = _Negatives(np.bincount(seqs.items, minlength=len(item_ids)), config.negatives)
 
     def _snapshot() -> TrainedModel:
         """The model as trained so far, its tables and tower copied (training goes on)."""
@@ -381,7 +459,7 @@ def train_base_model(train: Interactions, *, items: Items | None = None,
             user_rows=user_table.weight.detach().numpy().astype(np.float32, copy=True),
             item_rows=item_table.weight.detach().numpy().astype(np.float32, copy=True),
             user_history=seqs.last_histories(len(user_ids), history_len).astype(np.int64),
-            item_popularity=np.bincount(item_index, minlength=len(item_ids)).astype(np.float32),
+            item_popularity=np.bincount(seqs.items, minlength=len(item_ids)).astype(np.float32),
             tower=frozen.eval(),
             config=config,
         )
@@ -418,7 +496,9 @@ def train_base_model(train: Interactions, *, items: Items | None = None,
 
 
 __all__ = [
-    "SequenceTower", "Tower", "TrainConfig", "TrainedModel", "UserTower", "load_tower",
+    "SequenceTower", "Tower", "TrainConfig", "TrainedModel", "UserTower", "closed_form_key",
+    "fit_closed_form",
+    "load_tower",
     "make_tower", "numpy_tower", "pool_history_torch", "save_tower", "tower_query",
     "train_base_model",
 ]

@@ -42,3 +42,16 @@ def padded_to_csr(history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.zeros(history.shape[0] + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return offsets, history[valid].astype(np.int64)
+
+
+def pool_padded(rows: np.ndarray, history: np.ndarray, *, decay: float = DEFAULT_RECENCY_DECAY
+                ) -> np.ndarray:
+    """(B, H) item rows of ``rows`` with -1 pads -> (B, d) float64 recency-weighted means
+    (padded_to_csr -> recency_weights -> weighted sum, the maths serving feeds gather_pool);
+    an empty history pools to zeros."""
+    offsets, ids = padded_to_csr(history)
+    weights = recency_weights(offsets, decay=decay).astype(np.float64)
+    owner = np.repeat(np.arange(len(history)), np.diff(offsets))
+    pooled = np.zeros((len(history), rows.shape[1]))
+    np.add.at(pooled, owner, weights[:, None] * rows[ids])
+    return pooled

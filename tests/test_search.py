@@ -46,7 +46,7 @@ def test_the_budget_always_runs_the_first_candidate_and_reports_the_cut(tiny_tra
 
 
 def test_build_records_the_chosen_settings_and_serves_the_prior(tmp_path, monkeypatch):
-    monkeypatch.setattr(search_module, "candidates", lambda base: list(GRID))
+    monkeypatch.setattr(search_module, "candidates", lambda base, **_: list(GRID))
     monkeypatch.setattr(search_module, "MAX_EPOCHS", 2)
     result = build(tmp_path, synthetic=True, synthetic_kwargs=TINY, progress=False,
                    tensorrt=False, text_encoder=False)
@@ -84,3 +84,22 @@ def test_prior_helpers_fold_the_bias_into_one_inner_product():
     np.testing.assert_allclose(prior, 2.0 * np.log1p([2.0, 1.0, 3.0]), rtol=1e-6)
     folded = queries_with_prior(queries) @ rows_with_prior(rows, prior).T
     np.testing.assert_allclose(folded, queries @ rows.T + prior, rtol=1e-6)
+
+
+def test_the_search_weighs_the_closed_form_against_training_and_shares_its_fits(tiny_train,
+                                                                                monkeypatch):
+    from exporter import closed_form
+    from exporter.train import METHOD_EASE
+
+    monkeypatch.setattr(search_module, "MAX_EPOCHS", 2)
+    fits = []
+    real = closed_form.fit_factors
+    monkeypatch.setattr(closed_form, "fit_factors", lambda *a, **k: fits.append(1) or real(*a, **k))
+    ease = TrainConfig(method=METHOD_EASE, dim=8, seed=3)
+    grid = (ease, TrainConfig(method=METHOD_EASE, dim=8, history_weight=1.0, seed=3), GRID[0])
+    one = search_module.search(tiny_train, grid=grid)
+    assert len(fits) == 1 and len(one.trials) == 3  # the two closed forms share one fit
+    assert one.record() == search_module.search(tiny_train, grid=grid).record()
+    assert one.record()["settings"]["method"] in ("ease", "softmax")
+    if one.config.method == METHOD_EASE:
+        assert "lr" not in one.record()["settings"]
