@@ -39,8 +39,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     from exporter.train import TrainConfig
 
     given = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
+    # the tower is chosen, not searched: --tower sets what the search starts from
+    base = {"tower": args.tower} if args.tower is not None else {}
     try:
-        config = replace(TrainConfig(), **given) if given else None
+        config = replace(TrainConfig(), **base, **given) if given or base else None
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     started = time.monotonic()
@@ -48,7 +50,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         result = build(
             args.out, data=args.data, items=args.items, synthetic=args.synthetic, force=args.force,
             progress=not args.quiet, text_encoder=False if args.no_text_encoder else None,
-            config=config, search=False if args.no_search or given else None,
+            config=config, search=not (args.no_search or given),
             search_budget_s=args.search_budget_s,
         )
     except (BuildError, DataError) as exc:
@@ -58,7 +60,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(describe_choice(result.search))
     print("quality on the latest 20% of events by time (trained on the earliest 80%):")
     print(result.quality_table)
-    print(f"user tower exported to ONNX (max |onnx - torch| = {result.onnx_max_abs_err:.2e})")
+    print(f"{result.tower} user tower exported to ONNX "
+          f"(max |onnx - torch| = {result.onnx_max_abs_err:.2e})")
     if result.text_parity_max_abs_err is not None:
         print(f"text encoder (all-MiniLM-L6-v2) exported to ONNX "
               f"(max |onnx - torch| = {result.text_parity_max_abs_err:.2e})")
@@ -256,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_loadtest_parser(sub)
 
-    from exporter import DEFAULT_SEARCH_BUDGET_S  # a constant: light
+    from exporter import DEFAULT_SEARCH_BUDGET_S, DEFAULT_TOWER  # constants: light
+    from model_repository.retrieve_schema import TOWER_KINDS  # exporter has imported it: light
 
     p = sub.add_parser("build", help="train a base model and export a Triton model repository")
     source = p.add_mutually_exclusive_group(required=True)
@@ -279,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
                              ("lr", float, "learning rate"), ("l2", float, "L2 regularisation"),
                              ("negatives", int, "sampled negatives per batch")):
         p.add_argument(f"--{name}", type=kind, help=f"{what} (given settings turn the search off)")
+    p.add_argument("--tower", choices=TOWER_KINDS,
+                   help=f"the user tower: sequence (query = user row + a self-attention encoder "
+                        f"over the last history items) or pooled (user row + recency-pooled "
+                        f"history + an MLP); default {DEFAULT_TOWER}. The search still runs")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("serve", help="start tritonserver on a model repository")

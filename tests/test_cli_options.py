@@ -33,3 +33,38 @@ def test_default_endpoints_are_loopback_and_defined_once():
         c.DEFAULT_HOST, c.DEFAULT_GRPC_PORT, c.DEFAULT_UPDATER_PORT) == ("127.0.0.1", 8001, 50051)
     assert build_parser().parse_args(["recommend", "--user", "1"]).url == c.DEFAULT_TRITON_URL
     assert build_parser().parse_args(["status"]).updater == c.DEFAULT_UPDATER_URL
+
+
+class _StopBuild(Exception):
+    pass
+
+
+@pytest.mark.parametrize("flags, tower, search", [
+    ([], None, True),                                   # the defaults, searched
+    (["--tower", "pooled"], "pooled", True),            # the tower is chosen, the search still runs
+    (["--tower", "sequence"], "sequence", True),
+    (["--tower", "pooled", "--epochs", "3"], "pooled", False),  # a setting turns the search off
+    (["--tower", "sequence", "--no-search"], "sequence", False),
+])
+def test_build_takes_the_tower_and_keeps_searching_from_it(tmp_path, monkeypatch, flags, tower,
+                                                           search):
+    import exporter.build
+
+    seen = {}
+
+    def fake_build(out, **kwargs):
+        seen.update(kwargs)
+        raise _StopBuild
+
+    monkeypatch.setattr(exporter.build, "build", fake_build)
+    args = build_parser().parse_args(["build", "--synthetic", "--out", str(tmp_path), *flags])
+    with pytest.raises(_StopBuild):
+        args.func(args)
+    assert seen["search"] is search
+    assert (seen["config"] and seen["config"].tower) == tower
+
+
+def test_build_refuses_an_unknown_tower(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["build", "--synthetic", "--out", "x", "--tower", "bag"])
+    assert "invalid choice: 'bag'" in capsys.readouterr().err
