@@ -26,8 +26,12 @@ excluded), then learned. Rows, all on the same questions:
   scored window;
 - SASRec (RecBole, bench.sasrec; optional extra `bench-seq`): trained once on the training
   window, each event predicted from the user's events before it.
-"update s" is what learning cost: freshrec's feedback sends and publishes, the peers' fits;
-"ask s" the time spent answering (over gRPC for the served rows, in-process for the others).
+"learn s" is what learning cost: freshrec's publishes (Admin.Publish: the window's row updates,
+then a version written and switched to), the peers' fits; "ingest s" what taking the events in
+cost: freshrec's Feedback.Send calls, each over gRPC to another process and durable (fsynced log,
+live history) before it replies, one per run of distinct users; the peers append to a list in
+process (0). "ask s" the time spent answering (over gRPC for the served rows, in-process for
+the others).
 
 `--protocol split` reports recall@K / NDCG@K on the latest 20 % with each user's training items
 excluded (exporter.evaluate, so the model's rows equal `freshrec build --no-text-encoder`'s)
@@ -99,9 +103,11 @@ def _describe_model(model, chosen) -> str:
     return ("base model: as `freshrec build` chooses it, " + describe_choice(chosen)).replace("\n", " ")
 
 
-def _row(name: str, result: ReplayResult, update_s: float, ask_s: float) -> list:
+def _row(name: str, result: ReplayResult, learn_s: float, ask_s: float, ingest_s: float = 0.0
+         ) -> list:
     m = result.metrics
-    return [name, m["recall@10"], m["recall@50"], m["ndcg@10"], result.scored, update_s, ask_s]
+    return [name, m["recall@10"], m["recall@50"], m["ndcg@10"], result.scored, learn_s, ingest_s,
+            ask_s]
 
 
 def _served_rows(repository: Path, scratch: Path, train: Interactions, test: Interactions, *,
@@ -139,7 +145,7 @@ def _served_rows(repository: Path, scratch: Path, train: Interactions, test: Int
             stack.stop_updaters()
         results["online"] = result
         rows.append(_row(f"freshrec online (streamed feedback, {online.publishes} publishes)", result,
-                         result.send_s + result.learn_s, result.recommend_s))
+                         result.learn_s, result.recommend_s, ingest_s=result.send_s))
     return rows, results
 
 
@@ -165,6 +171,7 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
                                            app_history=app_history, updater_args=updater_args)
     rows += served_rows
     peers: dict[str, ReplayResult] = {}
+    fit_s: dict[str, float] = {}
     notes = []
     for peer in make_peers(seed=seed):
         retrained = RetrainedPeer(peer, train)
@@ -172,6 +179,7 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
         rows.append(_row(f"{peer.name} retrained per window ({retrained.fits} fits)", result,
                          retrained.fit_s, result.recommend_s - retrained.fit_s))
         peers[peer.name] = result
+        fit_s[peer.name] = retrained.fit_s
         notes.append(peer.describe())
     if sasrec:
         sasrec_row = _sasrec_row(train, test, window_events=window_events, scored=scored,
@@ -194,12 +202,17 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
         "feedback kind click for every event, each with its own timestamp",
         f"whole run {time.perf_counter() - started:.0f} s",
     ]))
-    print_table(["recommender", "recall@10", "recall@50", "ndcg@10", "events", "update s", "ask s"],
+    print_table(["recommender", "recall@10", "recall@50", "ndcg@10", "events", "learn s",
+                 "ingest s", "ask s"],
                 rows)
     online = served["online"]
     best = max(peers, key=lambda name: peers[name].metrics["recall@10"])
     print(f"freshrec online vs static + app-sent history: {_ratios(online, served['app'])}")
     print(f"freshrec online vs the best peer ({best}, by recall@10): {_ratios(online, peers[best])}")
+    if "ALS" in peers:
+        print(f"freshrec online vs ALS retrained per window: {_ratios(online, peers['ALS'])}; "
+              f"learn s x{_ratio(online.learn_s, fit_s['ALS'])} of ALS's fits, learn + ingest "
+              f"x{_ratio(online.learn_s + online.send_s, fit_s['ALS'])}")
 
 
 def _sasrec_row(train: Interactions, test: Interactions, *, window_events: int, scored: list[int],
@@ -220,7 +233,14 @@ def _sasrec_row(train: Interactions, test: Interactions, *, window_events: int, 
 
 
 def run_split(*, data: Path | None, seed: int, search: bool = True) -> None:
-    from exporter.evaluate import evaluate
+    from exporter.evaluate import (
+        build_eval_split,
+        evaluate,
+        model_scorer,
+        paired_ratio_interval,
+        per_user_metrics,
+        popularity_scorer,
+    )
 
     started = time.perf_counter()
     dataset, source, train, test, model, train_s, chosen = train_on_the_cut(data, seed=seed,
@@ -243,8 +263,13 @@ def run_split(*, data: Path | None, seed: int, search: bool = True) -> None:
     print_table(["scorer", "recall@10", "ndcg@10", "recall@50", "ndcg@50", "users", "fit s"], rows)
     best = max([*extra, "popularity"], key=lambda name: results[name]["recall@10"])
     ours = results["model"]
-    print(f"base model vs the best peer ({best}, by recall@10): "
-          + ", ".join(f"{k} x{_ratio(ours[k], results[best][k])}" for k in ("recall@10", "ndcg@10")))
+    split = build_eval_split(train, test, item_ids=model.item_ids)
+    theirs_fn = extra[best] if best in extra else popularity_scorer(model.item_popularity)
+    mine, theirs = (per_user_metrics(fn, split) for fn in (model_scorer(model), theirs_fn))
+    print(f"base model vs the best peer ({best}, by recall@10): " + ", ".join(
+        f"{k} x{_ratio(ours[k], results[best][k])} (95 % bootstrap over users "
+        "{:.2f}-{:.2f})".format(*paired_ratio_interval(mine[k], theirs[k], seed=seed))
+        for k in ("recall@10", "ndcg@10")))
 
 
 def _ratios(ours: ReplayResult, theirs: ReplayResult) -> str:

@@ -87,14 +87,14 @@ def _csr_mask(offsets: np.ndarray, ids: np.ndarray, lo: int, hi: int, n_items: i
     return mask
 
 
-def ranking_metrics(score_fn: ScoreFn, split: EvalSplit, *, ks: Sequence[int] = DEFAULT_KS,
-                    batch_size: int = DEFAULT_EVAL_BATCH) -> dict[str, float]:
-    """recall@k and ndcg@k for each k, plus "users" (how many were evaluated)."""
+def per_user_metrics(score_fn: ScoreFn, split: EvalSplit, *, ks: Sequence[int] = DEFAULT_KS,
+                     batch_size: int = DEFAULT_EVAL_BATCH) -> dict[str, np.ndarray]:
+    """recall@k and ndcg@k for each k, each an (E,) float64 array over the split's users."""
     n_users, n_items = len(split.user_ids), len(split.item_ids)
     k_max = min(max(ks), n_items)
     discount = 1.0 / torch.log2(torch.arange(2, k_max + 2, dtype=torch.float64))
     ideal = torch.cat([torch.zeros(1, dtype=torch.float64), discount.cumsum(0)])
-    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
+    out = {f"{m}@{k}": np.zeros(n_users) for k in ks for m in ("recall", "ndcg")}
     for lo in range(0, n_users, batch_size):
         hi = min(lo + batch_size, n_users)
         scores = torch.as_tensor(score_fn(split.user_ids[lo:hi]), dtype=torch.float32)
@@ -109,13 +109,32 @@ def ranking_metrics(score_fn: ScoreFn, split: EvalSplit, *, ks: Sequence[int] = 
         n_targets = targets.sum(1).to(torch.float64)
         for k in ks:
             k_eff = min(k, n_items)
-            sums[f"recall@{k}"] += float((hits[:, :k_eff].sum(1) / n_targets).sum())
+            out[f"recall@{k}"][lo:hi] = (hits[:, :k_eff].sum(1) / n_targets).numpy()
             dcg = (hits[:, :k_eff] * discount[:k_eff]).sum(1)
             idcg = ideal[n_targets.clamp(max=k_eff).long()]
-            sums[f"ndcg@{k}"] += float((dcg / idcg).sum())
-    metrics = {name: total / max(n_users, 1) for name, total in sums.items()}
-    metrics["users"] = float(n_users)
+            out[f"ndcg@{k}"][lo:hi] = (dcg / idcg).numpy()
+    return out
+
+
+def ranking_metrics(score_fn: ScoreFn, split: EvalSplit, *, ks: Sequence[int] = DEFAULT_KS,
+                    batch_size: int = DEFAULT_EVAL_BATCH) -> dict[str, float]:
+    """recall@k and ndcg@k for each k, plus "users" (how many were evaluated)."""
+    per_user = per_user_metrics(score_fn, split, ks=ks, batch_size=batch_size)
+    metrics = {name: float(values.mean()) if values.size else 0.0
+               for name, values in per_user.items()}
+    metrics["users"] = float(len(split.user_ids))
     return metrics
+
+
+def paired_ratio_interval(ours: np.ndarray, theirs: np.ndarray, *, draws: int = 2000,
+                          seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Bootstrap interval (users resampled, the same draw for both) of mean(ours) / mean(theirs),
+    two per-user metric arrays of one split."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(ours), size=(draws, len(ours)))
+    ratios = ours[picks].mean(1) / np.maximum(theirs[picks].mean(1), 1e-12)
+    tail = (1.0 - level) / 2 * 100
+    return float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100 - tail))
 
 
 def popularity_scorer(item_popularity: np.ndarray) -> ScoreFn:
