@@ -17,6 +17,7 @@ from pathlib import Path
 
 from model_repository import contract as c
 from updater.settings import (
+    DEFAULT_FOLD_IN_EVENTS,
     DEFAULT_KEEP_VERSIONS,
     DEFAULT_LR,
     DEFAULT_MAX_STEP,
@@ -85,6 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sampled negative items per event")
     parser.add_argument("--max-step", type=float, default=DEFAULT_MAX_STEP,
                         help="clip of one event's step per row (L2 norm)")
+    parser.add_argument("--fold-in-events", type=int, default=DEFAULT_FOLD_IN_EVENTS,
+                        help="items with fewer positive events fold their users' queries into "
+                             "their rows (0: off)")
+    parser.add_argument("--no-fold-in-users", dest="fold_in_users", action="store_false",
+                        help="users with at most --fold-in-events history items keep stepping "
+                             "instead of taking the scaled mean of their items' rows")
 
 
 def config_from_args(args: argparse.Namespace) -> UpdaterConfig:
@@ -93,7 +100,9 @@ def config_from_args(args: argparse.Namespace) -> UpdaterConfig:
         state_dir=args.state_dir, port_file=args.port_file,
         policy=PublishPolicy(every_s=args.publish_every_s, every_events=args.publish_every_events,
                              keep_versions=args.keep_versions, shard_kib=args.shard_kib),
-        trainer=TrainerConfig(lr=args.lr, negatives=args.negatives, max_step=args.max_step))
+        trainer=TrainerConfig(lr=args.lr, negatives=args.negatives, max_step=args.max_step,
+                              fold_in_events=args.fold_in_events,
+                              fold_in_users=args.fold_in_users))
 
 
 def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -> None:

@@ -10,6 +10,13 @@ rowwise_adagrad), and each row's step is clipped to ``max_step`` in L2 norm, so 
 cannot throw a row far. A positive event appends its item to the user's stored history
 (most recent last) and counts towards the item's popularity.
 
+Young rows fold in instead of stepping (``TrainerConfig.fold_in_events`` N): an item with fewer
+than N positive events takes the running mean of its users' queries, scaled to the length of an
+established item row (`fold_in`), so a new item is served from who takes it after one event
+rather than after hundreds of tiny steps away from its random start; with ``fold_in_users`` (the
+default) a user with at most N history items takes the scaled mean of those items' rows (`fold_in_user`),
+which for the closed-form model (exporter.closed_form) is its user row's exact direction.
+
 Negatives come from a generator seeded with (seed, event offset): replaying the same events
 from the same tables gives the same tables, which is what crash recovery relies on.
 
@@ -43,6 +50,7 @@ log = logging.getLogger(__name__)
 TRAINED_TABLES = (*schema.USER_TABLES, *schema.ITEM_TABLES)
 ADAGRAD_EPS = 1e-8
 NEW_ITEM_STD = 0.05  # exporter.train.INIT_STD: a new item starts like an untrained one
+FOLD_IN_SAMPLE = 256  # users whose queries set the fold-in scale
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -155,7 +163,46 @@ class SparseTrainer:
         self.history_len = history_len
         self.user_index = {int(u): r for r, u in enumerate(self.t[schema.USER_IDS].live)}
         self.item_index = {int(i): r for r, i in enumerate(self.t[schema.ITEM_IDS].live)}
+        self.fold_in_scale = self._fold_in_scale()
+        self.user_fold_in_scale = self._user_fold_in_scale()
         self.clear_changes()
+
+    def _history_mean(self, user_row: int) -> np.ndarray | None:
+        history = self.t[schema.USER_HISTORY].data[user_row]
+        history = history[history >= 0]
+        return self.t[schema.ITEM_ROWS].data[history].mean(0) if history.size else None
+
+    def _user_fold_in_scale(self) -> float:
+        """rho_u of `fold_in_user`: over (up to) FOLD_IN_SAMPLE users with at least
+        ``fold_in_events`` stored history items, the median norm of their rows over the median
+        norm of their history's mean item row. 0 (off) when there are none."""
+        n = self.config.fold_in_events
+        if not n or not self.n_users or not self.config.fold_in_users:
+            return 0.0
+        counts = (self.t[schema.USER_HISTORY].live >= 0).sum(1)
+        rows = np.flatnonzero(counts >= n)
+        rows = rows[np.unique(np.linspace(0, len(rows) - 1, FOLD_IN_SAMPLE).astype(np.int64))] \
+            if len(rows) else rows
+        means = [self._history_mean(int(r)) for r in rows]
+        user_norms = np.linalg.norm(self.t[schema.USER_ROWS].data[rows], axis=1)
+        mean_norms = np.array([np.linalg.norm(m) for m in means])
+        if not len(rows) or not (mean_norms > 0).any():
+            return 0.0
+        return float(np.median(user_norms) / np.median(mean_norms[mean_norms > 0]))
+
+    def _fold_in_scale(self) -> float:
+        """rho of `fold_in`: the median norm of the item rows with at least ``fold_in_events``
+        events over the median norm of the queries of (up to) FOLD_IN_SAMPLE users spread over
+        the table, so a folded-in row is as long as an established one. 1 when there are none."""
+        counts = self.t[schema.ITEM_POPULARITY].live
+        warm = self.t[schema.ITEM_ROWS].live[counts >= max(self.config.fold_in_events, 1)]
+        if not len(warm) or not self.n_users or not self.config.fold_in_events:
+            return 1.0
+        rows = np.unique(np.linspace(0, self.n_users - 1, FOLD_IN_SAMPLE).astype(np.int64))
+        queries = np.linalg.norm(np.stack([self.query(int(r))[0] for r in rows]), axis=1)
+        if not (queries > 0).any():
+            return 1.0
+        return float(np.median(np.linalg.norm(warm, axis=1)) / np.median(queries[queries > 0]))
 
     def clear_changes(self) -> None:
         """Forget what changed: called once a version holding the current tables is published."""
@@ -267,13 +314,36 @@ class SparseTrainer:
         weight = label(event)
         if weight != 0 and self.n_items > 1:
             self._train_step(event, user_row, item_row, weight)
+        if weight > 0 and self.t[schema.ITEM_POPULARITY].data[item_row] < self.config.fold_in_events:
+            self.fold_in(user_row, item_row)
         if weight > 0:
             history = self.t[schema.USER_HISTORY].data[user_row]
             history[:-1] = history[1:].copy()
             history[-1] = item_row
             self.changed[schema.USER_HISTORY].add(user_row)
+            if self.user_fold_in_scale and (history >= 0).sum() <= self.config.fold_in_events:
+                self.fold_in_user(user_row)
             self.t[schema.ITEM_POPULARITY].data[item_row] += 1.0
             self.changed[schema.ITEM_POPULARITY].add(item_row)
+
+    def fold_in(self, user_row: int, item_row: int) -> None:
+        """An item with n < fold_in_events positive events so far takes the running mean of its
+        users' queries, scaled by rho: row <- row + (rho * query - row) / (n + 1), so after its
+        first event it is rho * that user's query (whatever it started from: a random row, a
+        projected title) and it tracks who takes it until the gradient steps take over."""
+        count = float(self.t[schema.ITEM_POPULARITY].data[item_row])
+        query, _ = self.query(user_row)
+        row = self.t[schema.ITEM_ROWS].data[item_row]
+        row += ((self.fold_in_scale * query - row) / (count + 1.0)).astype(np.float32)
+        self.changed[schema.ITEM_ROWS].add(item_row)
+
+    def fold_in_user(self, user_row: int) -> None:
+        """A user with at most fold_in_events stored history items takes rho_u times the mean
+        of their history's item rows as their row: a new user's row from what they took (for
+        the closed form, exporter.closed_form, exactly its unit(x_u Q) direction)."""
+        self.t[schema.USER_ROWS].data[user_row] = (
+            self.user_fold_in_scale * self._history_mean(user_row)).astype(np.float32)
+        self.changed[schema.USER_ROWS].add(user_row)
 
     def _train_step(self, event: Event, user_row: int, item_row: int, weight: float) -> None:
         rng = np.random.default_rng([self.config.seed, event.offset])

@@ -56,7 +56,8 @@ def _score(trainer, user_row, item_row):
 
 def test_a_click_raises_the_item_and_moves_only_touched_rows():
     tables = _tables()
-    trainer = SparseTrainer(tables, _numpy_tower(), config=TrainerConfig(negatives=4))
+    trainer = SparseTrainer(tables, _numpy_tower(),
+                            config=TrainerConfig(negatives=4, fold_in_events=0))
     before = {k: np.array(v) for k, v in trainer.tables().items()}
     score_before = _score(trainer, 2, 11)
     trainer.apply(_event(1, user_id=1020, item_id=500 + 7 * 11))
@@ -84,7 +85,8 @@ def test_a_skip_lowers_the_item_and_leaves_history_alone():
 
 def test_each_step_is_clipped_per_row():
     max_step = 1e-3
-    trainer = SparseTrainer(_tables(), _numpy_tower(), config=TrainerConfig(lr=100.0, max_step=max_step))
+    trainer = SparseTrainer(_tables(), _numpy_tower(),
+                            config=TrainerConfig(lr=100.0, max_step=max_step, fold_in_events=0))
     before = {k: np.array(v) for k, v in trainer.tables().items()}
     trainer.apply(_event(1, user_id=1000, item_id=500, kind="purchase"))
     for name in ("user_rows", "item_rows"):
@@ -128,7 +130,8 @@ def test_forget_user_removes_every_user_table_row():
     assert not trainer.forget_user(1010)
 
 
-@pytest.mark.parametrize("field, value", [("lr", 0.0), ("negatives", 0), ("max_step", -1.0)])
+@pytest.mark.parametrize("field, value", [("lr", 0.0), ("negatives", 0), ("max_step", -1.0),
+                                          ("fold_in_events", -1)])
 def test_trainer_config_names_the_bad_field(field, value):
     with pytest.raises(ValueError, match=f"TrainerConfig.{field}"):
         TrainerConfig(**{field: value})
@@ -208,8 +211,9 @@ def test_written_out_gradients_match_torch_autograd(kind, tower_kind, monkeypatc
     tower = TOWERS[tower_kind]().eval()
     for p in tower.parameters():  # a trained-looking tower, not the near-identity of a fresh one
         torch.nn.init.normal_(p, std=0.5)
-    ours = SparseTrainer(_tables(), numpy_tower(tower))
-    reference = SparseTrainer(_tables(), numpy_tower(tower))
+    steps_only = TrainerConfig(fold_in_events=0)  # the gradient step alone (fold-in: below)
+    ours = SparseTrainer(_tables(), numpy_tower(tower), config=steps_only)
+    reference = SparseTrainer(_tables(), numpy_tower(tower), config=steps_only)
     monkeypatch.setattr(reference, "_train_step", lambda *a: _autograd_step(reference, tower, *a))
     for offset in range(1, 25):
         event = _event(offset, 1000 + 10 * (offset % USERS), 500 + 7 * (offset % ITEMS), kind)
@@ -241,3 +245,59 @@ def test_the_sequence_query_reads_the_stored_history_in_order():
     want = served(trainer.tables()["user_rows"][0][None],
                   *served.history_inputs(trainer.tables()["item_rows"], [rows]))[0]
     np.testing.assert_array_equal(trainer.query(0)[0], want)
+
+
+def test_a_young_item_folds_in_the_queries_of_the_users_who_take_it():
+    trainer = SparseTrainer(_tables(), _numpy_tower(), config=TrainerConfig(fold_in_events=3))
+    t = trainer.tables()
+    warm = t["item_rows"][t["item_popularity"] >= 3]
+    queries = [trainer.query(r)[0] for r in range(USERS)]
+    assert trainer.fold_in_scale > 0
+    new = trainer._item_row(99_999)  # a random row, no events
+    trainer.fold_in(0, new)
+    np.testing.assert_allclose(trainer.tables()["item_rows"][new],
+                               trainer.fold_in_scale * queries[0], rtol=1e-5, atol=1e-6)
+    trainer.t["item_popularity"].data[new] = 1.0
+    trainer.fold_in(1, new)  # the running mean of the two users' queries
+    np.testing.assert_allclose(trainer.tables()["item_rows"][new],
+                               trainer.fold_in_scale * (queries[0] + queries[1]) / 2, rtol=1e-5,
+                               atol=1e-6)
+    # rho makes a folded-in row as long as an established one, for a median query
+    median_query = np.median([np.linalg.norm(q) for q in queries])
+    assert np.isclose(trainer.fold_in_scale * median_query,
+                      np.median(np.linalg.norm(warm, axis=1)), rtol=0.1)
+
+
+def test_an_established_item_moves_by_gradient_steps_only():
+    max_step = 1e-3
+    trainer = SparseTrainer(_tables(), _numpy_tower(),
+                            config=TrainerConfig(lr=100.0, max_step=max_step, fold_in_events=3))
+    established = int(np.flatnonzero(trainer.tables()["item_popularity"] >= 3)[0])
+    young = int(np.flatnonzero(trainer.tables()["item_popularity"] < 3)[0])
+    item_ids = trainer.tables()["item_ids"]
+    before = np.array(trainer.tables()["item_rows"])
+    trainer.apply(_event(1, user_id=1000, item_id=int(item_ids[established])))
+    assert np.linalg.norm(trainer.tables()["item_rows"][established] - before[established]) <= (
+        max_step * (1 + 1e-5))
+    trainer.apply(_event(2, user_id=1000, item_id=int(item_ids[young])))
+    assert np.linalg.norm(trainer.tables()["item_rows"][young] - before[young]) > max_step
+    assert young in trainer.changed_rows()["item_rows"]
+
+
+def test_a_new_user_takes_the_scaled_mean_of_what_they_took():
+    tables = _tables()
+    tables["user_history"] = np.tile(np.arange(HISTORY, dtype=np.int64), (USERS, 1))  # full
+    off = SparseTrainer(tables, _numpy_tower(),
+                        config=TrainerConfig(fold_in_events=HISTORY, fold_in_users=False))
+    assert off.user_fold_in_scale == 0.0
+    trainer = SparseTrainer(tables, _numpy_tower(),
+                            config=TrainerConfig(fold_in_events=HISTORY, fold_in_users=True))
+    assert trainer.user_fold_in_scale > 0
+    item_ids = trainer.tables()["item_ids"]
+    for offset, item in enumerate((2, 5), start=1):
+        trainer.apply(_event(offset, user_id=77_777, item_id=int(item_ids[item])))
+    row = trainer.user_index[77_777]
+    t = trainer.tables()
+    np.testing.assert_allclose(t["user_rows"][row],
+                               trainer.user_fold_in_scale * t["item_rows"][[2, 5]].mean(0),
+                               rtol=1e-5, atol=1e-6)
