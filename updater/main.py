@@ -18,6 +18,7 @@ from pathlib import Path
 from model_repository import contract as c
 from updater.settings import (
     DEFAULT_FOLD_IN_EVENTS,
+    DEFAULT_FOLD_IN_USERS,
     DEFAULT_KEEP_VERSIONS,
     DEFAULT_LR,
     DEFAULT_MAX_STEP,
@@ -89,9 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fold-in-events", type=int, default=DEFAULT_FOLD_IN_EVENTS,
                         help="items with fewer positive events fold their users' queries into "
                              "their rows (0: off)")
-    parser.add_argument("--no-fold-in-users", dest="fold_in_users", action="store_false",
-                        help="users with at most --fold-in-events history items keep stepping "
-                             "instead of taking the scaled mean of their items' rows")
+    parser.add_argument("--fold-in-users", action="store_true", default=DEFAULT_FOLD_IN_USERS,
+                        help="users with at most --fold-in-events history items take the scaled "
+                             "mean of their items' rows as their row (off by default)")
 
 
 def config_from_args(args: argparse.Namespace) -> UpdaterConfig:

@@ -13,9 +13,10 @@ cannot throw a row far. A positive event appends its item to the user's stored h
 Young rows fold in instead of stepping (``TrainerConfig.fold_in_events`` N): an item with fewer
 than N positive events takes the running mean of its users' queries, scaled to the length of an
 established item row (`fold_in`), so a new item is served from who takes it after one event
-rather than after hundreds of tiny steps away from its random start; with ``fold_in_users`` (the
-default) a user with at most N history items takes the scaled mean of those items' rows (`fold_in_user`),
-which for the closed-form model (exporter.closed_form) is its user row's exact direction.
+rather than after hundreds of tiny steps away from its random start. With ``fold_in_users``
+(off by default: it hurt the ml-100k replay, updater/settings.py) a user with at most N history
+items takes the scaled mean of those items' rows (`fold_in_user`), which for the closed-form
+model (exporter.closed_form) is its user row's exact direction.
 
 Negatives come from a generator seeded with (seed, event offset): replaying the same events
 from the same tables gives the same tables, which is what crash recovery relies on.

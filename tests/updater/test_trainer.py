@@ -284,12 +284,11 @@ def test_an_established_item_moves_by_gradient_steps_only():
     assert young in trainer.changed_rows()["item_rows"]
 
 
-def test_a_new_user_takes_the_scaled_mean_of_what_they_took():
+def test_a_new_user_takes_the_scaled_mean_of_what_they_took_when_asked_to():
     tables = _tables()
     tables["user_history"] = np.tile(np.arange(HISTORY, dtype=np.int64), (USERS, 1))  # full
-    off = SparseTrainer(tables, _numpy_tower(),
-                        config=TrainerConfig(fold_in_events=HISTORY, fold_in_users=False))
-    assert off.user_fold_in_scale == 0.0
+    off = SparseTrainer(tables, _numpy_tower(), config=TrainerConfig(fold_in_events=HISTORY))
+    assert off.user_fold_in_scale == 0.0  # off unless asked
     trainer = SparseTrainer(tables, _numpy_tower(),
                             config=TrainerConfig(fold_in_events=HISTORY, fold_in_users=True))
     assert trainer.user_fold_in_scale > 0
