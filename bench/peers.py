@@ -25,6 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from bench.replay import PopularityRecommender
+from exporter import closed_form
 from exporter.data import Interactions
 
 log = logging.getLogger(__name__)
@@ -180,12 +181,7 @@ class EASEPeer(_ItemItemPeer):
         return f"EASE l2 {self.l2:g}"
 
     def fit(self, matrix: sp.csr_matrix) -> None:
-        gram = np.asarray((matrix.T @ matrix).todense(), dtype=np.float64)
-        gram[np.diag_indices_from(gram)] += self.l2
-        inverse = np.linalg.inv(gram)
-        weights = inverse / -np.diag(inverse)  # column j divided by -P_jj
-        weights[np.diag_indices_from(weights)] = 0.0
-        self._keep(matrix, weights.astype(np.float32))
+        self._keep(matrix, closed_form.ease_weights(matrix, self.l2).astype(np.float32))
 
 
 def make_peers(*, seed: int = 0) -> list[Peer]:
@@ -195,11 +191,9 @@ def make_peers(*, seed: int = 0) -> list[Peer]:
 
 def binary_matrix(user_rows: np.ndarray, item_rows: np.ndarray, shape: tuple[int, int]
                   ) -> sp.csr_matrix:
-    """(U, I) float32 CSR with 1 where a (user row, item row) pair occurs, however often."""
-    matrix = sp.csr_matrix((np.ones(len(user_rows), np.float32), (user_rows, item_rows)), shape=shape)
-    matrix.sum_duplicates()
-    matrix.data[:] = 1.0
-    return matrix
+    """(U, I) float32 CSR with 1 where a (user row, item row) pair occurs, however often (what
+    implicit takes; exporter.closed_form's matrix)."""
+    return closed_form.binary_matrix(user_rows, item_rows, shape, dtype=np.float32)
 
 
 def top_k_columns(scores: np.ndarray, k: int) -> np.ndarray:

@@ -58,18 +58,19 @@ class Factors:
     fit_s: float
 
 
-def binary_matrix(user_index: np.ndarray, item_index: np.ndarray, shape: tuple[int, int]
-                  ) -> sp.csr_matrix:
-    """(U, I) float64 CSR with 1 where a (user row, item row) pair occurs, however often."""
-    matrix = sp.csr_matrix((np.ones(len(user_index)), (user_index, item_index)), shape=shape)
+def binary_matrix(user_index: np.ndarray, item_index: np.ndarray, shape: tuple[int, int], *,
+                  dtype=np.float64) -> sp.csr_matrix:
+    """(U, I) CSR with 1 where a (user row, item row) pair occurs, however often."""
+    matrix = sp.csr_matrix((np.ones(len(user_index), dtype), (user_index, item_index)),
+                           shape=shape)
     matrix.sum_duplicates()
     matrix.data[:] = 1.0
     return matrix
 
 
 def ease_weights(matrix: sp.csr_matrix, l2: float) -> np.ndarray:
-    """EASE's (I, I) float64 item-item weights, zero diagonal."""
-    gram = (matrix.T @ matrix).toarray()
+    """EASE's (I, I) float64 item-item weights, zero diagonal (the matrix in any float dtype)."""
+    gram = (matrix.T @ matrix).toarray().astype(np.float64, copy=False)
     gram[np.diag_indices_from(gram)] += l2
     inverse = np.linalg.inv(gram)
     del gram

@@ -51,7 +51,6 @@ MAX_EPOCHS = 12
 PATIENCE = 2
 PRIOR_WEIGHTS = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0, 100.0)
 # the closed form's (rank, EASE ridge) fits, and the recent-history weights tried on each fit
-CLOSED_FORM_DIMS = (64, 128)
 CLOSED_FORM_FITS = ((64, 200.0), (64, 50.0), (64, 800.0), (128, 200.0))
 HISTORY_WEIGHTS = (0.25, 0.5, 1.0)
 METRIC, TIE_BREAK = "recall@10", "ndcg@10"
@@ -63,8 +62,7 @@ def candidates(base: TrainConfig, *, n_items: int | None = None) -> list[TrainCo
     model's defaults, embedding size, learning rate, L2 and negatives."""
     grid = []
     if base.tower == TOWER_POOLED and (n_items is None or n_items <= closed_form.MAX_ITEMS):
-        ease = replace(base, method=METHOD_EASE, dim=CLOSED_FORM_DIMS[0])
-        grid += [replace(ease, dim=dim, ease_l2=l2, history_weight=weight)
+        grid += [replace(base, method=METHOD_EASE, dim=dim, ease_l2=l2, history_weight=weight)
                  for dim, l2 in CLOSED_FORM_FITS for weight in HISTORY_WEIGHTS]
     trained = replace(base, method=METHOD_SOFTMAX)
     grid += [trained, replace(trained, dim=2 * DEFAULT_DIM), replace(trained, lr=base.lr / 2),
