@@ -164,13 +164,19 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
     popularity = PopularityRecommender(train)
     result = replay(train, test, popularity, window_events=window_events, scored_windows=scored)
     rows.append(_row("popularity (recounted per window)", result, result.learn_s, result.recommend_s))
+    peers: dict[str, ReplayResult] = {"popularity": result}
+    if model.popularity_half_life_s > 0:  # the prior's own counts, as a peer of their own
+        recent = PopularityRecommender(train, half_life_s=model.popularity_half_life_s)
+        result = replay(train, test, recent, window_events=window_events, scored_windows=scored)
+        rows.append(_row("recent popularity (the prior's half-life, recounted per window)", result,
+                         result.learn_s, result.recommend_s))
+        peers["recent popularity"] = result
     with tempfile.TemporaryDirectory(prefix="freshrec-quality-") as scratch:
         repository = write_repository(model, Path(scratch) / "repository", tensorrt=False).repository
         served_rows, served = _served_rows(repository, Path(scratch), train, test,
                                            window_events=window_events, scored=scored,
                                            app_history=app_history, updater_args=updater_args)
     rows += served_rows
-    peers: dict[str, ReplayResult] = {}
     fit_s: dict[str, float] = {}
     notes = []
     for peer in make_peers(seed=seed):
@@ -234,6 +240,7 @@ def _sasrec_row(train: Interactions, test: Interactions, *, window_events: int, 
 
 def run_split(*, data: Path | None, seed: int, search: bool = True) -> None:
     from exporter.evaluate import (
+        RECENT_POPULARITY,
         build_eval_split,
         evaluate,
         model_scorer,
@@ -261,10 +268,15 @@ def run_split(*, data: Path | None, seed: int, search: bool = True) -> None:
     rows = [[name, m["recall@10"], m["ndcg@10"], m["recall@50"], m["ndcg@50"], int(m["users"]),
              fit_s.get(name, 0.0)] for name, m in results.items()]
     print_table(["scorer", "recall@10", "ndcg@10", "recall@50", "ndcg@50", "users", "fit s"], rows)
-    best = max([*extra, "popularity"], key=lambda name: results[name]["recall@10"])
+    # the peers: every scorer but the model's own two; popularity with the prior's half-life
+    # ("recent popularity") counts as one, so a win is not the prior's alone
+    peers_fn = {"popularity": popularity_scorer(model.item_popularity), **extra}
+    if RECENT_POPULARITY in results:
+        peers_fn[RECENT_POPULARITY] = popularity_scorer(model.item_trend)
+    best = max(peers_fn, key=lambda name: results[name]["recall@10"])
     ours = results["model"]
     split = build_eval_split(train, test, item_ids=model.item_ids)
-    theirs_fn = extra[best] if best in extra else popularity_scorer(model.item_popularity)
+    theirs_fn = peers_fn[best]
     mine, theirs = (per_user_metrics(fn, split) for fn in (model_scorer(model), theirs_fn))
     print(f"base model vs the best peer ({best}, by recall@10): " + ", ".join(
         f"{k} x{_ratio(ours[k], results[best][k])} (95 % bootstrap over users "

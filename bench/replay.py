@@ -38,6 +38,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from exporter.data import Interactions
+from model_repository.scoring import trend_counts
 
 log = logging.getLogger(__name__)
 
@@ -209,18 +210,26 @@ def top_k_excluding(ranking: np.ndarray, exclude: np.ndarray, k: int) -> np.ndar
 
 class PopularityRecommender:
     """Everyone gets the most frequent items of all events learned so far (training included),
-    ties by lower id; recounted after each window."""
+    ties by lower id; recounted after each window. With ``half_life_s`` > 0 each event counts
+    with its trend weight as of the newest event (model_repository.scoring.trend_counts): what
+    is popular now, as the model's prior counts it."""
 
-    def __init__(self, train: Interactions):
-        self.counts: dict[int, int] = {}
+    def __init__(self, train: Interactions, *, half_life_s: float = 0.0):
+        self.half_life_s = half_life_s
+        self.items: list[np.ndarray] = []
+        self.times: list[np.ndarray] = []
         self.learn(train)
 
     def learn(self, events: Interactions) -> None:
-        items, counts = np.unique(events.item_ids, return_counts=True)
-        for item, count in zip(items.tolist(), counts.tolist()):
-            self.counts[item] = self.counts.get(item, 0) + count
-        ids = np.fromiter(self.counts, dtype=np.int64, count=len(self.counts))
-        freq = np.fromiter(self.counts.values(), dtype=np.int64, count=len(self.counts))
+        self.items.append(events.item_ids)
+        self.times.append(events.timestamps)
+        ids, rows = np.unique(np.concatenate(self.items), return_inverse=True)
+        if self.half_life_s > 0:
+            times = np.concatenate(self.times)
+            freq = trend_counts(rows, times, len(ids), as_of=float(times.max()),
+                                half_life_s=self.half_life_s)
+        else:
+            freq = np.bincount(rows, minlength=len(ids))
         self.ranking = ids[np.lexsort((ids, -freq))]
 
     def recommend(self, user_ids, excludes, k):

@@ -26,7 +26,7 @@ from exporter import DATA_DIR, DEFAULT_SEARCH_BUDGET_S, REPOSITORY_DIR
 from exporter import data as datasets
 from exporter.evaluate import evaluate, format_quality_table
 from exporter.onnx_export import build_tensorrt_plan, check_onnx_parity, export_user_tower
-from exporter.search import SearchResult
+from exporter.search import SearchResult, describe_half_life
 from exporter.search import search as search_settings
 from exporter.synthetic import generate_synthetic
 from exporter.text_projection import (
@@ -97,7 +97,9 @@ def retrieve_tables(model: TrainedModel, projection: TextProjection | None = Non
         user_ids=model.user_ids, item_ids=model.item_ids, user_rows=model.user_rows,
         item_rows=model.item_rows, user_history=model.user_history,
         item_popularity=model.item_popularity, tower=numpy_tower(model.tower).tables(),
-        text_projection=None if projection is None else projection.tables())
+        text_projection=None if projection is None else projection.tables(),
+        trend=((model.item_trend, model.trend_as_of) if model.popularity_half_life_s > 0
+               else None))
 
 
 def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = True,
@@ -144,7 +146,8 @@ def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = 
             dim=dim, history_len=model.config.history_len, tower=model.tower.kind,
             recency_decay=model.config.recency_decay, user_tower_version=FIRST_VERSION,
             text_encoder_version=FIRST_VERSION if text is not None else None,
-            popularity_weight=model.popularity_weight, train=train_record,
+            popularity_weight=model.popularity_weight,
+            popularity_half_life_s=model.popularity_half_life_s, train=train_record,
         ).to_dict(),
     )
     configs.write_config(repository / c.RECOMMEND, configs.recommend_config())
@@ -169,6 +172,7 @@ def train_model(train: datasets.Interactions, *, items: datasets.Items | None,
                              config=chosen.config if chosen else config or TrainConfig(),
                              progress=progress)
     model.popularity_weight = chosen.popularity_weight if chosen else 0.0
+    model.set_trend(train, chosen.popularity_half_life_s if chosen else 0.0)
     return model, chosen
 
 
@@ -248,10 +252,13 @@ def describe_choice(chosen: SearchResult) -> str:
     else:
         settings = (f"{c.tower} tower trained: dim {c.dim}, epochs {c.epochs}, lr {c.lr:g}, l2 "
                     f"{c.l2:g}, negatives {c.negatives}")
+    recent = chosen.recent_popularity_valid or chosen.popularity_valid
     line = (f"chosen on the validation slice, {settings}, popularity weight "
-            f"{chosen.popularity_weight:g} "
+            f"{chosen.popularity_weight:g}, half-life "
+            f"{describe_half_life(chosen.popularity_half_life_s)} "
             f"(valid recall@10 {chosen.valid['recall@10']:.4f} vs popularity "
-            f"{chosen.popularity_valid['recall@10']:.4f})")
+            f"{chosen.popularity_valid['recall@10']:.4f}, recent popularity "
+            f"{recent['recall@10']:.4f})")
     if chosen.loses_to_popularity:
         line += ("\nwarning: on validation the model still loses to popularity; it is served with "
                  "the popularity prior that scored best, which ranks close to popularity")

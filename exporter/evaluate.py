@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 DEFAULT_KS = (10, 50)
 DEFAULT_EVAL_BATCH = 512
 TABLE_COLUMNS = ("recall@10", "ndcg@10", "recall@50")
+RECENT_POPULARITY = "recent popularity"  # popularity with the model's half-life
 
 # (B,) external user ids -> (B, I) float32 scores over the split's catalogue, in its row order
 ScoreFn = Callable[[np.ndarray], np.ndarray]
@@ -148,7 +149,7 @@ def model_scorer(model: TrainedModel, *, use_user_rows: bool = True) -> ScoreFn:
     query from each user's row (or a zero row when ``use_user_rows`` is False) and stored
     history."""
     queries = model.user_queries(use_user_rows=use_user_rows)
-    prior = popularity_prior(model.item_popularity, model.popularity_weight)
+    prior = popularity_prior(model.prior_counts(), model.popularity_weight)
 
     def score(user_ids: np.ndarray) -> np.ndarray:
         rows = np.searchsorted(model.user_ids, user_ids).clip(max=len(model.user_ids) - 1)
@@ -165,11 +166,15 @@ def evaluate(model: TrainedModel, train: Interactions, test: Interactions, *,
              extra: Mapping[str, ScoreFn] | None = None) -> dict[str, dict[str, float]]:
     """Metrics per scorer, all on one split over the model's catalogue: "model", "history only"
     (the model with zero user rows: how a user without a row is served), "popularity" (the
-    model's training-window counts) and any ``extra`` scorers."""
+    model's training-window counts), "recent popularity" (its trend counts, when the model's
+    prior has a half-life) and any ``extra`` scorers."""
     split = build_eval_split(train, test, item_ids=model.item_ids)
     scorers = {"model": model_scorer(model),
                "history only": model_scorer(model, use_user_rows=False),
-               "popularity": popularity_scorer(model.item_popularity), **(extra or {})}
+               "popularity": popularity_scorer(model.item_popularity)}
+    if model.popularity_half_life_s > 0:
+        scorers[RECENT_POPULARITY] = popularity_scorer(model.item_trend)
+    scorers.update(extra or {})
     results = {name: ranking_metrics(fn, split, ks=ks, batch_size=batch_size)
                for name, fn in scorers.items()}
     log.info("evaluated %d users on %d catalogue items", len(split.user_ids), len(split.item_ids))

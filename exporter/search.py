@@ -10,6 +10,9 @@ stopping after `PATIENCE` epochs without a better score (early stopping). At its
 the weight of the popularity prior (model_repository.scoring) is chosen from
 `PRIOR_WEIGHTS`; its largest value makes the ranking popularity's with the model as tie-breaker,
 so the chosen model does not lose to popularity on validation by more than that tie-breaking.
+The prior's half-life is chosen once, before the weights: the one of `HALF_LIFE_FRACTIONS` (of
+the fit slice's time span; 0: all-time counts) whose popularity ranking alone scores best on
+valid, so the prior counts what is popular now where a log's interest drifts.
 The winner (most recall@10 on valid, then NDCG@10) is then fitted on the whole training window
 (trained for its best epoch count); `build` serves that.
 
@@ -53,6 +56,8 @@ PRIOR_WEIGHTS = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0, 100.0)
 # the closed form's (rank, EASE ridge) fits, and the recent-history weights tried on each fit
 CLOSED_FORM_FITS = ((64, 200.0), (64, 50.0), (64, 800.0), (128, 200.0))
 HISTORY_WEIGHTS = (0.25, 0.5, 1.0)
+# the popularity prior's half-lives, as shares of the fit slice's time span (0: no decay)
+HALF_LIFE_FRACTIONS = (0.0, 0.3, 0.1, 0.03, 0.01)
 METRIC, TIE_BREAK = "recall@10", "ndcg@10"
 
 
@@ -88,24 +93,33 @@ class SearchResult:
     config: TrainConfig          # the winner, with epochs set to its best epoch count
     popularity_weight: float
     valid: dict[str, float]      # the winner's validation metrics
-    popularity_valid: dict[str, float]
+    popularity_valid: dict[str, float]          # all-time popularity's
     trials: list[Trial] = field(default_factory=list)
     budget_cut: int = 0          # candidates left out by the budget
+    popularity_half_life_s: float = 0.0         # the prior's (0: all-time counts)
+    recent_popularity_valid: dict[str, float] | None = None  # popularity with that half-life
 
     @property
     def loses_to_popularity(self) -> bool:
-        return self.valid[METRIC] < self.popularity_valid[METRIC]
+        best = max(self.popularity_valid[METRIC],
+                   (self.recent_popularity_valid or self.popularity_valid)[METRIC])
+        return self.valid[METRIC] < best
 
     def record(self) -> dict:
         """What the manifest keeps: the settings chosen and how they scored."""
         keep = (("method", "tower", "dim", "ease_l2", "history_weight", "seed")
                 if self.config.method == METHOD_EASE else
                 ("method", "tower", "dim", "epochs", "lr", "l2", "negatives", "batch_size", "seed"))
+
+        def rounded(metrics):
+            return {k: round(v, 5) for k, v in metrics.items() if k != "users"}
+
         return {"settings": {k: v for k, v in asdict(self.config).items() if k in keep},
                 "popularity_weight": self.popularity_weight,
-                "valid": {k: round(v, 5) for k, v in self.valid.items() if k != "users"},
-                "popularity_valid": {k: round(v, 5) for k, v in self.popularity_valid.items()
-                                     if k != "users"},
+                "popularity_half_life_s": self.popularity_half_life_s,
+                "valid": rounded(self.valid),
+                "popularity_valid": rounded(self.popularity_valid),
+                "recent_popularity_valid": rounded(self.recent_popularity_valid or {}),
                 "trials": len(self.trials), "budget_cut": self.budget_cut}
 
 
@@ -132,6 +146,26 @@ class _EarlyStopping:
         return epoch - self.best_epoch < PATIENCE
 
 
+def half_lives_s(events: Interactions) -> list[float]:
+    """HALF_LIFE_FRACTIONS in seconds of ``events``' time span (0 kept; none when it is 0)."""
+    span = float(events.timestamps.max() - events.timestamps.min()) if len(events) else 0.0
+    return [0.0] + [f * span for f in HALF_LIFE_FRACTIONS if f > 0 and span > 0]
+
+
+def best_half_life(model: TrainedModel, fit: Interactions, split
+                   ) -> tuple[float, dict[str, float]]:
+    """(half-life in s, its metrics on ``split``): the one whose popularity ranking, counted on
+    ``fit`` with ``model``'s catalogue, scores best; ties go to the longer (0 first)."""
+    best = None
+    for half_life in half_lives_s(fit):
+        model.set_trend(fit, half_life)
+        metrics = ranking_metrics(popularity_scorer(model.prior_counts()), split)
+        if best is None or _key(metrics) > _key(best[1]):
+            best = (half_life, metrics)
+    model.set_trend(fit, 0.0)
+    return best
+
+
 def _best_prior(model: TrainedModel, split) -> tuple[float, dict[str, float]]:
     best = None
     for weight in PRIOR_WEIGHTS:
@@ -155,6 +189,7 @@ def search(train: Interactions, *, items: Items | None = None, base: TrainConfig
     grid = list(grid) if grid is not None else candidates(
         base, n_items=len(np.unique(fit.item_ids)))
     split = None  # the validation split: the same catalogue for every candidate
+    half_life, recent = None, None  # the prior's half-life, chosen with the first candidate
     fits: dict = {}  # closed-form fits shared by candidates that differ in history weight only
     costs: dict[str, float] = {}  # seconds of the last candidate of each method that fitted anew
     cut = 0
@@ -181,6 +216,11 @@ def search(train: Interactions, *, items: Items | None = None, base: TrainConfig
                     f"{config.l2:g}, negatives {config.negatives} -> best epoch {best_epoch}")
         if not shared:
             costs[config.method] = time.monotonic() - candidate_started
+        if half_life is None:
+            half_life, recent = best_half_life(best_model, fit, split)
+            say(f"search: popularity prior half-life {describe_half_life(half_life)} (valid "
+                f"{METRIC} of popularity alone {recent[METRIC]:.4f})")
+        best_model.set_trend(fit, half_life)
         weight, metrics = _best_prior(best_model, split)
         trials.append(Trial(replace(config, epochs=best_epoch), best_epoch, weight, metrics))
         say(f"search {n + 1}/{len(grid)}: {what}, popularity weight {weight:g}: valid "
@@ -192,4 +232,14 @@ def search(train: Interactions, *, items: Items | None = None, base: TrainConfig
     winner = max(trials, key=lambda t: _key(t.valid))
     popularity = ranking_metrics(popularity_scorer(best_model.item_popularity), split)
     return SearchResult(winner.config, winner.popularity_weight, winner.valid, popularity,
-                        trials, budget_cut=cut)
+                        trials, budget_cut=cut, popularity_half_life_s=half_life,
+                        recent_popularity_valid=recent)
+
+
+def describe_half_life(half_life_s: float) -> str:
+    """'none' or the half-life in days (hours below a day)."""
+    if half_life_s <= 0:
+        return "none (all-time counts)"
+    if half_life_s < 86400:
+        return f"{half_life_s / 3600:.3g} h"
+    return f"{half_life_s / 86400:.3g} days"

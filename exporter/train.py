@@ -37,6 +37,7 @@ from exporter.data import Interactions, Items
 from exporter.sequence_tower import SequenceTower, numpy_sequence_tower, sequence_inputs_torch
 from model_repository import retrieve_schema as schema
 from model_repository.pooling import DEFAULT_HISTORY_LEN, DEFAULT_RECENCY_DECAY
+from model_repository.scoring import trend_counts
 from model_repository.sequence_tower import NumpySequenceTower
 from model_repository.tower import TOWER_FILE_FORMAT, NumpyTower, read_tower_file
 
@@ -238,7 +239,9 @@ class TrainedModel:
     training events, most recent last, -1 padded on the left; item_popularity (I,): float32
     training-window event counts; tower: eval mode, of ``config.tower``'s kind;
     popularity_weight: the weight of the popularity prior in the score, chosen on a validation
-    slice (exporter.search), 0 for none.
+    slice (exporter.search), 0 for none; popularity_half_life_s: the prior's decay (0: it counts
+    item_popularity), with item_trend (I,) float32 the training events' counts decayed to
+    trend_as_of (`set_trend`).
     """
 
     user_ids: np.ndarray
@@ -250,6 +253,27 @@ class TrainedModel:
     tower: Tower
     config: TrainConfig
     popularity_weight: float = 0.0  # the score's popularity prior (model_repository.scoring)
+    popularity_half_life_s: float = 0.0
+    item_trend: np.ndarray | None = None
+    trend_as_of: float = 0.0
+
+    def prior_counts(self) -> np.ndarray:
+        """(I,) float32: what the prior counts, as serving's schema.prior_counts picks it."""
+        return self.item_trend if self.popularity_half_life_s > 0 else self.item_popularity
+
+    def set_trend(self, events: Interactions, half_life_s: float) -> None:
+        """Count ``events`` (the training window) with the popularity half-life ``half_life_s``
+        as of their last timestamp (model_repository.scoring.trend_counts); 0 turns it off.
+        Events of items outside the catalogue are ignored."""
+        self.popularity_half_life_s = float(half_life_s)
+        if half_life_s <= 0:
+            self.item_trend, self.trend_as_of = None, 0.0
+            return
+        known = np.isin(events.item_ids, self.item_ids)
+        self.trend_as_of = float(events.timestamps.max()) if len(events) else 0.0
+        self.item_trend = trend_counts(
+            np.searchsorted(self.item_ids, events.item_ids[known]), events.timestamps[known],
+            len(self.item_ids), as_of=self.trend_as_of, half_life_s=half_life_s)
 
     def user_queries(self, user_index: np.ndarray | None = None, *,
                      use_user_rows: bool = True) -> np.ndarray:

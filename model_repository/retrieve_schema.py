@@ -13,7 +13,11 @@ a table is one edit here.
                                          a build's version has none: they start at zero)
     item_ids         (I,)       int64    external item ids, in row order
     item_rows        (I, d)     float32  item embeddings
-    item_popularity  (I,)       float32  event counts (the popularity fallback)
+    item_popularity  (I,)       float32  event counts (the updater's fold-in reads them)
+    item_trend       (I,)       float32  event counts decayed with the meta's
+                                         popularity_half_life_s, as of trend_as_of
+                                         (model_repository.scoring); only when that is > 0
+    trend_as_of      (1,)       float64  the Unix time item_trend's counts are as of
     item_adagrad     (I,)       float32  as user_adagrad
     tower_w1, tower_b1, tower_w2, tower_b2   the pooled user tower (model_repository.tower)
     seq_*                                the sequence user tower (model_repository.sequence_tower;
@@ -47,6 +51,8 @@ ITEM_IDS = "item_ids"
 ITEM_ROWS = "item_rows"
 ITEM_POPULARITY = "item_popularity"
 ITEM_ADAGRAD = "item_adagrad"
+ITEM_TREND = "item_trend"
+TREND_AS_OF = "trend_as_of"
 TOWER_W1, TOWER_B1, TOWER_W2, TOWER_B2 = "tower_w1", "tower_b1", "tower_w2", "tower_b2"
 SEQ_POSITIONS = "seq_positions"
 SEQ_ATTN_NORM, SEQ_ATTN_IN, SEQ_ATTN_IN_BIAS = "seq_attn_norm", "seq_attn_in", "seq_attn_in_bias"
@@ -58,7 +64,8 @@ TEXT_PROJECTION_BIAS = "text_projection_bias"
 
 # tables with one row per user / per item: they grow, shrink (forget-user) and train together
 USER_TABLES = (USER_IDS, USER_ROWS, USER_HISTORY, USER_ADAGRAD)
-ITEM_TABLES = (ITEM_IDS, ITEM_ROWS, ITEM_POPULARITY, ITEM_ADAGRAD)
+ITEM_TABLES = (ITEM_IDS, ITEM_ROWS, ITEM_POPULARITY, ITEM_ADAGRAD, ITEM_TREND)
+TREND_TABLES = (ITEM_TREND, TREND_AS_OF)
 TOWER_TABLES = (TOWER_W1, TOWER_B1, TOWER_W2, TOWER_B2)
 SEQUENCE_TABLES = (SEQ_POSITIONS, SEQ_ATTN_NORM, SEQ_ATTN_IN, SEQ_ATTN_IN_BIAS, SEQ_ATTN_OUT,
                    SEQ_ATTN_OUT_BIAS, SEQ_FFN_NORM, SEQ_FFN_W1, SEQ_FFN_B1, SEQ_FFN_W2, SEQ_FFN_B2,
@@ -76,13 +83,15 @@ REQUIRED_TABLES = (USER_IDS, USER_ROWS, USER_HISTORY, ITEM_IDS, ITEM_ROWS, ITEM_
 DTYPES = {
     USER_IDS: np.int64, USER_ROWS: np.float32, USER_HISTORY: np.int64, USER_ADAGRAD: np.float32,
     ITEM_IDS: np.int64, ITEM_ROWS: np.float32, ITEM_POPULARITY: np.float32,
-    ITEM_ADAGRAD: np.float32, **dict.fromkeys(TOWER_TABLES, np.float32),
+    ITEM_ADAGRAD: np.float32, ITEM_TREND: np.float32, TREND_AS_OF: np.float64,
+    **dict.fromkeys(TOWER_TABLES, np.float32),
     **dict.fromkeys(SEQUENCE_TABLES, np.float32),
     **dict.fromkeys(TEXT_TABLES, np.float32),
 }
 # the row a new user or item starts a growing table with, where no row is computed for it
 EMPTY_ROW_FILL = {USER_IDS: -1, USER_ROWS: 0.0, USER_HISTORY: -1, USER_ADAGRAD: 0.0,
-                  ITEM_IDS: -1, ITEM_ROWS: 0.0, ITEM_POPULARITY: 0.0, ITEM_ADAGRAD: 0.0}
+                  ITEM_IDS: -1, ITEM_ROWS: 0.0, ITEM_POPULARITY: 0.0, ITEM_ADAGRAD: 0.0,
+                  ITEM_TREND: 0.0}
 
 
 class SchemaError(versions.VersionError):
@@ -101,6 +110,7 @@ class RetrieveMeta:
     text_encoder_version: int | None = None  # None: built without the text encoder
     text_weight: float = c.DEFAULT_TEXT_WEIGHT  # model_repository.serving.blend_text
     popularity_weight: float = 0.0     # model_repository.scoring: the prior's weight (0: none)
+    popularity_half_life_s: float = 0.0  # the prior's and the fallback's decay (0: all-time counts)
     train: dict | None = None          # the build's chosen settings and validation (a record)
 
     def __post_init__(self):
@@ -119,8 +129,9 @@ class RetrieveMeta:
         if not 0 < self.recency_decay <= 1:
             raise SchemaError(f"retrieve meta recency_decay must be in (0, 1], "
                               f"got {self.recency_decay!r}")
-        for name in ("text_weight", "popularity_weight"):
-            if not getattr(self, name) >= 0:
+        for name in ("text_weight", "popularity_weight", "popularity_half_life_s"):
+            if not (isinstance(getattr(self, name), numbers.Real)
+                    and 0 <= getattr(self, name) < float("inf")):
                 raise SchemaError(f"retrieve meta {name} must be >= 0, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
@@ -150,6 +161,18 @@ class RetrieveMeta:
         return meta
 
 
+def prior_counts(tables: dict[str, np.ndarray], meta: RetrieveMeta) -> np.ndarray:
+    """(I,) float32: the counts the popularity prior and the popularity fallback rank by: the
+    trend (time-decayed) counts when the version has a half-life, else the all-time counts."""
+    if meta.popularity_half_life_s > 0:
+        if ITEM_TREND not in tables or TREND_AS_OF not in tables:
+            raise SchemaError(f"retrieve meta popularity_half_life_s is "
+                              f"{meta.popularity_half_life_s:g} but table {ITEM_TREND} or "
+                              f"{TREND_AS_OF} is missing")
+        return tables[ITEM_TREND]
+    return tables[ITEM_POPULARITY]
+
+
 def check_tables(tables: dict[str, np.ndarray], *, where: str) -> None:
     """Raise SchemaError naming the first table that is missing, of the wrong dtype, or whose
     rows disagree with its ids (users, items). ``where`` names the version in the message."""
@@ -171,8 +194,11 @@ def check_tables(tables: dict[str, np.ndarray], *, where: str) -> None:
 
 def make_tables(*, user_ids, item_ids, user_rows, item_rows, user_history, item_popularity,
                 tower: dict[str, np.ndarray] | None = None,
-                text_projection: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                text_projection: dict[str, np.ndarray] | None = None,
+                trend: tuple[np.ndarray, float] | None = None) -> dict[str, np.ndarray]:
     """A retrieve version's tables by name, cast to the schema's dtypes and checked.
+
+    ``trend``: (item_trend, trend_as_of) for a version with a popularity half-life, else None.
 
     ``tower``: the user tower's tables (`NumpyTower.tables()`, `NumpySequenceTower.tables()`);
     ``text_projection``: the two text
@@ -180,6 +206,8 @@ def make_tables(*, user_ids, item_ids, user_rows, item_rows, user_history, item_
     tables = {USER_IDS: user_ids, ITEM_IDS: item_ids, USER_ROWS: user_rows, ITEM_ROWS: item_rows,
               USER_HISTORY: user_history, ITEM_POPULARITY: item_popularity,
               **(tower or {}), **(text_projection or {})}
+    if trend is not None:
+        tables[ITEM_TREND], tables[TREND_AS_OF] = trend[0], np.array([trend[1]])
     tables = {name: np.asarray(table, dtype=DTYPES[name]) for name, table in tables.items()}
     check_tables(tables, where="new retrieve version")
     return tables

@@ -246,7 +246,8 @@ class Retriever:
         self.user_rows = tables[schema.USER_ROWS]
         self.item_rows = tables[schema.ITEM_ROWS]
         self.user_history = tables[schema.USER_HISTORY]
-        popularity = tables[schema.ITEM_POPULARITY]
+        # the trend counts when the version has a popularity half-life, else all-time counts
+        popularity = schema.prior_counts(tables, self.meta)
         # popularity ranking, computed once: most popular first, lower row first on ties
         self.popular_rows = np.lexsort((np.arange(popularity.size), -popularity))
         self.popularity = popularity

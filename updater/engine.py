@@ -96,6 +96,7 @@ class Engine:
         meta = schema.RetrieveMeta.from_manifest(manifest)
         tower = version_tower(tables, self.publisher.repository, meta)
         self.trainer = SparseTrainer(tables, tower, recency_decay=meta.recency_decay,
+                                     popularity_half_life_s=meta.popularity_half_life_s,
                                      config=self.trainer_config)
         self.applied_offset = self.published_offset = manifest.feedback_offset
         behind = self.log.last_offset() - manifest.feedback_offset

@@ -8,7 +8,10 @@ negatives, signed by the event's label (a skip wants the negatives above the ite
 with row-wise Adagrad (one accumulator per row, the mean squared gradient, as FBGEMM's
 rowwise_adagrad), and each row's step is clipped to ``max_step`` in L2 norm, so one event
 cannot throw a row far. A positive event appends its item to the user's stored history
-(most recent last) and counts towards the item's popularity.
+(most recent last) and counts towards the item's popularity; with a popularity half-life (the
+version's meta) also towards its trend count, weighted by its own timestamp
+(model_repository.scoring), and `tables()` settles the trend counts to the newest event's time,
+so each version's prior ranks by what is popular as of its last event.
 
 Young rows fold in instead of stepping (``TrainerConfig.fold_in_events`` N): an item with fewer
 than N positive events takes the running mean of its users' queries, scaled to the length of an
@@ -40,6 +43,7 @@ import numpy as np
 
 from model_repository import retrieve_schema as schema
 from model_repository.pooling import DEFAULT_RECENCY_DECAY, recency_weights
+from model_repository.scoring import MAX_TREND_EXPONENT, settle_trend, trend_weights
 from model_repository.sequence_tower import NumpySequenceTower
 from model_repository.tower import NumpyTower
 from updater.events import Event, label
@@ -47,8 +51,6 @@ from updater.settings import TrainerConfig
 
 log = logging.getLogger(__name__)
 
-# the tables the trainer grows and writes; every other table of a version is carried unchanged
-TRAINED_TABLES = (*schema.USER_TABLES, *schema.ITEM_TABLES)
 ADAGRAD_EPS = 1e-8
 NEW_ITEM_STD = 0.05  # exporter.train.INIT_STD: a new item starts like an untrained one
 FOLD_IN_SAMPLE = 256  # users whose queries set the fold-in scale
@@ -143,24 +145,37 @@ class SparseTrainer:
 
     def __init__(self, tables: dict[str, np.ndarray], tower: NumpyTower | NumpySequenceTower, *,
                  recency_decay: float = DEFAULT_RECENCY_DECAY,
+                 popularity_half_life_s: float = 0.0,
                  config: TrainerConfig | None = None):
         """``tower``: the version's user tower, frozen (only rows train); ``recency_decay``:
-        the pooled tower's (a sequence tower does not pool)."""
+        the pooled tower's (a sequence tower does not pool); ``popularity_half_life_s``: the
+        version's (meta), > 0 to keep its trend counts."""
         self._tower = _tower_grad(tower, recency_decay)
         self.decay = recency_decay
+        self.half_life_s = float(popularity_half_life_s)
+        self.item_tables = tuple(name for name in schema.ITEM_TABLES
+                                 if name != schema.ITEM_TREND or self.half_life_s > 0)
         self.config = config or TrainerConfig()
         self.reset(tables)
 
     def reset(self, tables: dict[str, np.ndarray]) -> None:
-        """Start over from a version's tables (adagrad accumulators default to zero)."""
+        """Start over from a version's tables (adagrad accumulators and trend counts default to
+        zero)."""
+        n_items = len(tables[schema.ITEM_IDS])
         zeros = {schema.USER_ADAGRAD: np.zeros(len(tables[schema.USER_IDS]), np.float32),
-                 schema.ITEM_ADAGRAD: np.zeros(len(tables[schema.ITEM_IDS]), np.float32)}
+                 schema.ITEM_ADAGRAD: np.zeros(n_items, np.float32),
+                 schema.ITEM_TREND: np.zeros(n_items, np.float32)}
         self.t = {name: _Grown(tables[name] if name in tables else zeros[name],
                                schema.EMPTY_ROW_FILL[name])
-                  for name in TRAINED_TABLES}
+                  for name in (*schema.USER_TABLES, *self.item_tables)}
         history_len = tables[schema.USER_HISTORY].shape[1]
+        trained = (*self.t, schema.TREND_AS_OF) if self.half_life_s > 0 else tuple(self.t)
         # not trained here, but part of the version: passed through unchanged (hard-linked)
-        self.fixed = {name: np.asarray(t) for name, t in tables.items() if name not in self.t}
+        self.fixed = {name: np.asarray(t) for name, t in tables.items() if name not in trained}
+        # the time the trend counts are as of, and the newest event time counted since
+        self.trend_as_of = (float(tables[schema.TREND_AS_OF][0])
+                            if schema.TREND_AS_OF in tables else 0.0)
+        self.trend_latest = self.trend_as_of
         self.history_len = history_len
         self.user_index = {int(u): r for r, u in enumerate(self.t[schema.USER_IDS].live)}
         self.item_index = {int(i): r for r, i in enumerate(self.t[schema.ITEM_IDS].live)}
@@ -220,8 +235,32 @@ class SparseTrainer:
 
     def tables(self) -> dict[str, np.ndarray]:
         """Every table of the version by name: the live trained ones (views: copy them if the
-        trainer keeps running meanwhile) and the fixed ones it carries."""
-        return {**self.fixed, **{name: table.live for name, table in self.t.items()}}
+        trainer keeps running meanwhile) and the fixed ones it carries. The trend counts are
+        settled to the newest event's time first."""
+        trained = {name: table.live for name, table in self.t.items()}
+        if self.half_life_s > 0:
+            self.settle_trend()
+            trained[schema.TREND_AS_OF] = np.array([self.trend_as_of], np.float64)
+        return {**self.fixed, **trained}
+
+    def settle_trend(self) -> None:
+        """Decay every trend count to the newest event time counted (all rows change)."""
+        if self.trend_latest > self.trend_as_of:
+            settle_trend(self.t[schema.ITEM_TREND].live, as_of=self.trend_as_of,
+                         to=self.trend_latest, half_life_s=self.half_life_s)
+            self.trend_as_of = self.trend_latest
+            self.rewritten.add(schema.ITEM_TREND)
+
+    def _count_trend(self, item_row: int, timestamp: float) -> None:
+        """One positive event at ``timestamp`` adds its trend weight to the item's count,
+        relative to trend_as_of (settled first when the weight would grow past 2 ** 30)."""
+        self.trend_latest = max(self.trend_latest, timestamp)
+        if (timestamp - self.trend_as_of) / self.half_life_s > MAX_TREND_EXPONENT / 2:
+            self.settle_trend()
+        weight = trend_weights(np.array([timestamp]), as_of=self.trend_as_of,
+                               half_life_s=self.half_life_s)[0]
+        self.t[schema.ITEM_TREND].data[item_row] += np.float32(weight)
+        self.changed[schema.ITEM_TREND].add(item_row)
 
     def changed_rows(self) -> dict[str, np.ndarray]:
         """Rows changed since the last clear_changes, for versions.write_version (tables whose
@@ -257,8 +296,10 @@ class SparseTrainer:
             self.t[schema.ITEM_ROWS].append(init.astype(np.float32))
             self.t[schema.ITEM_POPULARITY].append(0.0)
             self.t[schema.ITEM_ADAGRAD].append(0.0)
+            if self.half_life_s > 0:
+                self.t[schema.ITEM_TREND].append(0.0)
             self.item_index[item_id] = row
-            for name in schema.ITEM_TABLES:
+            for name in self.item_tables:
                 self.changed[name].add(row)
         return row
 
@@ -277,8 +318,10 @@ class SparseTrainer:
             self.t[schema.ITEM_ROWS].append(values)
             self.t[schema.ITEM_POPULARITY].append(0.0)
             self.t[schema.ITEM_ADAGRAD].append(0.0)
+            if self.half_life_s > 0:
+                self.t[schema.ITEM_TREND].append(0.0)
             self.item_index[item_id] = row
-            for name in schema.ITEM_TABLES:
+            for name in self.item_tables:
                 self.changed[name].add(row)
 
     def drop_last_items(self, n: int) -> None:
@@ -287,7 +330,7 @@ class SparseTrainer:
         keep = self.n_items - n
         for item_id in self.t[schema.ITEM_IDS].live[keep:].tolist():
             del self.item_index[int(item_id)]
-        for name in schema.ITEM_TABLES:
+        for name in self.item_tables:
             self.t[name].truncate(keep)
             self.changed[name] -= set(range(keep, keep + n))
 
@@ -326,6 +369,8 @@ class SparseTrainer:
                 self.fold_in_user(user_row)
             self.t[schema.ITEM_POPULARITY].data[item_row] += 1.0
             self.changed[schema.ITEM_POPULARITY].add(item_row)
+            if self.half_life_s > 0:
+                self._count_trend(item_row, event.timestamp)
 
     def fold_in(self, user_row: int, item_row: int) -> None:
         """An item with n < fold_in_events positive events so far takes the running mean of its
