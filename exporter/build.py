@@ -26,7 +26,7 @@ from exporter import DATA_DIR, DEFAULT_SEARCH_BUDGET_S, REPOSITORY_DIR
 from exporter import data as datasets
 from exporter.evaluate import evaluate, format_quality_table
 from exporter.onnx_export import build_tensorrt_plan, check_onnx_parity, export_user_tower
-from exporter.search import SearchResult, describe_half_life
+from exporter.search import SearchResult, describe_half_life, score
 from exporter.search import search as search_settings
 from exporter.synthetic import generate_synthetic
 from exporter.text_projection import (
@@ -256,9 +256,9 @@ def describe_choice(chosen: SearchResult) -> str:
     line = (f"chosen on the validation slice, {settings}, popularity weight "
             f"{chosen.popularity_weight:g}, half-life "
             f"{describe_half_life(chosen.popularity_half_life_s)} "
-            f"(valid recall@10 {chosen.valid['recall@10']:.4f} vs popularity "
-            f"{chosen.popularity_valid['recall@10']:.4f}, recent popularity "
-            f"{recent['recall@10']:.4f})")
+            f"(valid recall@10 {chosen.valid['recall@10']:.4f}, next event "
+            f"{chosen.valid['next recall@10']:.4f}, score {score(chosen.valid):.4f}; popularity "
+            f"{score(chosen.popularity_valid):.4f}, recent popularity {score(recent):.4f})")
     if chosen.loses_to_popularity:
         line += ("\nwarning: on validation the model still loses to popularity; it is served with "
                  "the popularity prior that scored best, which ranks close to popularity")

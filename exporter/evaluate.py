@@ -4,6 +4,13 @@ Protocol: a test user must be known in training. Their targets are the catalogue
 interacted with in the test period and never in training; the ranking covers the catalogue minus
 the items the user saw in training (for every scorer alike). recall@K = |top-K ∩ targets| /
 |targets|, NDCG@K uses binary relevance; both are averaged over users with at least one target.
+
+The next-event protocol (`build_next_event_split`, `next_event_metrics`) asks each test event
+before it is known, as the live history serves it: the user's history is everything before the
+event, a user unknown to the model has a zero row, the popularity is recounted every
+NEXT_EVENT_WINDOW events, no row moves (bench.quality's "static + app-sent history" replay row,
+in process: on ml-100k 0.190 here against 0.189 through the server). exporter.search scores
+candidates both ways.
 """
 
 from __future__ import annotations
@@ -16,8 +23,8 @@ import numpy as np
 import torch
 
 from exporter.data import Interactions
-from exporter.train import TrainedModel
-from model_repository.scoring import popularity_prior
+from exporter.train import TrainedModel, tower_query
+from model_repository.scoring import popularity_prior, trend_counts
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +32,7 @@ DEFAULT_KS = (10, 50)
 DEFAULT_EVAL_BATCH = 512
 TABLE_COLUMNS = ("recall@10", "ndcg@10", "recall@50")
 RECENT_POPULARITY = "recent popularity"  # popularity with the model's half-life
+NEXT_EVENT_WINDOW = 1000  # events between two recounts of the popularity (a publish)
 
 # (B,) external user ids -> (B, I) float32 scores over the split's catalogue, in its row order
 ScoreFn = Callable[[np.ndarray], np.ndarray]
@@ -125,6 +133,129 @@ def ranking_metrics(score_fn: ScoreFn, split: EvalSplit, *, ks: Sequence[int] = 
                for name, values in per_user.items()}
     metrics["users"] = float(len(split.user_ids))
     return metrics
+
+
+@dataclass(frozen=True)
+class NextEventSplit:
+    """Each event of a stream asked before it is known, as a live history serves it.
+
+    The scored events (E of them: the item in the catalogue and new to its user): user_ids (E,)
+    external ids; histories (E, H) item rows of the user's last H events before it (-1 padded on
+    the left, most recent last); seen_offsets / seen_items the CSR of every item the user had
+    before it (excluded from the ranking); targets (E,) its item row; counted (E,) how many of
+    ``event_rows`` / ``event_times`` (every event in time order, -1 for items outside the
+    catalogue) the popularity counts hold when it is asked: those before its window.
+    """
+
+    item_ids: np.ndarray
+    user_ids: np.ndarray
+    histories: np.ndarray
+    seen_offsets: np.ndarray
+    seen_items: np.ndarray
+    targets: np.ndarray
+    counted: np.ndarray
+    event_rows: np.ndarray
+    event_times: np.ndarray
+
+
+def build_next_event_split(before: Interactions, events: Interactions, *, item_ids: np.ndarray,
+                           history_len: int, window_events: int = NEXT_EVENT_WINDOW
+                           ) -> NextEventSplit:
+    """``events`` (after ``before`` in time) asked one by one over catalogue ``item_ids``: the
+    replay protocol of bench.quality in process, with the popularity recounted every
+    ``window_events`` events (a publish) and no row updates."""
+    item_ids = np.asarray(item_ids, dtype=np.int64)
+    users = np.concatenate([before.user_ids, events.user_ids])
+    items = np.concatenate([before.item_ids, events.item_ids])
+    rows = np.where(np.isin(items, item_ids), np.searchsorted(item_ids, items), -1)
+    order = np.argsort(users, kind="stable")  # by user, time order kept inside each
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    grouped = rows[order]
+    starts = np.searchsorted(users[order], users[order], side="left")
+    asked = np.arange(len(before), len(users))
+    asked = asked[rows[asked] >= 0]
+    p, start = position[asked], starts[position[asked]]
+    seen_lists = [grouped[a:b][grouped[a:b] >= 0] for a, b in zip(start.tolist(), p.tolist())]
+    new = np.array([rows[e] not in set(seen.tolist()) for e, seen in zip(asked, seen_lists)],
+                   dtype=bool)
+    asked = asked[new]
+    seen_lists = [seen for seen, keep in zip(seen_lists, new) if keep]
+    histories = np.full((len(asked), history_len), -1, dtype=np.int64)
+    for row, seen in enumerate(seen_lists):  # the catalogue items before it, most recent last
+        recent = seen[-history_len:]
+        histories[row, history_len - len(recent):] = recent
+    seen_offsets = np.zeros(len(asked) + 1, dtype=np.int64)
+    np.cumsum([len(seen) for seen in seen_lists], out=seen_offsets[1:])
+    window = (asked - len(before)) // window_events
+    return NextEventSplit(
+        item_ids=item_ids, user_ids=users[asked], histories=histories.astype(np.int64),
+        seen_offsets=seen_offsets,
+        seen_items=(np.concatenate(seen_lists) if seen_lists else np.zeros(0)).astype(np.int64),
+        targets=rows[asked].astype(np.int64), counted=len(before) + window * window_events,
+        event_rows=rows.astype(np.int64),
+        event_times=np.concatenate([before.timestamps, events.timestamps]).astype(np.float64))
+
+
+def next_event_counts(split: NextEventSplit, counted: int, half_life_s: float) -> np.ndarray:
+    """(I,) float32: the popularity counts of the first ``counted`` events, all-time or trend
+    (as of the last of them) with ``half_life_s`` > 0."""
+    rows, times = split.event_rows[:counted], split.event_times[:counted]
+    known = rows >= 0
+    if half_life_s > 0 and known.any():
+        return trend_counts(rows[known], times[known], len(split.item_ids),
+                            as_of=float(times[known].max()), half_life_s=half_life_s)
+    return np.bincount(rows[known], minlength=len(split.item_ids)).astype(np.float32)
+
+
+def next_event_queries(model: TrainedModel, split: NextEventSplit) -> np.ndarray:
+    """(E, d) float32: each scored event's query, from its user's row (zero for a user the model
+    has no row for) and the history before it, as serving computes it."""
+    index = np.searchsorted(model.user_ids, split.user_ids).clip(max=len(model.user_ids) - 1)
+    known = model.user_ids[index] == split.user_ids
+    user_emb = np.where(known[:, None], model.user_rows[index], 0.0).astype(np.float32)
+    with torch.no_grad():
+        return tower_query(model.tower, torch.from_numpy(user_emb),
+                           torch.from_numpy(model.item_rows), torch.from_numpy(split.histories),
+                           decay=model.config.recency_decay).numpy()
+
+
+def next_event_metrics(split: NextEventSplit, *, queries: np.ndarray | None,
+                       item_rows: np.ndarray | None, popularity_weight: float,
+                       half_life_s: float, k: int = 10,
+                       batch_size: int = DEFAULT_EVAL_BATCH) -> dict[str, float]:
+    """recall@k (the share of events whose item is in the top k: one target each) and ndcg@k
+    over the split's events, scored ``queries @ item_rows.T`` plus the popularity prior of the
+    counts when each is asked; ``queries=None`` ranks by those counts alone (popularity)."""
+    n = len(split.targets)
+    hits = np.zeros(n)
+    gains = np.zeros(n)
+    k = min(k, len(split.item_ids))
+    for counted in np.unique(split.counted):
+        counts = next_event_counts(split, int(counted), half_life_s)
+        prior = torch.from_numpy(popularity_prior(counts, popularity_weight)
+                                 if queries is not None else counts)
+        members = np.flatnonzero(split.counted == counted)
+        for lo in range(0, len(members), batch_size):
+            chosen = members[lo:lo + batch_size]
+            if queries is None:
+                scores = prior.expand(len(chosen), -1).clone()
+            else:
+                scores = torch.from_numpy(queries[chosen]) @ torch.from_numpy(item_rows).T
+                if popularity_weight > 0:
+                    scores += prior
+            seen_counts = split.seen_offsets[chosen + 1] - split.seen_offsets[chosen]
+            seen = np.concatenate([split.seen_items[split.seen_offsets[e]:split.seen_offsets[e + 1]]
+                                   for e in chosen])
+            scores[torch.from_numpy(np.repeat(np.arange(len(chosen)), seen_counts)),
+                   torch.from_numpy(seen)] = float("-inf")
+            top = scores.topk(k, dim=1).indices.numpy()
+            hit = top == split.targets[chosen][:, None]
+            found = hit.any(1)
+            hits[chosen] = found
+            gains[chosen] = np.where(found, 1.0 / np.log2(hit.argmax(1) + 2.0), 0.0)
+    return {f"recall@{k}": float(hits.mean()) if n else 0.0,
+            f"ndcg@{k}": float(gains.mean()) if n else 0.0, "events": float(n)}
 
 
 def paired_ratio_interval(ours: np.ndarray, theirs: np.ndarray, *, draws: int = 2000,

@@ -1,14 +1,19 @@
-"""exporter.evaluate's per-user metrics and the paired bootstrap bench.quality reports."""
+"""exporter.evaluate's per-user metrics, the next-event protocol and the paired bootstrap
+bench.quality reports."""
 
 import numpy as np
 
 from exporter.data import Interactions
 from exporter.evaluate import (
     build_eval_split,
+    build_next_event_split,
+    next_event_metrics,
+    next_event_queries,
     paired_ratio_interval,
     per_user_metrics,
     ranking_metrics,
 )
+from exporter.train import TrainConfig, fit_closed_form
 
 
 def _split():
@@ -41,3 +46,43 @@ def test_the_paired_bootstrap_brackets_the_ratio_and_narrows_with_more_users():
     wide = paired_ratio_interval(noisy[:40], theirs[:40])
     narrow = paired_ratio_interval(noisy, theirs)
     assert wide[0] < narrow[0] and narrow[1] < wide[1]
+
+
+def test_each_next_event_is_asked_with_the_history_and_counts_before_it():
+    A, B, C, D, ELSEWHERE = 10, 11, 12, 13, 99
+    before = Interactions.from_arrays([1, 1, 2, 2], [A, B, A, C], [1.0] * 4, [1, 2, 3, 4])
+    events = Interactions.from_arrays(
+        [1, 3, 1, 1, 3], [C, A, B, ELSEWHERE, D], [1.0] * 5, [5, 6, 7, 8, 9])
+    split = build_next_event_split(before, events, item_ids=np.array([A, B, C, D]),
+                                   history_len=3, window_events=2)
+    # user 1 -> C, new user 3 -> A, user 3 -> D; a repeat (1 -> B) and an item outside the
+    # catalogue are not asked
+    np.testing.assert_array_equal(split.user_ids, [1, 3, 3])
+    np.testing.assert_array_equal(split.targets, [2, 0, 3])
+    np.testing.assert_array_equal(split.histories, [[-1, 0, 1], [-1, -1, -1], [-1, -1, 0]])
+    np.testing.assert_array_equal(split.counted, [4, 4, 8])  # windows of 2: recounted at 6, 8
+    seen = [split.seen_items[a:b].tolist() for a, b in zip(split.seen_offsets, split.seen_offsets[1:])]
+    assert seen == [[0, 1], [], [0]]
+    # popularity when asked: A 2, B 1, C 1, D 0 -> user 1 (A, B excluded) gets C, user 3 A;
+    # then A 3, B 2, C 2, D 0: user 3 (A excluded) gets B or C, not D
+    metrics = next_event_metrics(split, queries=None, item_rows=None, popularity_weight=0.0,
+                                 half_life_s=0.0, k=1)
+    assert metrics == {"recall@1": 2 / 3, "ndcg@1": 2 / 3, "events": 3.0}
+
+
+def test_a_known_users_first_next_event_is_asked_with_the_stored_query():
+    rng = np.random.default_rng(0)
+    before = Interactions.from_arrays(rng.integers(0, 30, 600), rng.integers(0, 40, 600),
+                                      np.ones(600), np.arange(600))
+    (model,) = fit_closed_form(before, items=None, configs=[
+        TrainConfig(method="ease", dim=8, ease_l2=10.0, history_weight=1.0)])
+    users = np.unique(before.user_ids)
+    seen_by = {u: set(before.item_ids[before.user_ids == u].tolist()) for u in users.tolist()}
+    first = [(u, next(i for i in range(40) if i not in seen_by[u])) for u in users.tolist()]
+    events = Interactions.from_arrays([u for u, _ in first], [i for _, i in first],
+                                      np.ones(len(first)), 600 + np.arange(len(first)))
+    split = build_next_event_split(before, events, item_ids=model.item_ids,
+                                   history_len=model.user_history.shape[1])
+    np.testing.assert_array_equal(split.user_ids, users)
+    np.testing.assert_allclose(next_event_queries(model, split), model.user_queries(
+        np.searchsorted(model.user_ids, users)), rtol=1e-5, atol=1e-6)

@@ -33,8 +33,13 @@ def test_the_search_is_deterministic_under_a_seed(tiny_train, monkeypatch):
     assert one.record() == two.record()
     assert len(one.trials) == 2 and one.budget_cut == 0
     assert 1 <= one.config.epochs <= 3 and one.popularity_weight in search_module.PRIOR_WEIGHTS
-    best = max(one.trials, key=lambda t: (t.valid["recall@10"], t.valid["ndcg@10"]))
+    # the score: the geometric mean of the stored-history split's and the next-event recall@10
+    best = max(one.trials, key=lambda t: search_module._key(t.valid))
     assert one.valid == best.valid
+    for trial in one.trials:
+        assert search_module.score(trial.valid) == pytest.approx(
+            np.sqrt(trial.valid["recall@10"] * trial.valid["next recall@10"]))
+        assert trial.valid["next events"] > 0
 
 
 def test_the_budget_always_runs_the_first_candidate_and_reports_the_cut(tiny_train, monkeypatch):
