@@ -165,3 +165,36 @@ def test_without_a_half_life_the_updater_writes_no_trend_tables():
     trainer = SparseTrainer(_tables(), _numpy_tower())
     trainer.apply(_event(0, 1000, 500, T0))
     assert not set(schema.TREND_TABLES) & set(trainer.tables())
+
+
+def test_a_published_version_carries_the_settled_trend_and_serves_it(tmp_path):
+    """Version 1 with trend counts, events applied, version 2 written as the updater's
+    publisher writes it (changed rows only, the settled trend in full): served from v2, a
+    stranger gets the items popular as of the newest event."""
+    base = _tables()
+    n_items = len(base["item_ids"])
+    base[schema.ITEM_TREND] = np.full(n_items, 4.0, np.float32)  # everything equally popular
+    base[schema.TREND_AS_OF] = np.array([T0])
+    tables = schema.make_tables(**{k: base[k] for k in (
+        "user_ids", "item_ids", "user_rows", "item_rows", "user_history", "item_popularity")},
+        trend=(base[schema.ITEM_TREND], T0))
+    meta = schema.RetrieveMeta(dim=8, history_len=5, popularity_half_life_s=DAY).to_dict()
+    model_dir = tmp_path / "retrieve"
+    versions.write_version(model_dir, 1, tables, meta=meta)
+    trainer = SparseTrainer(tables, _numpy_tower(), popularity_half_life_s=DAY)
+    hot = [int(base["item_ids"][r]) for r in (7, 3, 11)]
+    for offset, item in enumerate(hot * 3):  # three days later: the old counts are at 0.5
+        trainer.apply(_event(offset, 1000, item, T0 + 3 * DAY))
+    published = trainer.tables()
+    versions.write_version(model_dir, 2, published, parent=1, meta=meta,
+                           changed_rows=trainer.changed_rows())
+    manifest = versions.read_manifest(model_dir / "2")
+    assert manifest.tables[schema.TREND_AS_OF].shape == (1,)
+    loaded = {name: versions.load_table(model_dir / "2", manifest, name)
+              for name in schema.TREND_TABLES}
+    assert loaded[schema.TREND_AS_OF][0] == T0 + 3 * DAY
+    np.testing.assert_allclose(loaded[schema.ITEM_TREND], published[schema.ITEM_TREND])
+    assert float(loaded[schema.ITEM_TREND][7]) == pytest.approx(0.5 + 3.0)
+    retriever = Retriever(model_dir / "2", lambda u, h: u + h)
+    (stranger,) = retriever.answer([Query(user_id=424242, k=3)])
+    assert sorted(stranger.item_ids.tolist()) == sorted(hot)
