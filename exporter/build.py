@@ -158,11 +158,19 @@ def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = 
 
 def train_model(train: datasets.Interactions, *, items: datasets.Items | None,
                 config: TrainConfig | None, search: bool,
-                search_budget_s: float = DEFAULT_SEARCH_BUDGET_S, progress: bool = True
+                search_budget_s: float = DEFAULT_SEARCH_BUDGET_S, progress: bool = True,
+                popularity_weight: float | None = None,
+                popularity_half_life_s: float | None = None
                 ) -> tuple[TrainedModel, SearchResult | None]:
     """The model `build` serves: trained with ``config`` (the defaults when None), or, with
     ``search``, with the settings and popularity prior chosen on a validation slice of ``train``
-    starting from ``config`` (exporter.search). Returns the model and the search's result."""
+    starting from ``config`` (exporter.search). ``popularity_weight`` and
+    ``popularity_half_life_s`` (0: all-time counts), when given, set the prior by hand over
+    what the search chose (or without a search). Returns the model and the search's result."""
+    for name, value in (("popularity_weight", popularity_weight),
+                        ("popularity_half_life_s", popularity_half_life_s)):
+        if value is not None and not 0 <= value < float("inf"):
+            raise BuildError(f"{name} must be >= 0, got {value!r}")
     chosen = None
     if search:
         say = tqdm.write if progress else log.info
@@ -172,7 +180,12 @@ def train_model(train: datasets.Interactions, *, items: datasets.Items | None,
                              config=chosen.config if chosen else config or TrainConfig(),
                              progress=progress)
     model.popularity_weight = chosen.popularity_weight if chosen else 0.0
-    model.set_trend(train, chosen.popularity_half_life_s if chosen else 0.0)
+    half_life = chosen.popularity_half_life_s if chosen else 0.0
+    if popularity_weight is not None:
+        model.popularity_weight = float(popularity_weight)
+    if popularity_half_life_s is not None:
+        half_life = float(popularity_half_life_s)
+    model.set_trend(train, half_life)
     return model, chosen
 
 
@@ -190,6 +203,8 @@ def build(
     text_encoder: bool | None = None,
     search: bool | None = None,
     search_budget_s: float = DEFAULT_SEARCH_BUDGET_S,
+    popularity_weight: float | None = None,
+    popularity_half_life_s: float | None = None,
 ) -> BuildResult:
     """Train on the earliest 80 % of events, evaluate on the rest, export version 1 under out/.
 
@@ -197,7 +212,9 @@ def build(
     out and report their quality; None (the default) means "when the items have titles".
     ``search``: choose the settings and the popularity prior on a validation slice of the
     training window (exporter.search) within ``search_budget_s``; None (the default) means "when
-    no ``config`` is given"; with a ``config`` and no search, the prior stays off."""
+    no ``config`` is given"; with a ``config`` and no search, the prior stays off unless
+    ``popularity_weight`` / ``popularity_half_life_s`` set it by hand (they also override the
+    search's choice; the manifest's record says so)."""
     out = Path(out)
     repository = out / REPOSITORY_DIR
     if repository.exists():
@@ -224,8 +241,15 @@ def build(
     log.info("training on %d events, evaluating on %d", len(train), len(test))
     model, chosen = train_model(train, items=dataset.items, config=config,
                                 search=search if search is not None else config is None,
-                                search_budget_s=search_budget_s, progress=progress)
+                                search_budget_s=search_budget_s, progress=progress,
+                                popularity_weight=popularity_weight,
+                                popularity_half_life_s=popularity_half_life_s)
     record = chosen.record() if chosen else None
+    by_hand = {name: value for name, value in (("popularity_weight", popularity_weight),
+                                               ("popularity_half_life_s", popularity_half_life_s))
+               if value is not None}
+    if by_hand:
+        record = {**(record or {}), "by_hand": by_hand}
     if not text_encoder:
         quality = format_quality_table(evaluate(model, train, test))
         result = write_repository(model, repository, tensorrt=tensorrt, train_record=record)

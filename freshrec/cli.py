@@ -45,13 +45,19 @@ def cmd_build(args: argparse.Namespace) -> int:
         config = replace(TrainConfig(), **base, **given) if given or base else None
     except ValueError as exc:
         raise UserError(str(exc)) from exc
+    for flag, value in (("--popularity-weight", args.popularity_weight),
+                        ("--popularity-half-life-days", args.popularity_half_life_days)):
+        if value is not None and not 0 <= value < float("inf"):
+            raise UserError(f"{flag} must be >= 0, got {value:g}")
     started = time.monotonic()
     try:
         result = build(
             args.out, data=args.data, items=args.items, synthetic=args.synthetic, force=args.force,
             progress=not args.quiet, text_encoder=False if args.no_text_encoder else None,
             config=config, search=not (args.no_search or given),
-            search_budget_s=args.search_budget_s,
+            search_budget_s=args.search_budget_s, popularity_weight=args.popularity_weight,
+            popularity_half_life_s=(None if args.popularity_half_life_days is None
+                                    else args.popularity_half_life_days * 86400.0),
         )
     except (BuildError, DataError) as exc:
         raise UserError(str(exc)) from exc
@@ -283,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
                              ("lr", float, "learning rate"), ("l2", float, "L2 regularisation"),
                              ("negatives", int, "sampled negatives per batch")):
         p.add_argument(f"--{name}", type=kind, help=f"{what} (given settings turn the search off)")
+    p.add_argument("--popularity-weight", type=float,
+                   help="the popularity prior's weight by hand (0: none), over the search's "
+                        "choice or without a search")
+    p.add_argument("--popularity-half-life-days", type=float,
+                   help="the prior's half-life in days by hand (0: all-time counts), over the "
+                        "search's choice or without a search")
     p.add_argument("--tower", choices=TOWER_KINDS,
                    help=f"the user tower: sequence (query = user row + a self-attention encoder "
                         f"over the last history items) or pooled (user row + recency-pooled "

@@ -68,3 +68,31 @@ def test_build_refuses_an_unknown_tower(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["build", "--synthetic", "--out", "x", "--tower", "bag"])
     assert "invalid choice: 'bag'" in capsys.readouterr().err
+
+
+def test_build_takes_the_popularity_prior_by_hand(tmp_path, monkeypatch):
+    import exporter.build
+
+    seen = {}
+
+    def fake_build(out, **kwargs):
+        seen.update(kwargs)
+        raise _StopBuild
+
+    monkeypatch.setattr(exporter.build, "build", fake_build)
+    args = build_parser().parse_args(["build", "--synthetic", "--out", str(tmp_path),
+                                      "--popularity-weight", "0.5",
+                                      "--popularity-half-life-days", "2"])
+    with pytest.raises(_StopBuild):
+        args.func(args)
+    assert seen["popularity_weight"] == 0.5 and seen["popularity_half_life_s"] == 2 * 86400.0
+    assert seen["search"] is True  # the prior by hand does not turn the search off
+
+
+@pytest.mark.parametrize("flag", ["--popularity-weight", "--popularity-half-life-days"])
+def test_a_negative_prior_by_hand_is_refused_naming_the_flag(tmp_path, flag):
+    from freshrec.cli import UserError
+
+    args = build_parser().parse_args(["build", "--synthetic", "--out", str(tmp_path), flag, "-1"])
+    with pytest.raises(UserError, match=f"{flag} must be >= 0"):
+        args.func(args)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from exporter import search as search_module
-from exporter.build import build
+from exporter.build import BuildError, build
 from exporter.synthetic import generate_synthetic
 from exporter.train import TrainConfig
 from model_repository import contract as c
@@ -108,3 +108,19 @@ def test_the_search_weighs_the_closed_form_against_training_and_shares_its_fits(
     assert one.record()["settings"]["method"] in ("ease", "softmax")
     if one.config.method == METHOD_EASE:
         assert "lr" not in one.record()["settings"]
+
+
+def test_the_prior_by_hand_is_served_recorded_and_checked(tmp_path):
+    result = build(tmp_path, synthetic=True, synthetic_kwargs=TINY, progress=False,
+                   tensorrt=False, text_encoder=False, config=GRID[0], search=False,
+                   popularity_weight=0.4, popularity_half_life_s=3 * 86400.0)
+    manifest = versions.read_manifest(result.repository / c.RETRIEVE / "1")
+    meta = schema.RetrieveMeta.from_manifest(manifest)
+    assert (meta.popularity_weight, meta.popularity_half_life_s) == (0.4, 3 * 86400.0)
+    assert meta.train == {"by_hand": {"popularity_weight": 0.4,
+                                      "popularity_half_life_s": 3 * 86400.0}}
+    assert set(schema.TREND_TABLES) <= set(manifest.tables)
+    with pytest.raises(BuildError, match="popularity_weight must be >= 0"):
+        build(tmp_path / "bad", synthetic=True, synthetic_kwargs=TINY, progress=False,
+              tensorrt=False, text_encoder=False, config=GRID[0], search=False,
+              popularity_weight=-1.0)
