@@ -175,6 +175,11 @@ def _metrics(model: TrainedModel, valid: _Valid, *, queries: np.ndarray | None =
     next_metrics = next_event_metrics(
         valid.next_events, queries=queries, item_rows=model.item_rows,
         popularity_weight=model.popularity_weight, half_life_s=model.popularity_half_life_s)
+    return _both(split_metrics, next_metrics)
+
+
+def _both(split_metrics: dict[str, float], next_metrics: dict[str, float]) -> dict[str, float]:
+    """One metrics dict: the split's as they are, the next-event ones keyed with NEXT."""
     return {**split_metrics, **{NEXT + k: v for k, v in next_metrics.items()}}
 
 
@@ -184,7 +189,7 @@ def _popularity(model: TrainedModel, valid: _Valid) -> dict[str, float]:
     next_metrics = next_event_metrics(valid.next_events, queries=None, item_rows=None,
                                       popularity_weight=0.0,
                                       half_life_s=model.popularity_half_life_s)
-    return {**split_metrics, **{NEXT + k: v for k, v in next_metrics.items()}}
+    return _both(split_metrics, next_metrics)
 
 
 class _EarlyStopping:

@@ -292,15 +292,19 @@ class SparseTrainer:
         if row is None:
             dim = self.t[schema.ITEM_ROWS].data.shape[1]
             init = np.random.default_rng([self.config.seed, item_id]).normal(0, NEW_ITEM_STD, dim)
-            row = self.t[schema.ITEM_IDS].append(item_id)
-            self.t[schema.ITEM_ROWS].append(init.astype(np.float32))
-            self.t[schema.ITEM_POPULARITY].append(0.0)
-            self.t[schema.ITEM_ADAGRAD].append(0.0)
-            if self.half_life_s > 0:
-                self.t[schema.ITEM_TREND].append(0.0)
-            self.item_index[item_id] = row
-            for name in self.item_tables:
-                self.changed[name].add(row)
+            row = self._append_item(item_id, init.astype(np.float32))
+        return row
+
+    def _append_item(self, item_id: int, values: np.ndarray) -> int:
+        """A new item's row in every item table: its id and embedding, the empty fill (no
+        events, a fresh accumulator) in the others; all marked changed."""
+        row = self.t[schema.ITEM_IDS].append(item_id)
+        self.t[schema.ITEM_ROWS].append(values)
+        for name in self.item_tables:
+            if name not in (schema.ITEM_IDS, schema.ITEM_ROWS):
+                self.t[name].append(schema.EMPTY_ROW_FILL[name])
+            self.changed[name].add(row)
+        self.item_index[item_id] = row
         return row
 
     def add_items(self, item_ids: np.ndarray, rows: np.ndarray) -> None:
@@ -314,15 +318,7 @@ class SparseTrainer:
         if np.unique(item_ids).size != item_ids.size:
             raise ValueError("item ids repeat")
         for item_id, values in zip(item_ids.tolist(), np.asarray(rows, np.float32)):
-            row = self.t[schema.ITEM_IDS].append(item_id)
-            self.t[schema.ITEM_ROWS].append(values)
-            self.t[schema.ITEM_POPULARITY].append(0.0)
-            self.t[schema.ITEM_ADAGRAD].append(0.0)
-            if self.half_life_s > 0:
-                self.t[schema.ITEM_TREND].append(0.0)
-            self.item_index[item_id] = row
-            for name in self.item_tables:
-                self.changed[name].add(row)
+            self._append_item(item_id, values)
 
     def drop_last_items(self, n: int) -> None:
         """Undo :meth:`add_items` of the last ``n`` items (their publish failed); nothing else may
