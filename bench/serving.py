@@ -61,7 +61,7 @@ def _time_batch(retriever, live, session, tower_t, items_t, batch: int, *, n_use
 
     queries = _queries(batch, n_users, n_items, seed=batch)
     user_rows = retriever.users.rows(np.array([q.user_id for q in queries]))
-    histories = retriever._histories(queries, user_rows)
+    histories, _ = retriever._histories(queries, user_rows)
     user_emb = retriever.user_rows[user_rows]
     pooled = retriever.pooled_histories(histories)
     query_vecs = retriever.tower(user_emb, pooled)
@@ -100,7 +100,7 @@ def _with_live_history(model_dir: Path, n_users: int, n_items: int):
 
     rng = np.random.default_rng(3)
     store = LiveHistory(history_path(model_dir), history_len=20)
-    store.append([(u, int(i)) for u in range(1, n_users + 1)
+    store.append([(u, int(i), 1.7e9) for u in range(1, n_users + 1)
                   for i in rng.integers(1, n_items + 1, size=20)], offset=1)
     store.close()
     return Retriever(model_dir / "1", live_history=LiveHistoryReader(history_path(model_dir)))

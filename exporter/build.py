@@ -26,7 +26,7 @@ from exporter import DATA_DIR, DEFAULT_SEARCH_BUDGET_S, REPOSITORY_DIR
 from exporter import data as datasets
 from exporter.evaluate import evaluate, format_quality_table
 from exporter.onnx_export import build_tensorrt_plan, check_onnx_parity, export_user_tower
-from exporter.search import SearchResult, describe_half_life, score
+from exporter.search import Prior, SearchResult, describe_half_life, score
 from exporter.search import search as search_settings
 from exporter.synthetic import generate_synthetic
 from exporter.text_projection import (
@@ -99,7 +99,8 @@ def retrieve_tables(model: TrainedModel, projection: TextProjection | None = Non
         item_popularity=model.item_popularity, tower=numpy_tower(model.tower).tables(),
         text_projection=None if projection is None else projection.tables(),
         trend=((model.item_trend, model.trend_as_of) if model.popularity_half_life_s > 0
-               else None))
+               else None),
+        user_last_at=model.user_last_at)
 
 
 def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = True,
@@ -147,7 +148,8 @@ def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = 
             recency_decay=model.config.recency_decay, user_tower_version=FIRST_VERSION,
             text_encoder_version=FIRST_VERSION if text is not None else None,
             popularity_weight=model.popularity_weight,
-            popularity_half_life_s=model.popularity_half_life_s, train=train_record,
+            popularity_half_life_s=model.popularity_half_life_s, session_s=model.session_s,
+            session_popularity_weight=model.session_popularity_weight, train=train_record,
         ).to_dict(),
     )
     configs.write_config(repository / c.RECOMMEND, configs.recommend_config())
@@ -160,15 +162,20 @@ def train_model(train: datasets.Interactions, *, items: datasets.Items | None,
                 config: TrainConfig | None, search: bool,
                 search_budget_s: float = DEFAULT_SEARCH_BUDGET_S, progress: bool = True,
                 popularity_weight: float | None = None,
-                popularity_half_life_s: float | None = None
+                popularity_half_life_s: float | None = None,
+                session_s: float | None = None,
+                session_popularity_weight: float | None = None
                 ) -> tuple[TrainedModel, SearchResult | None]:
     """The model `build` serves: trained with ``config`` (the defaults when None), or, with
     ``search``, with the settings and popularity prior chosen on a validation slice of ``train``
-    starting from ``config`` (exporter.search). ``popularity_weight`` and
-    ``popularity_half_life_s`` (0: all-time counts), when given, set the prior by hand over
-    what the search chose (or without a search). Returns the model and the search's result."""
-    for name, value in (("popularity_weight", popularity_weight),
-                        ("popularity_half_life_s", popularity_half_life_s)):
+    starting from ``config`` (exporter.search). ``popularity_weight``,
+    ``popularity_half_life_s`` (0: all-time counts), ``session_s`` (0: no session gate) and
+    ``session_popularity_weight``, when given, set the prior by hand over what the search chose
+    (or without a search). Returns the model and the search's result."""
+    by_hand = {"popularity_weight": popularity_weight,
+               "popularity_half_life_s": popularity_half_life_s, "session_s": session_s,
+               "session_popularity_weight": session_popularity_weight}
+    for name, value in by_hand.items():
         if value is not None and not 0 <= value < float("inf"):
             raise BuildError(f"{name} must be >= 0, got {value!r}")
     chosen = None
@@ -179,12 +186,16 @@ def train_model(train: datasets.Interactions, *, items: datasets.Items | None,
     model = train_base_model(train, items=items,
                              config=chosen.config if chosen else config or TrainConfig(),
                              progress=progress)
-    model.popularity_weight = chosen.popularity_weight if chosen else 0.0
+    (chosen.prior if chosen else Prior()).apply(model)
     half_life = chosen.popularity_half_life_s if chosen else 0.0
     if popularity_weight is not None:
         model.popularity_weight = float(popularity_weight)
     if popularity_half_life_s is not None:
         half_life = float(popularity_half_life_s)
+    if session_s is not None:
+        model.session_s = float(session_s)
+    if session_popularity_weight is not None:
+        model.session_popularity_weight = float(session_popularity_weight)
     model.set_trend(train, half_life)
     return model, chosen
 
@@ -205,6 +216,8 @@ def build(
     search_budget_s: float = DEFAULT_SEARCH_BUDGET_S,
     popularity_weight: float | None = None,
     popularity_half_life_s: float | None = None,
+    session_s: float | None = None,
+    session_popularity_weight: float | None = None,
 ) -> BuildResult:
     """Train on the earliest 80 % of events, evaluate on the rest, export version 1 under out/.
 
@@ -213,8 +226,9 @@ def build(
     ``search``: choose the settings and the popularity prior on a validation slice of the
     training window (exporter.search) within ``search_budget_s``; None (the default) means "when
     no ``config`` is given"; with a ``config`` and no search, the prior stays off unless
-    ``popularity_weight`` / ``popularity_half_life_s`` set it by hand (they also override the
-    search's choice; the manifest's record says so)."""
+    ``popularity_weight`` / ``popularity_half_life_s`` / ``session_s`` /
+    ``session_popularity_weight`` set it by hand (they also override the search's choice; the
+    manifest's record says so)."""
     out = Path(out)
     repository = out / REPOSITORY_DIR
     if repository.exists():
@@ -243,11 +257,14 @@ def build(
                                 search=search if search is not None else config is None,
                                 search_budget_s=search_budget_s, progress=progress,
                                 popularity_weight=popularity_weight,
-                                popularity_half_life_s=popularity_half_life_s)
+                                popularity_half_life_s=popularity_half_life_s,
+                                session_s=session_s,
+                                session_popularity_weight=session_popularity_weight)
     record = chosen.record() if chosen else None
-    by_hand = {name: value for name, value in (("popularity_weight", popularity_weight),
-                                               ("popularity_half_life_s", popularity_half_life_s))
-               if value is not None}
+    by_hand = {name: value for name, value in (
+        ("popularity_weight", popularity_weight), ("popularity_half_life_s", popularity_half_life_s),
+        ("session_s", session_s), ("session_popularity_weight", session_popularity_weight))
+        if value is not None}
     if by_hand:
         record = {**(record or {}), "by_hand": by_hand}
     if not text_encoder:
@@ -277,8 +294,7 @@ def describe_choice(chosen: SearchResult) -> str:
         settings = (f"{c.tower} tower trained: dim {c.dim}, epochs {c.epochs}, lr {c.lr:g}, l2 "
                     f"{c.l2:g}, negatives {c.negatives}")
     recent = chosen.recent_popularity_valid or chosen.popularity_valid
-    line = (f"chosen on the validation slice, {settings}, popularity weight "
-            f"{chosen.popularity_weight:g}, half-life "
+    line = (f"chosen on the validation slice, {settings}, {chosen.prior.describe()}, half-life "
             f"{describe_half_life(chosen.popularity_half_life_s)} "
             f"(valid recall@10 {chosen.valid['recall@10']:.4f}, next event "
             f"{chosen.valid['next recall@10']:.4f}, score {score(chosen.valid):.4f}; popularity "

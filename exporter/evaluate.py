@@ -9,7 +9,9 @@ The next-event protocol (`build_next_event_split`, `next_event_metrics`) asks ea
 before it is known, as the live history serves it: the user's history is everything before the
 event, a user unknown to the model has a zero row, the popularity is recounted every
 NEXT_EVENT_WINDOW events, no row moves (bench.quality's "static + app-sent history" replay row,
-in process: on ml-100k 0.190 here against 0.189 through the server). exporter.search scores
+in process: on ml-100k 0.190 here against 0.189 through the server). Each event's history age
+(for the prior's session gate, model_repository.scoring) is measured as serving measures it:
+from the user's previous event to the newest event before it. exporter.search scores
 candidates both ways.
 """
 
@@ -24,7 +26,7 @@ import torch
 
 from exporter.data import Interactions
 from exporter.train import TrainedModel, tower_query
-from model_repository.scoring import popularity_prior, trend_counts
+from model_repository.scoring import history_ages, popularity_prior, trend_counts
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +146,8 @@ class NextEventSplit:
     the left, most recent last); seen_offsets / seen_items the CSR of every item the user had
     before it (excluded from the ranking); targets (E,) its item row; counted (E,) how many of
     ``event_rows`` / ``event_times`` (every event in time order, -1 for items outside the
-    catalogue) the popularity counts hold when it is asked: those before its window.
+    catalogue) the popularity counts hold when it is asked: those before its window; ages (E,)
+    seconds from the user's previous event to the newest event before it (inf: none).
     """
 
     item_ids: np.ndarray
@@ -156,6 +159,7 @@ class NextEventSplit:
     counted: np.ndarray
     event_rows: np.ndarray
     event_times: np.ndarray
+    ages: np.ndarray
 
 
 def build_next_event_split(before: Interactions, events: Interactions, *, item_ids: np.ndarray,
@@ -188,13 +192,17 @@ def build_next_event_split(before: Interactions, events: Interactions, *, item_i
     seen_offsets = np.zeros(len(asked) + 1, dtype=np.int64)
     np.cumsum([len(seen) for seen in seen_lists], out=seen_offsets[1:])
     window = (asked - len(before)) // window_events
+    times = np.concatenate([before.timestamps, events.timestamps]).astype(np.float64)
+    p, start = position[asked], starts[position[asked]]  # of the scored events
+    previous = np.where(p > start, times[order][np.maximum(p - 1, 0)], -np.inf)
+    newest_before = np.maximum.accumulate(times)[np.maximum(asked - 1, 0)]
     return NextEventSplit(
         item_ids=item_ids, user_ids=users[asked], histories=histories.astype(np.int64),
         seen_offsets=seen_offsets,
         seen_items=(np.concatenate(seen_lists) if seen_lists else np.zeros(0)).astype(np.int64),
         targets=rows[asked].astype(np.int64), counted=len(before) + window * window_events,
-        event_rows=rows.astype(np.int64),
-        event_times=np.concatenate([before.timestamps, events.timestamps]).astype(np.float64))
+        event_rows=rows.astype(np.int64), event_times=times,
+        ages=history_ages(previous, newest_before))
 
 
 def next_event_counts(split: NextEventSplit, counted: int, half_life_s: float) -> np.ndarray:
@@ -220,21 +228,22 @@ def next_event_queries(model: TrainedModel, split: NextEventSplit) -> np.ndarray
                            decay=model.config.recency_decay).numpy()
 
 
-def next_event_metrics(split: NextEventSplit, *, queries: np.ndarray | None,
-                       item_rows: np.ndarray | None, popularity_weight: float,
+def next_event_results(split: NextEventSplit, *, queries: np.ndarray | None,
+                       item_rows: np.ndarray | None, weights: np.ndarray | float,
                        half_life_s: float, k: int = 10,
-                       batch_size: int = DEFAULT_EVAL_BATCH) -> dict[str, float]:
-    """recall@k (the share of events whose item is in the top k: one target each) and ndcg@k
-    over the split's events, scored ``queries @ item_rows.T`` plus the popularity prior of the
-    counts when each is asked; ``queries=None`` ranks by those counts alone (popularity)."""
+                       batch_size: int = DEFAULT_EVAL_BATCH) -> dict[str, np.ndarray]:
+    """Per scored event (E,) float64: recall@k (1 when its item is in the top k: one target each)
+    and ndcg@k, scored ``queries @ item_rows.T`` plus the popularity prior of the counts when it
+    is asked, weighed by ``weights`` ((E,), or one for all; 0: no prior); ``queries=None`` ranks
+    by those counts alone (popularity)."""
     n = len(split.targets)
     hits = np.zeros(n)
     gains = np.zeros(n)
     k = min(k, len(split.item_ids))
+    weights = np.broadcast_to(np.asarray(weights, np.float32), (n,))
     for counted in np.unique(split.counted):
         counts = next_event_counts(split, int(counted), half_life_s)
-        prior = torch.from_numpy(popularity_prior(counts, popularity_weight)
-                                 if queries is not None else counts)
+        prior = torch.from_numpy(popularity_prior(counts, 1.0) if queries is not None else counts)
         members = np.flatnonzero(split.counted == counted)
         for lo in range(0, len(members), batch_size):
             chosen = members[lo:lo + batch_size]
@@ -242,8 +251,8 @@ def next_event_metrics(split: NextEventSplit, *, queries: np.ndarray | None,
                 scores = prior.expand(len(chosen), -1).clone()
             else:
                 scores = torch.from_numpy(queries[chosen]) @ torch.from_numpy(item_rows).T
-                if popularity_weight > 0:
-                    scores += prior
+                if (weights[chosen] > 0).any():
+                    scores += torch.from_numpy(weights[chosen].copy())[:, None] * prior
             seen_counts = split.seen_offsets[chosen + 1] - split.seen_offsets[chosen]
             seen = np.concatenate([split.seen_items[split.seen_offsets[e]:split.seen_offsets[e + 1]]
                                    for e in chosen])
@@ -254,8 +263,18 @@ def next_event_metrics(split: NextEventSplit, *, queries: np.ndarray | None,
             found = hit.any(1)
             hits[chosen] = found
             gains[chosen] = np.where(found, 1.0 / np.log2(hit.argmax(1) + 2.0), 0.0)
-    return {f"recall@{k}": float(hits.mean()) if n else 0.0,
-            f"ndcg@{k}": float(gains.mean()) if n else 0.0, "events": float(n)}
+    return {f"recall@{k}": hits, f"ndcg@{k}": gains}
+
+
+def next_event_metrics(split: NextEventSplit, *, queries: np.ndarray | None,
+                       item_rows: np.ndarray | None, weights: np.ndarray | float,
+                       half_life_s: float, k: int = 10,
+                       batch_size: int = DEFAULT_EVAL_BATCH) -> dict[str, float]:
+    """`next_event_results` averaged over the split's events, plus "events" (how many)."""
+    results = next_event_results(split, queries=queries, item_rows=item_rows, weights=weights,
+                                 half_life_s=half_life_s, k=k, batch_size=batch_size)
+    return {**{name: float(values.mean()) if values.size else 0.0
+               for name, values in results.items()}, "events": float(len(split.targets))}
 
 
 def paired_ratio_interval(ours: np.ndarray, theirs: np.ndarray, *, draws: int = 2000,
@@ -278,16 +297,17 @@ def popularity_scorer(item_popularity: np.ndarray) -> ScoreFn:
 def model_scorer(model: TrainedModel, *, use_user_rows: bool = True) -> ScoreFn:
     """Scores ``query @ item_rows.T`` plus the model's popularity prior, as serving scores, the
     query from each user's row (or a zero row when ``use_user_rows`` is False) and stored
-    history."""
+    history, the prior weighed by each user's session gate (the history's age at the cut)."""
     queries = model.user_queries(use_user_rows=use_user_rows)
-    prior = popularity_prior(model.prior_counts(), model.popularity_weight)
+    prior = popularity_prior(model.prior_counts(), 1.0)
+    weights = model.prior_weights(model.history_ages())  # each user's, by the session gate
 
     def score(user_ids: np.ndarray) -> np.ndarray:
         rows = np.searchsorted(model.user_ids, user_ids).clip(max=len(model.user_ids) - 1)
         unknown = model.user_ids[rows] != user_ids
         if unknown.any():
             raise ValueError(f"user ids without a row in the model: {user_ids[unknown][:5]}")
-        return queries[rows] @ model.item_rows.T + prior
+        return queries[rows] @ model.item_rows.T + weights[rows, None] * prior[None, :]
 
     return score
 

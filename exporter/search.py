@@ -15,6 +15,11 @@ stopping after `PATIENCE` epochs without a better score (early stopping). At its
 the weight of the popularity prior (model_repository.scoring) is chosen from
 `PRIOR_WEIGHTS`; its largest value makes the ranking popularity's with the model as tie-breaker,
 so the chosen model does not lose to popularity on validation by more than that tie-breaking.
+With it a session gate: from `SESSION_S`, how recent a user's newest history event must be for a
+second weight (also from `PRIOR_WEIGHTS`) to apply instead; none when no gate scores better.
+Measured on build's time split of ml-100k (closed form): the stored histories at the cut are
+mostly weeks old and score best with a large weight, the live history's next events mostly
+minutes old and best with none; one weight for both had to trade one for the other.
 The prior's half-life is chosen once, before the weights: the one of `HALF_LIFE_FRACTIONS` (of
 the fit slice's time span; 0: all-time counts) whose popularity ranking alone scores best on
 valid (the same score), so the prior counts what is popular now where a log's interest drifts.
@@ -45,6 +50,8 @@ from exporter.evaluate import (
     model_scorer,
     next_event_metrics,
     next_event_queries,
+    next_event_results,
+    per_user_metrics,
     popularity_scorer,
     ranking_metrics,
 )
@@ -66,6 +73,10 @@ VALID_FRACTION = 0.1    # of the training window, its latest events
 MAX_EPOCHS = 12
 PATIENCE = 2
 PRIOR_WEIGHTS = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0, 100.0)
+# the prior's session gate (model_repository.scoring.session_weights): how recent a user's newest
+# history event must be for the session weight to apply (0: no gate); absolute times, as
+# sessions are human time, not a share of the log's span
+SESSION_S = (0.0, 600.0, 3600.0, 6 * 3600.0, 86400.0, 7 * 86400.0)
 # the closed form's (rank, EASE ridge) fits, and the recent-history weights tried on each fit
 CLOSED_FORM_FITS = ((64, 200.0), (64, 50.0), (64, 800.0), (128, 200.0))
 HISTORY_WEIGHTS = (0.25, 0.5, 1.0)
@@ -95,17 +106,38 @@ def candidates(base: TrainConfig, *, n_items: int | None = None) -> list[TrainCo
 
 
 @dataclass(frozen=True)
+class Prior:
+    """The popularity prior's weights (model_repository.scoring): ``weight``, and
+    ``session_weight`` for users whose newest history event is less than ``session_s`` old."""
+
+    weight: float = 0.0
+    session_s: float = 0.0
+    session_weight: float = 0.0
+
+    def apply(self, model: TrainedModel) -> None:
+        model.popularity_weight = self.weight
+        model.session_s = self.session_s
+        model.session_popularity_weight = self.session_weight if self.session_s > 0 else 0.0
+
+    def describe(self) -> str:
+        if self.session_s <= 0:
+            return f"popularity weight {self.weight:g}"
+        return (f"popularity weight {self.weight:g}, {self.session_weight:g} in session (newest "
+                f"history event < {describe_duration(self.session_s)} old)")
+
+
+@dataclass(frozen=True)
 class Trial:
     config: TrainConfig
     best_epoch: int
-    popularity_weight: float
+    prior: Prior
     valid: dict[str, float]
 
 
 @dataclass(frozen=True)
 class SearchResult:
     config: TrainConfig          # the winner, with epochs set to its best epoch count
-    popularity_weight: float
+    prior: Prior
     valid: dict[str, float]      # the winner's validation metrics, both protocols (`_metrics`)
     popularity_valid: dict[str, float]          # all-time popularity's
     trials: list[Trial] = field(default_factory=list)
@@ -129,7 +161,9 @@ class SearchResult:
             return {k: round(v, 5) for k, v in metrics.items() if k != "users"}
 
         return {"settings": {k: v for k, v in asdict(self.config).items() if k in keep},
-                "popularity_weight": self.popularity_weight,
+                "popularity_weight": self.prior.weight,
+                "session_s": self.prior.session_s,
+                "session_popularity_weight": self.prior.session_weight,
                 "popularity_half_life_s": self.popularity_half_life_s,
                 "valid": rounded(self.valid),
                 "popularity_valid": rounded(self.popularity_valid),
@@ -174,7 +208,8 @@ def _metrics(model: TrainedModel, valid: _Valid, *, queries: np.ndarray | None =
         queries = next_event_queries(model, valid.next_events)
     next_metrics = next_event_metrics(
         valid.next_events, queries=queries, item_rows=model.item_rows,
-        popularity_weight=model.popularity_weight, half_life_s=model.popularity_half_life_s)
+        weights=model.prior_weights(valid.next_events.ages),
+        half_life_s=model.popularity_half_life_s)
     return _both(split_metrics, next_metrics)
 
 
@@ -187,8 +222,7 @@ def _popularity(model: TrainedModel, valid: _Valid) -> dict[str, float]:
     """Both protocols' metrics of ranking by ``model``'s prior counts alone."""
     split_metrics = ranking_metrics(popularity_scorer(model.prior_counts()), valid.split)
     next_metrics = next_event_metrics(valid.next_events, queries=None, item_rows=None,
-                                      popularity_weight=0.0,
-                                      half_life_s=model.popularity_half_life_s)
+                                      weights=0.0, half_life_s=model.popularity_half_life_s)
     return _both(split_metrics, next_metrics)
 
 
@@ -228,16 +262,44 @@ def best_half_life(model: TrainedModel, valid: _Valid) -> tuple[float, dict[str,
     return best
 
 
-def _best_prior(model: TrainedModel, valid: _Valid) -> tuple[float, dict[str, float]]:
-    best = None
+def _best_prior(model: TrainedModel, valid: _Valid) -> tuple[Prior, dict[str, float]]:
+    """The prior (a weight of PRIOR_WEIGHTS, a session gate of SESSION_S with its own weight)
+    that scores ``model`` best on valid. Each query's result depends on its own weight only, so
+    every weight is scored once per query, both ways, and each gate combines them; ties go to
+    the earlier (no gate, then the smaller weights)."""
     queries = next_event_queries(model, valid.next_events)  # the prior does not change them
+    split_ages = model.history_ages()[np.searchsorted(model.user_ids, valid.split.user_ids)]
+    split_results, next_results = {}, {}
     for weight in PRIOR_WEIGHTS:
-        model.popularity_weight = weight
-        metrics = _metrics(model, valid, queries=queries)
-        if best is None or _key(metrics) > _key(best[1]):
-            best = (weight, metrics)
-    model.popularity_weight = 0.0
+        Prior(weight).apply(model)
+        split_results[weight] = per_user_metrics(model_scorer(model), valid.split, ks=(10,))
+        next_results[weight] = next_event_results(
+            valid.next_events, queries=queries, item_rows=model.item_rows, weights=weight,
+            half_life_s=model.popularity_half_life_s)
+    users, events = float(len(valid.split.user_ids)), float(len(valid.next_events.targets))
+    best = None
+    for session_s in SESSION_S:
+        in_split, in_next = split_ages < session_s, valid.next_events.ages < session_s
+        for weight in PRIOR_WEIGHTS:
+            for session_weight in PRIOR_WEIGHTS if session_s > 0 else (weight,):
+                if session_s > 0 and session_weight == weight:
+                    continue  # the same as no gate
+                metrics = _both(
+                    {**_gated(split_results, in_split, weight, session_weight), "users": users},
+                    {**_gated(next_results, in_next, weight, session_weight), "events": events})
+                if best is None or _key(metrics) > _key(best[1]):
+                    best = (Prior(weight, session_s, session_weight) if session_s > 0
+                            else Prior(weight), metrics)
+    Prior().apply(model)
     return best
+
+
+def _gated(results: dict[float, dict[str, np.ndarray]], in_session: np.ndarray, weight: float,
+           session_weight: float) -> dict[str, float]:
+    """Mean metrics when the queries ``in_session`` get ``session_weight``'s results and the
+    others ``weight``'s."""
+    return {name: float(np.where(in_session, results[session_weight][name], values).mean())
+            if values.size else 0.0 for name, values in results[weight].items()}
 
 
 def search(train: Interactions, *, items: Items | None = None, base: TrainConfig | None = None,
@@ -283,9 +345,9 @@ def search(train: Interactions, *, items: Items | None = None, base: TrainConfig
             say(f"search: popularity prior half-life {describe_half_life(half_life)} "
                 f"(popularity alone: {_describe(recent)})")
         best_model.set_trend(fit, half_life)
-        weight, metrics = _best_prior(best_model, checks)
-        trials.append(Trial(replace(config, epochs=best_epoch), best_epoch, weight, metrics))
-        say(f"search {n + 1}/{len(grid)}: {what}, popularity weight {weight:g}: "
+        prior, metrics = _best_prior(best_model, checks)
+        trials.append(Trial(replace(config, epochs=best_epoch), best_epoch, prior, metrics))
+        say(f"search {n + 1}/{len(grid)}: {what}, {prior.describe()}: "
             f"{_describe(metrics)} ({time.monotonic() - started:.0f} s so far)")
     if cut:
         say(f"search: time budget of {budget_s:.0f} s; {cut} of {len(grid)} candidates left out "
@@ -293,7 +355,7 @@ def search(train: Interactions, *, items: Items | None = None, base: TrainConfig
     winner = max(trials, key=lambda t: _key(t.valid))
     best_model.set_trend(fit, 0.0)
     popularity = _popularity(best_model, checks)
-    return SearchResult(winner.config, winner.popularity_weight, winner.valid, popularity,
+    return SearchResult(winner.config, winner.prior, winner.valid, popularity,
                         trials, budget_cut=cut, popularity_half_life_s=half_life,
                         recent_popularity_valid=recent)
 
@@ -308,6 +370,13 @@ def describe_half_life(half_life_s: float) -> str:
     """'none' or the half-life in days (hours below a day)."""
     if half_life_s <= 0:
         return "none (all-time counts)"
-    if half_life_s < 86400:
-        return f"{half_life_s / 3600:.3g} h"
-    return f"{half_life_s / 86400:.3g} days"
+    return describe_duration(half_life_s)
+
+
+def describe_duration(seconds: float) -> str:
+    """A duration in minutes below an hour, hours below a day, else days."""
+    if seconds < 3600:
+        return f"{seconds / 60:.3g} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.3g} h"
+    return f"{seconds / 86400:.3g} days"

@@ -37,7 +37,7 @@ from exporter.data import Interactions, Items
 from exporter.sequence_tower import SequenceTower, numpy_sequence_tower, sequence_inputs_torch
 from model_repository import retrieve_schema as schema
 from model_repository.pooling import DEFAULT_HISTORY_LEN, DEFAULT_RECENCY_DECAY
-from model_repository.scoring import trend_counts
+from model_repository.scoring import history_ages, session_weights, trend_counts
 from model_repository.sequence_tower import NumpySequenceTower
 from model_repository.tower import TOWER_FILE_FORMAT, NumpyTower, read_tower_file
 
@@ -241,7 +241,8 @@ class TrainedModel:
     popularity_weight: the weight of the popularity prior in the score, chosen on a validation
     slice (exporter.search), 0 for none; popularity_half_life_s: the prior's decay (0: it counts
     item_popularity), with item_trend (I,) float32 the training events' counts decayed to
-    trend_as_of (`set_trend`).
+    trend_as_of (`set_trend`); user_last_at (U,) float64: each user's newest training event time;
+    session_s / session_popularity_weight: the prior's session gate (model_repository.scoring).
     """
 
     user_ids: np.ndarray
@@ -256,6 +257,23 @@ class TrainedModel:
     popularity_half_life_s: float = 0.0
     item_trend: np.ndarray | None = None
     trend_as_of: float = 0.0
+    user_last_at: np.ndarray | None = None
+    session_s: float = 0.0
+    session_popularity_weight: float = 0.0
+
+    def prior_weights(self, ages_s: np.ndarray) -> np.ndarray:
+        """(B,) float32: the prior's weight for queries whose histories are ``ages_s`` old."""
+        return session_weights(ages_s, weight=self.popularity_weight,
+                               session_weight=self.session_popularity_weight,
+                               session_s=self.session_s)
+
+    def history_ages(self) -> np.ndarray:
+        """(U,) float64: the age of each user's stored history when the model is served, on its
+        clock (the newest training event; model_repository.retrieve_schema.version_clock)."""
+        if self.user_last_at is None:
+            return np.full(len(self.user_ids), np.inf)
+        finite = self.user_last_at[np.isfinite(self.user_last_at)]
+        return history_ages(self.user_last_at, float(finite.max()) if finite.size else 0.0)
 
     def prior_counts(self) -> np.ndarray:
         """(I,) float32: what the prior counts, as serving's schema.prior_counts picks it."""
@@ -323,6 +341,15 @@ class _Sequences:
         return self.histories(ends, starts, length)
 
 
+def last_event_times(user_ids: np.ndarray, events: Interactions) -> np.ndarray:
+    """(U,) float64: the newest of ``events``' timestamps per user of ``user_ids`` (sorted
+    unique, holding every user of ``events``)."""
+    out = np.full(len(user_ids), -np.inf)
+    np.maximum.at(out, np.searchsorted(user_ids, events.user_ids),
+                  events.timestamps.astype(np.float64))
+    return out
+
+
 def _catalogue(train: Interactions, items: Items | None) -> np.ndarray:
     known = train.item_ids if items is None else np.concatenate([items.ids, train.item_ids])
     return np.unique(known)
@@ -381,7 +408,8 @@ def fit_closed_form(train: Interactions, *, items: Items | None = None,
             user_ids=user_ids.astype(np.int64), item_ids=item_ids.astype(np.int64),
             user_rows=user_rows, item_rows=item_rows, user_history=history,
             item_popularity=popularity.copy(),
-            tower=_linear_tower(config.dim, config.seed), config=config))
+            tower=_linear_tower(config.dim, config.seed), config=config,
+            user_last_at=last_event_times(user_ids, train)))
     return models
 
 
@@ -486,6 +514,7 @@ def train_base_model(train: Interactions, *, items: Items | None = None,
             item_popularity=np.bincount(seqs.items, minlength=len(item_ids)).astype(np.float32),
             tower=frozen.eval(),
             config=config,
+            user_last_at=last_event_times(user_ids, train),
         )
 
     n_batches = -(-n_events // config.batch_size)

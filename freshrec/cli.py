@@ -46,7 +46,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     for flag, value in (("--popularity-weight", args.popularity_weight),
-                        ("--popularity-half-life-days", args.popularity_half_life_days)):
+                        ("--popularity-half-life-days", args.popularity_half_life_days),
+                        ("--session-minutes", args.session_minutes),
+                        ("--session-popularity-weight", args.session_popularity_weight)):
         if value is not None and not 0 <= value < float("inf"):
             raise UserError(f"{flag} must be >= 0, got {value:g}")
     started = time.monotonic()
@@ -58,6 +60,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             search_budget_s=args.search_budget_s, popularity_weight=args.popularity_weight,
             popularity_half_life_s=(None if args.popularity_half_life_days is None
                                     else args.popularity_half_life_days * 86400.0),
+            session_s=None if args.session_minutes is None else args.session_minutes * 60.0,
+            session_popularity_weight=args.session_popularity_weight,
         )
     except (BuildError, DataError) as exc:
         raise UserError(str(exc)) from exc
@@ -295,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--popularity-half-life-days", type=float,
                    help="the prior's half-life in days by hand (0: all-time counts), over the "
                         "search's choice or without a search")
+    p.add_argument("--session-minutes", type=float,
+                   help="the prior's session gate by hand: a user whose newest history event is "
+                        "less than this many minutes old gets --session-popularity-weight "
+                        "(0: no gate), over the search's choice or without a search")
+    p.add_argument("--session-popularity-weight", type=float,
+                   help="the prior's weight for a user in session, by hand")
     p.add_argument("--tower", choices=TOWER_KINDS,
                    help=f"the user tower: sequence (query = user row + a self-attention encoder "
                         f"over the last history items) or pooled (user row + recency-pooled "

@@ -16,7 +16,9 @@ The embedded store is one SQLite file in WAL mode (readers never block the write
 retrieve versions, `<repository>/retrieve/live/history.sqlite` (Triton ignores non-numeric
 folders in a model folder; so does `versions.list_versions`), so the updater and retrieve find it
 with no configuration. One row per user: the last `history_len` item ids, most recent last, as
-int64 bytes. It is rebuildable from the feedback log, so commits are not fsynced
+int64 bytes, and the time of the newest (`last_at`); beside them the newest event time of all
+(`clock`): retrieve measures a history's age on it (model_repository.scoring.session_weights).
+It is rebuildable from the feedback log, so commits are not fsynced
 (synchronous=NORMAL) and `applied_offset` says how far the log has been applied: the updater
 replays the log after it on start. `LiveHistory` is the interface a Redis store can serve later
 (a list per user: RPUSH + LTRIM, read with one pipeline per batch).
@@ -29,6 +31,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +42,27 @@ LIVE_DIR = "live"
 HISTORY_FILE = "history.sqlite"
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS history (user_id INTEGER PRIMARY KEY, items BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS applied (id INTEGER PRIMARY KEY CHECK (id = 0), "offset" INTEGER);
+CREATE TABLE IF NOT EXISTS history (user_id INTEGER PRIMARY KEY, items BLOB NOT NULL,
+                                    last_at REAL);
+CREATE TABLE IF NOT EXISTS applied (id INTEGER PRIMARY KEY CHECK (id = 0), "offset" INTEGER,
+                                    clock REAL);
 INSERT OR IGNORE INTO applied (id, "offset") VALUES (0, 0);
 """
+# columns a store written before them lacks (its rows then have no time: not in session)
+_ADDED_COLUMNS = (("history", "last_at"), ("applied", "clock"))
+
+
+@dataclass(frozen=True)
+class LiveRead:
+    """One batch's read: item ids (int64, most recent last) and the newest event's time per
+    user that has a live history, and the newest event time of all (-inf: none yet)."""
+
+    items: dict[int, np.ndarray]
+    last_at: dict[int, float]
+    clock: float
+
+
+NOTHING = LiveRead({}, {}, -np.inf)
 
 
 def history_path(model_dir: Path) -> Path:
@@ -66,25 +86,37 @@ class LiveHistory:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA secure_delete=ON")  # a forgotten user's bytes are overwritten
         self._db.executescript(_SCHEMA)
+        for table, column in _ADDED_COLUMNS:
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} REAL")
 
-    def append(self, positives: Iterable[tuple[int, int]], *, offset: int) -> None:
-        """Add (user_id, item_id) positives, in order, in one transaction, and record that the
-        log is applied up to ``offset``. Each user keeps the last ``history_len`` items."""
+    def append(self, positives: Iterable[tuple[int, int, float]], *, offset: int) -> None:
+        """Add (user_id, item_id, timestamp) positives, in order, in one transaction, and record
+        that the log is applied up to ``offset``. Each user keeps the last ``history_len`` items
+        and the newest timestamp; the clock moves to the newest of all."""
         added: dict[int, list[int]] = {}
-        for user_id, item_id in positives:
+        newest: dict[int, float] = {}
+        for user_id, item_id, timestamp in positives:
             added.setdefault(int(user_id), []).append(int(item_id))
+            newest[int(user_id)] = max(newest.get(int(user_id), -np.inf), float(timestamp))
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for user_id, items in added.items():
-                    row = self._db.execute("SELECT items FROM history WHERE user_id = ?",
+                    row = self._db.execute("SELECT items, last_at FROM history WHERE user_id = ?",
                                            (user_id,)).fetchone()
                     old = np.frombuffer(row[0], dtype=np.int64) if row else np.zeros(0, np.int64)
                     new = np.concatenate([old, np.asarray(items, np.int64)])[-self.history_len:]
-                    self._db.execute("INSERT OR REPLACE INTO history (user_id, items) VALUES (?, ?)",
-                                     (user_id, new.tobytes()))
+                    last_at = max(newest[user_id], row[1] if row and row[1] is not None
+                                  else -np.inf)
+                    self._db.execute("INSERT OR REPLACE INTO history (user_id, items, last_at) "
+                                     "VALUES (?, ?, ?)", (user_id, new.tobytes(), last_at))
                 self._db.execute('UPDATE applied SET "offset" = MAX("offset", ?) WHERE id = 0',
                                  (int(offset),))
+                if newest:
+                    self._db.execute("UPDATE applied SET clock = MAX(COALESCE(clock, ?), ?) "
+                                     "WHERE id = 0", (max(newest.values()),) * 2)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -148,23 +180,33 @@ class LiveHistoryReader:
 
     def recent(self, user_ids: Iterable[int]) -> dict[int, np.ndarray]:
         """user id -> live history (item ids, most recent last) for the users that have one."""
+        return self.read(user_ids).items
+
+    def read(self, user_ids: Iterable[int], *, clock: bool = False) -> LiveRead:
+        """The live histories of ``user_ids`` that have one, with their newest events' times;
+        ``clock``: read the store's clock too (one more indexed row), else it is -inf."""
         wanted = sorted({int(u) for u in user_ids})
-        if not wanted:
-            return {}
+        if not wanted and not clock:
+            return NOTHING
         marks = ",".join("?" * len(wanted))
         with self._lock:
             db = self._connection()
             if db is None:
-                return {}
+                return NOTHING
             try:
-                rows = db.execute(f"SELECT user_id, items FROM history WHERE user_id IN ({marks})",
-                                  wanted).fetchall()
+                rows = db.execute(f"SELECT user_id, items, last_at FROM history "
+                                  f"WHERE user_id IN ({marks})", wanted).fetchall()
+                now = (db.execute("SELECT clock FROM applied WHERE id = 0").fetchone()
+                       if clock else None)
             except sqlite3.Error as exc:  # e.g. the file replaced under us: open it again
                 log.warning("live history read failed, reopening: %s", exc)
                 db.close()
                 self._db = None
-                return {}
-        return {int(u): np.frombuffer(items, dtype=np.int64) for u, items in rows}
+                return NOTHING
+        return LiveRead(
+            items={int(u): np.frombuffer(items, dtype=np.int64) for u, items, _ in rows},
+            last_at={int(u): float(t) if t is not None else -np.inf for u, _, t in rows},
+            clock=float(now[0]) if now and now[0] is not None else -np.inf)
 
     def close(self) -> None:
         with self._lock:

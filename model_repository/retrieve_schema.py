@@ -11,6 +11,9 @@ a table is one edit here.
                                          last, -1 where empty (on the left)
     user_adagrad     (U,)       float32  row-wise Adagrad accumulators (the updater writes them;
                                          a build's version has none: they start at zero)
+    user_last_at     (U,)       float64  Unix time of each user's newest history event, -inf for
+                                         none (model_repository.scoring.session_weights); older
+                                         versions have none: no stored history is in session
     item_ids         (I,)       int64    external item ids, in row order
     item_rows        (I, d)     float32  item embeddings
     item_popularity  (I,)       float32  event counts (the updater's fold-in reads them)
@@ -27,7 +30,7 @@ a table is one edit here.
                                          versions built with the text encoder
 
 The meta (`RetrieveMeta`) rides in the manifest's ``meta``: dimensions, the user tower's kind,
-the pooling decay, the text blend weight, the popularity prior's weight
+the pooling decay, the text blend weight, the popularity prior's weights and half-life
 (model_repository.scoring), the versions of the models retrieve calls, and how the build chose
 its settings (`train`, for the record).
 """
@@ -47,6 +50,7 @@ USER_IDS = "user_ids"
 USER_ROWS = "user_rows"
 USER_HISTORY = "user_history"
 USER_ADAGRAD = "user_adagrad"
+USER_LAST_AT = "user_last_at"
 ITEM_IDS = "item_ids"
 ITEM_ROWS = "item_rows"
 ITEM_POPULARITY = "item_popularity"
@@ -63,7 +67,7 @@ TEXT_PROJECTION = "text_projection"
 TEXT_PROJECTION_BIAS = "text_projection_bias"
 
 # tables with one row per user / per item: they grow, shrink (forget-user) and train together
-USER_TABLES = (USER_IDS, USER_ROWS, USER_HISTORY, USER_ADAGRAD)
+USER_TABLES = (USER_IDS, USER_ROWS, USER_HISTORY, USER_ADAGRAD, USER_LAST_AT)
 ITEM_TABLES = (ITEM_IDS, ITEM_ROWS, ITEM_POPULARITY, ITEM_ADAGRAD, ITEM_TREND)
 TREND_TABLES = (ITEM_TREND, TREND_AS_OF)
 TOWER_TABLES = (TOWER_W1, TOWER_B1, TOWER_W2, TOWER_B2)
@@ -82,6 +86,7 @@ TEXT_TABLES = (TEXT_PROJECTION, TEXT_PROJECTION_BIAS)
 REQUIRED_TABLES = (USER_IDS, USER_ROWS, USER_HISTORY, ITEM_IDS, ITEM_ROWS, ITEM_POPULARITY)
 DTYPES = {
     USER_IDS: np.int64, USER_ROWS: np.float32, USER_HISTORY: np.int64, USER_ADAGRAD: np.float32,
+    USER_LAST_AT: np.float64,
     ITEM_IDS: np.int64, ITEM_ROWS: np.float32, ITEM_POPULARITY: np.float32,
     ITEM_ADAGRAD: np.float32, ITEM_TREND: np.float32, TREND_AS_OF: np.float64,
     **dict.fromkeys(TOWER_TABLES, np.float32),
@@ -90,6 +95,7 @@ DTYPES = {
 }
 # the row a new user or item starts a growing table with, where no row is computed for it
 EMPTY_ROW_FILL = {USER_IDS: -1, USER_ROWS: 0.0, USER_HISTORY: -1, USER_ADAGRAD: 0.0,
+                  USER_LAST_AT: -np.inf,
                   ITEM_IDS: -1, ITEM_ROWS: 0.0, ITEM_POPULARITY: 0.0, ITEM_ADAGRAD: 0.0,
                   ITEM_TREND: 0.0}
 
@@ -111,6 +117,8 @@ class RetrieveMeta:
     text_weight: float = c.DEFAULT_TEXT_WEIGHT  # model_repository.serving.blend_text
     popularity_weight: float = 0.0     # model_repository.scoring: the prior's weight (0: none)
     popularity_half_life_s: float = 0.0  # the prior's and the fallback's decay (0: all-time counts)
+    session_s: float = 0.0             # model_repository.scoring.session_weights (0: no sessions)
+    session_popularity_weight: float = 0.0  # the prior's weight for a user in session
     train: dict | None = None          # the build's chosen settings and validation (a record)
 
     def __post_init__(self):
@@ -129,10 +137,17 @@ class RetrieveMeta:
         if not 0 < self.recency_decay <= 1:
             raise SchemaError(f"retrieve meta recency_decay must be in (0, 1], "
                               f"got {self.recency_decay!r}")
-        for name in ("text_weight", "popularity_weight", "popularity_half_life_s"):
+        for name in ("text_weight", "popularity_weight", "popularity_half_life_s", "session_s",
+                     "session_popularity_weight"):
             if not (isinstance(getattr(self, name), numbers.Real)
                     and 0 <= getattr(self, name) < float("inf")):
                 raise SchemaError(f"retrieve meta {name} must be >= 0, got {getattr(self, name)!r}")
+
+    @property
+    def has_prior(self) -> bool:
+        """Whether any query's score carries the popularity prior (model_repository.scoring)."""
+        return self.popularity_weight > 0 or (self.session_s > 0
+                                               and self.session_popularity_weight > 0)
 
     def to_dict(self) -> dict:
         return {name: value for name, value in asdict(self).items() if value is not None}
@@ -173,6 +188,15 @@ def prior_counts(tables: dict[str, np.ndarray], meta: RetrieveMeta) -> np.ndarra
     return tables[ITEM_POPULARITY]
 
 
+def version_clock(tables: dict[str, np.ndarray]) -> float:
+    """The newest history event time a version knows (its users' user_last_at), -inf for none:
+    the clock history ages are measured on until the live history knows a later one."""
+    last_at = tables.get(USER_LAST_AT)
+    if last_at is None or not np.isfinite(last_at).any():
+        return -np.inf
+    return float(np.max(last_at[np.isfinite(last_at)]))
+
+
 def check_tables(tables: dict[str, np.ndarray], *, where: str) -> None:
     """Raise SchemaError naming the first table that is missing, of the wrong dtype, or whose
     rows disagree with its ids (users, items). ``where`` names the version in the message."""
@@ -195,10 +219,12 @@ def check_tables(tables: dict[str, np.ndarray], *, where: str) -> None:
 def make_tables(*, user_ids, item_ids, user_rows, item_rows, user_history, item_popularity,
                 tower: dict[str, np.ndarray] | None = None,
                 text_projection: dict[str, np.ndarray] | None = None,
-                trend: tuple[np.ndarray, float] | None = None) -> dict[str, np.ndarray]:
+                trend: tuple[np.ndarray, float] | None = None,
+                user_last_at: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """A retrieve version's tables by name, cast to the schema's dtypes and checked.
 
-    ``trend``: (item_trend, trend_as_of) for a version with a popularity half-life, else None.
+    ``trend``: (item_trend, trend_as_of) for a version with a popularity half-life, else None;
+    ``user_last_at``: each user's newest history event time (None: not kept).
 
     ``tower``: the user tower's tables (`NumpyTower.tables()`, `NumpySequenceTower.tables()`);
     ``text_projection``: the two text
@@ -208,6 +234,8 @@ def make_tables(*, user_ids, item_ids, user_rows, item_rows, user_history, item_
               **(tower or {}), **(text_projection or {})}
     if trend is not None:
         tables[ITEM_TREND], tables[TREND_AS_OF] = trend[0], np.array([trend[1]])
+    if user_last_at is not None:
+        tables[USER_LAST_AT] = user_last_at
     tables = {name: np.asarray(table, dtype=DTYPES[name]) for name, table in tables.items()}
     check_tables(tables, where="new retrieve version")
     return tables

@@ -16,6 +16,17 @@ popularity alone lifts recall@10 from 0.067 to 0.170 on ml-100k and from 0.095 t
 MovieTweetings, at h = 3 % of the training window). The counts are kept as of a reference time
 (`trend_as_of`); the updater adds each event's weight relative to it and moves it forward at
 a publish (`settle_trend`), so no count is ever recomputed from the log.
+A user in session weighs the prior differently (`session_weights`): a user whose newest history
+event is less than ``session_s`` old (the retrieve meta's; 0: no sessions) is served with the
+meta's `session_popularity_weight`, every other query with `popularity_weight`. What the user
+did minutes ago predicts their next item; what is popular now predicts the items of a user back
+after days (measured event by event on ml-100k's test period, closed form: next-event
+recall@10 0.20 at prior weight 0 against 0.11 at weight 1 for events within an hour of the
+user's previous one, 97 % of them; 0.13 against 0.30 for users back after a week). Both weights and
+``session_s`` are chosen by `freshrec build` (exporter.search). The prior column then holds the
+prior at weight 1 and each query carries its own weight in place of the 1 it met before, so
+top-K stays one `kernels.score_topk` pass. Ages are measured on the log's clock (the newest
+event time known), not the wall clock, so a replayed or backfilled log is served as it was.
 Numpy only: retrieve imports this on every reload.
 """
 
@@ -78,8 +89,33 @@ def rows_with_prior(item_rows: np.ndarray, prior: np.ndarray) -> np.ndarray:
     return out
 
 
-def queries_with_prior(queries: np.ndarray) -> np.ndarray:
-    """(B, d + 1) float32: each query with a 1 appended, to meet the prior column."""
-    out = np.ones((queries.shape[0], queries.shape[1] + 1), dtype=np.float32)
+def queries_with_prior(queries: np.ndarray, weights: np.ndarray | float = 1.0) -> np.ndarray:
+    """(B, d + 1) float32: each query with its prior weight appended (``weights`` (B,) or one
+    for all), to meet the prior column."""
+    out = np.empty((queries.shape[0], queries.shape[1] + 1), dtype=np.float32)
     out[:, :-1] = queries
+    out[:, -1] = weights
     return out
+
+
+def session_weights(ages_s: np.ndarray, *, weight: float, session_weight: float,
+                    session_s: float) -> np.ndarray:
+    """(B,) float32: the prior's weight per query from the age (s, np.inf when unknown) of its
+    user's newest history event: ``session_weight`` below ``session_s`` (in session),
+    ``weight`` otherwise; ``session_s`` 0: ``weight`` for all."""
+    ages_s = np.asarray(ages_s, np.float64)
+    if session_s <= 0:
+        return np.full(ages_s.shape, weight, np.float32)
+    return np.where(ages_s < session_s, session_weight, weight).astype(np.float32)
+
+
+def history_ages(last_at: np.ndarray, clock: float | np.ndarray) -> np.ndarray:
+    """(B,) float64 seconds from each user's newest history event (``last_at``, Unix seconds,
+    -inf or NaN for none) to ``clock`` (the newest event time known; one, or one per user),
+    np.inf where there is none; never below 0."""
+    last_at = np.asarray(last_at, np.float64)
+    clock = np.broadcast_to(np.asarray(clock, np.float64), last_at.shape)
+    known = np.isfinite(last_at)
+    ages = np.full(last_at.shape, np.inf)
+    ages[known] = np.maximum(clock[known] - last_at[known], 0.0)
+    return ages

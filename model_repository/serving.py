@@ -9,7 +9,8 @@ into a query, in numpy from the version's own tower tables (model_repository.tow
 the `TowerFn` given for a version written before those tables existed; a sequence tower reads
 the history's last L item rows themselves (model_repository.sequence_tower), always from its
 tables. Query -> answer: one fused score + top-K pass over the item table (the
-popularity prior, when the version has one, as one more column: model_repository.scoring)
+popularity prior, when the version has one, as one more column: model_repository.scoring;
+with a session gate each query weighs it by its history's age, measured on the log's clock)
 (kernels.score_topk) with per-request exclusions. Id look-ups run once per batch, not per query.
 
 Text (QUERY_TEXT): the text's embedding (the `text_encoder` model, through the `TextFn` given)
@@ -35,10 +36,16 @@ import kernels
 from model_repository import contract as c
 from model_repository import retrieve_schema as schema
 from model_repository import versions
-from model_repository.live_history import LiveHistoryReader
+from model_repository.live_history import NOTHING, LiveHistoryReader
 from model_repository.pooling import recency_weights
 from model_repository.projection import TextProjection
-from model_repository.scoring import popularity_prior, queries_with_prior, rows_with_prior
+from model_repository.scoring import (
+    history_ages,
+    popularity_prior,
+    queries_with_prior,
+    rows_with_prior,
+    session_weights,
+)
 from model_repository.sequence_tower import NumpySequenceTower
 from model_repository.tower import tower_from_tables
 
@@ -252,12 +259,17 @@ class Retriever:
         self.popular_rows = np.lexsort((np.arange(popularity.size), -popularity))
         self.popularity = popularity
         self.decay = self.meta.recency_decay
-        # what queries are scored against: the item rows, with the popularity prior as one more
-        # column when the version has one (model_repository.scoring; an (I, d+1) copy)
+        # what queries are scored against: the item rows, with the popularity prior (at weight
+        # 1; each query carries its weight) as one more column when the version has one
+        # (model_repository.scoring; an (I, d+1) copy)
         self.score_rows = self.item_rows
-        if self.meta.popularity_weight > 0:
-            self.score_rows = rows_with_prior(
-                self.item_rows, popularity_prior(popularity, self.meta.popularity_weight))
+        if self.meta.has_prior:
+            self.score_rows = rows_with_prior(self.item_rows, popularity_prior(popularity, 1.0))
+        # the session gate's inputs: each user's newest stored history event, and the newest of
+        # all (the clock until the live history knows a later one)
+        self.gated = self.meta.session_s > 0
+        self.user_last_at = tables.get(schema.USER_LAST_AT)
+        self.clock = schema.version_clock(tables)
         try:
             own_tower = tower_from_tables(tables, self.meta.tower)
         except schema.SchemaError as exc:
@@ -309,21 +321,35 @@ class Retriever:
         rows = self.items.rows(np.concatenate([ids for ids in lists if ids is not None]))
         return [part[part >= 0] for part in np.split(rows, np.cumsum(sizes)[:-1])]
 
-    def _histories(self, queries: list[Query], user_rows: np.ndarray) -> list[np.ndarray]:
+    def _histories(self, queries: list[Query], user_rows: np.ndarray
+                   ) -> tuple[list[np.ndarray], np.ndarray | None]:
         """Each query's history rows: its HISTORY if it sent one, else the user's live history,
         else the history the version stored for the user, else nothing (ids not in this
-        version's catalogue are ignored). One live-history read and one id look-up per batch."""
+        version's catalogue are ignored). One live-history read and one id look-up per batch.
+        With a session gate also each history's age in seconds (`scoring.history_ages`: a sent
+        HISTORY is the user's now, 0; none or no time kept: inf), else None."""
         sent = [q.history if q.history is not None and q.history.size else None for q in queries]
         asking = [q.user_id for q, h in zip(queries, sent) if h is None and q.user_id is not None]
-        live = self.live_history.recent(asking) if self.live_history is not None and asking else {}
-        chosen = [h if h is not None or q.user_id is None else live.get(q.user_id)
+        live = (self.live_history.read(asking, clock=self.gated)
+                if self.live_history is not None and (asking or self.gated) else NOTHING)
+        chosen = [h if h is not None or q.user_id is None else live.items.get(q.user_id)
                   for q, h in zip(queries, sent)]
         histories = self._item_rows_per_query(chosen)
+        last_at = np.full(len(queries), -np.inf)
         for i, row in enumerate(user_rows):
             if chosen[i] is None and row >= 0:
                 stored = np.asarray(self.user_history[row])
                 histories[i] = stored[stored >= 0]
-        return histories
+                if self.user_last_at is not None:
+                    last_at[i] = self.user_last_at[row]
+            elif sent[i] is None and chosen[i] is not None:
+                last_at[i] = live.last_at.get(queries[i].user_id, -np.inf)
+        if not self.gated:
+            return histories, None
+        clock = max(self.clock, live.clock)
+        ages = history_ages(last_at, clock)
+        ages[[i for i, h in enumerate(sent) if h is not None]] = 0.0
+        return histories, ages
 
     def answer(self, queries: list[Query], text_emb: list[np.ndarray | None] | None = None
                ) -> list[Answer]:
@@ -335,7 +361,7 @@ class Retriever:
         # no USER_ID (text search) maps like an unknown user: no row
         user_rows = self.users.rows(np.array(
             [q.user_id if q.user_id is not None else _NO_USER for q in queries], dtype=np.int64))
-        histories = self._histories(queries, user_rows)
+        histories, ages = self._histories(queries, user_rows)
         excluded = self._item_rows_per_query(
             [q.exclude if q.exclude is not None and q.exclude.size else None for q in queries])
         excludes = []
@@ -363,7 +389,12 @@ class Retriever:
                     blend[:, None],
                     blend_text(query_vecs[with_text], projected, weight=self.text_weight),
                     projected)
-            for i, answer in zip(scored, self._top_k(queries, query_vecs, excludes, scored)):
+            weights = session_weights(
+                ages[scored] if ages is not None else np.full(len(scored), np.inf),
+                weight=self.meta.popularity_weight,
+                session_weight=self.meta.session_popularity_weight, session_s=self.meta.session_s)
+            for i, answer in zip(scored, self._top_k(queries, query_vecs, excludes, scored,
+                                                     weights)):
                 answers[i] = answer
         return answers  # type: ignore[return-value]
 
@@ -390,14 +421,16 @@ class Retriever:
         pooled = kernels.gather_pool(self.item_rows, ids, offsets, weights=weights, mode="sum")
         return np.asarray(pooled, np.float32)
 
-    def _top_k(self, queries, query_vecs, excludes, picked) -> list[Answer]:
+    def _top_k(self, queries, query_vecs, excludes, picked, weights) -> list[Answer]:
+        """Top-K of each picked query, its prior (when the version has one) weighed by
+        ``weights`` (len(picked),)."""
         ex_lists = [excludes[i] for i in picked]
         ex_offsets = np.zeros(len(picked) + 1, dtype=np.int64)
         np.cumsum([e.size for e in ex_lists], out=ex_offsets[1:])
         ex_ids = np.concatenate(ex_lists).astype(np.int64) if ex_offsets[-1] else np.zeros(0, np.int64)
         k_max = max(queries[i].k for i in picked)
         if self.score_rows is not self.item_rows:  # the popularity prior's column
-            query_vecs = queries_with_prior(query_vecs)
+            query_vecs = queries_with_prior(query_vecs, weights)
         scores, item_rows = kernels.score_topk(
             query_vecs, self.score_rows, k_max, exclude=(ex_offsets, ex_ids)
         )

@@ -82,14 +82,18 @@ def test_build_takes_the_popularity_prior_by_hand(tmp_path, monkeypatch):
     monkeypatch.setattr(exporter.build, "build", fake_build)
     args = build_parser().parse_args(["build", "--synthetic", "--out", str(tmp_path),
                                       "--popularity-weight", "0.5",
-                                      "--popularity-half-life-days", "2"])
+                                      "--popularity-half-life-days", "2",
+                                      "--session-minutes", "30",
+                                      "--session-popularity-weight", "0.1"])
     with pytest.raises(_StopBuild):
         args.func(args)
     assert seen["popularity_weight"] == 0.5 and seen["popularity_half_life_s"] == 2 * 86400.0
+    assert seen["session_s"] == 1800.0 and seen["session_popularity_weight"] == 0.1
     assert seen["search"] is True  # the prior by hand does not turn the search off
 
 
-@pytest.mark.parametrize("flag", ["--popularity-weight", "--popularity-half-life-days"])
+@pytest.mark.parametrize("flag", ["--popularity-weight", "--popularity-half-life-days",
+                                  "--session-minutes", "--session-popularity-weight"])
 def test_a_negative_prior_by_hand_is_refused_naming_the_flag(tmp_path, flag):
     from freshrec.cli import UserError
 

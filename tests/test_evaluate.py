@@ -61,11 +61,14 @@ def test_each_next_event_is_asked_with_the_history_and_counts_before_it():
     np.testing.assert_array_equal(split.targets, [2, 0, 3])
     np.testing.assert_array_equal(split.histories, [[-1, 0, 1], [-1, -1, -1], [-1, -1, 0]])
     np.testing.assert_array_equal(split.counted, [4, 4, 8])  # windows of 2: recounted at 6, 8
+    # history ages, as serving measures them: from the user's previous event (user 1 at 2, none
+    # for new user 3, then 6) to the newest event before (4, 5, 8)
+    np.testing.assert_array_equal(split.ages, [2.0, np.inf, 2.0])
     seen = [split.seen_items[a:b].tolist() for a, b in zip(split.seen_offsets, split.seen_offsets[1:])]
     assert seen == [[0, 1], [], [0]]
     # popularity when asked: A 2, B 1, C 1, D 0 -> user 1 (A, B excluded) gets C, user 3 A;
     # then A 3, B 2, C 2, D 0: user 3 (A excluded) gets B or C, not D
-    metrics = next_event_metrics(split, queries=None, item_rows=None, popularity_weight=0.0,
+    metrics = next_event_metrics(split, queries=None, item_rows=None, weights=0.0,
                                  half_life_s=0.0, k=1)
     assert metrics == {"recall@1": 2 / 3, "ndcg@1": 2 / 3, "events": 3.0}
 

@@ -21,8 +21,8 @@ def store(tmp_path):
 
 def test_appends_keep_the_last_items_in_order_and_the_offset(store):
     writer, reader = store
-    writer.append([(1, 10), (2, 20), (1, 11)], offset=3)
-    writer.append([(1, 12), (1, 13)], offset=5)
+    writer.append([(1, 10, 1.0), (2, 20, 1.0), (1, 11, 1.0)], offset=3)
+    writer.append([(1, 12, 1.0), (1, 13, 1.0)], offset=5)
     assert writer.applied_offset() == 5
     got = reader.recent([1, 2, 3])
     assert got.keys() == {1, 2}
@@ -33,13 +33,13 @@ def test_appends_keep_the_last_items_in_order_and_the_offset(store):
 def test_a_reader_sees_each_commit_at_once(store):
     writer, reader = store
     for n in range(5):
-        writer.append([(9, 100 + n)], offset=n + 1)
+        writer.append([(9, 100 + n, 1.0)], offset=n + 1)
         assert reader.recent([9])[9][-1] == 100 + n  # read-your-writes, no reopen
 
 
 def test_forget_deletes_the_row(store):
     writer, reader = store
-    writer.append([(1, 10), (2, 20)], offset=2)
+    writer.append([(1, 10, 1.0), (2, 20, 1.0)], offset=2)
     assert writer.forget(1) and not writer.forget(1)
     assert reader.recent([1, 2]).keys() == {2}
 
@@ -49,7 +49,7 @@ def test_a_reader_waits_for_a_store_that_does_not_exist_yet(tmp_path):
     reader = LiveHistoryReader(path)
     assert reader.recent([1]) == {}
     writer = LiveHistory(path, history_len=2)
-    writer.append([(1, 5)], offset=1)
+    writer.append([(1, 5, 1.0)], offset=1)
     assert reader.recent([1])[1].tolist() == [5]
     writer.close()
     reader.close()
@@ -88,7 +88,8 @@ def test_the_live_history_comes_before_the_stored_one(retriever):
     model, writer = retriever
     user = USER_OFFSET + 2
     assert _seen(model, user) == {ITEM_OFFSET + 2}  # the version's stored history
-    writer.append([(user, ITEM_OFFSET + 30), (user, 99_999_999), (user, ITEM_OFFSET + 31)], offset=3)
+    writer.append([(user, ITEM_OFFSET + 30, 1.0), (user, 99_999_999, 1.0),
+                   (user, ITEM_OFFSET + 31, 1.0)], offset=3)
     assert _seen(model, user) == {ITEM_OFFSET + 30, ITEM_OFFSET + 31}  # unknown ids ignored
     sent = np.array([ITEM_OFFSET + 5])
     assert _seen(model, user, history=sent) == {ITEM_OFFSET + 5}  # HISTORY overrides both
@@ -99,7 +100,7 @@ def test_a_new_user_with_live_history_is_served_from_it_not_from_popularity(retr
     new_user = 424242
     (popular,) = model.answer([Query(user_id=new_user, k=5)])
     np.testing.assert_array_equal(popular.item_ids, np.arange(5) + ITEM_OFFSET)
-    writer.append([(new_user, ITEM_OFFSET + 17)], offset=1)
+    writer.append([(new_user, ITEM_OFFSET + 17, 1.0)], offset=1)
     (live,) = model.answer([Query(user_id=new_user, k=5)])
     (same,) = model.answer([Query(user_id=new_user, k=5, history=np.array([ITEM_OFFSET + 17]))])
     np.testing.assert_array_equal(live.item_ids, same.item_ids)
@@ -109,12 +110,12 @@ def test_a_new_user_with_live_history_is_served_from_it_not_from_popularity(retr
 
 def test_a_reader_follows_a_store_deleted_and_rebuilt(store):
     writer, reader = store
-    writer.append([(1, 10)], offset=1)
+    writer.append([(1, 10, 1.0)], offset=1)
     assert reader.recent([1])[1].tolist() == [10]
     writer.close()
     for path in writer.path.parent.iterdir():
         path.unlink()
     rebuilt = LiveHistory(writer.path, history_len=3)
-    rebuilt.append([(1, 77)], offset=1)
+    rebuilt.append([(1, 77, 1.0)], offset=1)
     assert reader.recent([1])[1].tolist() == [77]
     rebuilt.close()

@@ -32,7 +32,7 @@ def test_the_search_is_deterministic_under_a_seed(tiny_train, monkeypatch):
     two = search_module.search(tiny_train, grid=GRID)
     assert one.record() == two.record()
     assert len(one.trials) == 2 and one.budget_cut == 0
-    assert 1 <= one.config.epochs <= 3 and one.popularity_weight in search_module.PRIOR_WEIGHTS
+    assert 1 <= one.config.epochs <= 3 and one.prior.weight in search_module.PRIOR_WEIGHTS
     # the score: the geometric mean of the stored-history split's and the next-event recall@10
     best = max(one.trials, key=lambda t: search_module._key(t.valid))
     assert one.valid == best.valid
@@ -57,7 +57,10 @@ def test_build_records_the_chosen_settings_and_serves_the_prior(tmp_path, monkey
                    tensorrt=False, text_encoder=False)
     manifest = versions.read_manifest(result.repository / c.RETRIEVE / "1")
     meta = schema.RetrieveMeta.from_manifest(manifest)
-    assert meta.popularity_weight == result.search.popularity_weight
+    prior = result.search.prior
+    assert (meta.popularity_weight, meta.session_s) == (prior.weight, prior.session_s)
+    assert meta.session_popularity_weight == (prior.session_weight if prior.session_s else 0.0)
+    assert meta.train["session_s"] == prior.session_s
     assert meta.train["settings"]["epochs"] == result.search.config.epochs
     assert json.loads(manifest.to_json())["meta"]["train"]["trials"] == 2
 
@@ -113,13 +116,20 @@ def test_the_search_weighs_the_closed_form_against_training_and_shares_its_fits(
 def test_the_prior_by_hand_is_served_recorded_and_checked(tmp_path):
     result = build(tmp_path, synthetic=True, synthetic_kwargs=TINY, progress=False,
                    tensorrt=False, text_encoder=False, config=GRID[0], search=False,
-                   popularity_weight=0.4, popularity_half_life_s=3 * 86400.0)
+                   popularity_weight=0.4, popularity_half_life_s=3 * 86400.0,
+                   session_s=1800.0, session_popularity_weight=0.05)
     manifest = versions.read_manifest(result.repository / c.RETRIEVE / "1")
     meta = schema.RetrieveMeta.from_manifest(manifest)
     assert (meta.popularity_weight, meta.popularity_half_life_s) == (0.4, 3 * 86400.0)
+    assert (meta.session_s, meta.session_popularity_weight) == (1800.0, 0.05)
     assert meta.train == {"by_hand": {"popularity_weight": 0.4,
-                                      "popularity_half_life_s": 3 * 86400.0}}
+                                      "popularity_half_life_s": 3 * 86400.0,
+                                      "session_s": 1800.0, "session_popularity_weight": 0.05}}
     assert set(schema.TREND_TABLES) <= set(manifest.tables)
+    # every user's newest training event, for the gate's ages
+    last_at = versions.load_table(result.repository / c.RETRIEVE / "1", manifest,
+                                  schema.USER_LAST_AT)
+    assert np.isfinite(last_at).all() and len(last_at) == manifest.tables[schema.USER_IDS].shape[0]
     with pytest.raises(BuildError, match="popularity_weight must be >= 0"):
         build(tmp_path / "bad", synthetic=True, synthetic_kwargs=TINY, progress=False,
               tensorrt=False, text_encoder=False, config=GRID[0], search=False,

@@ -218,11 +218,11 @@ def test_an_event_in_the_live_history_is_in_the_next_requests_sequence(sequence_
         user = USER_OFFSET + 4
         (before,) = retriever.answer([Query(user_id=user, k=8)])
         clicked = [ITEM_OFFSET + 11, ITEM_OFFSET + 29]
-        writer.append([(user, item) for item in clicked], offset=2)
+        writer.append([(user, item, 1.0) for item in clicked], offset=2)
         (after,) = retriever.answer([Query(user_id=user, k=8)])
         _check(after, _reference_scores(tables, torch_tower, 4, np.array(clicked) - ITEM_OFFSET), 8)
         assert not np.array_equal(before.scores, after.scores)
-        writer.append([(user, ITEM_OFFSET + 3)], offset=3)  # the order of the events counts
+        writer.append([(user, ITEM_OFFSET + 3, 1.0)], offset=3)  # the order of the events counts
         (latest,) = retriever.answer([Query(user_id=user, k=8)])
         _check(latest, _reference_scores(tables, torch_tower, 4,
                                          np.array([*clicked, ITEM_OFFSET + 3]) - ITEM_OFFSET), 8)
@@ -251,8 +251,8 @@ def test_build_serves_what_it_trained(tmp_path):
     assert result.onnx_max_abs_err <= ATOL
     retriever = Retriever(result.repository / c.RETRIEVE / "1")
     assert retriever.meta.tower == schema.TOWER_SEQUENCE
-    histories = retriever._histories([Query(user_id=int(u)) for u in model.user_ids],
-                                     np.arange(len(model.user_ids)))
+    histories, _ = retriever._histories([Query(user_id=int(u)) for u in model.user_ids],
+                                        np.arange(len(model.user_ids)))
     served = retriever._user_queries(np.arange(len(model.user_ids)), histories,
                                      list(range(len(model.user_ids))))
     assert_close(served, model.user_queries(), atol=1e-5, rtol=1e-5, name="served queries")

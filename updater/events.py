@@ -81,7 +81,8 @@ def label(event: Event) -> float:
     return LABEL_WEIGHTS[event.kind]
 
 
-def positives(events) -> list[tuple[int, int]]:
-    """(user_id, item_id) of the events that enter a user's history (label > 0), in order: skips
-    and negative or neutral ratings train rows but are not something the user wants more of."""
-    return [(e.user_id, e.item_id) for e in events if label(e) > 0]
+def positives(events) -> list[tuple[int, int, float]]:
+    """(user_id, item_id, timestamp) of the events that enter a user's history (label > 0), in
+    order: skips and negative or neutral ratings train rows but are not something the user wants
+    more of."""
+    return [(e.user_id, e.item_id, e.timestamp) for e in events if label(e) > 0]

@@ -160,9 +160,10 @@ class SparseTrainer:
 
     def reset(self, tables: dict[str, np.ndarray]) -> None:
         """Start over from a version's tables (adagrad accumulators and trend counts default to
-        zero)."""
+        zero, newest-event times to -inf: none)."""
         n_items = len(tables[schema.ITEM_IDS])
         zeros = {schema.USER_ADAGRAD: np.zeros(len(tables[schema.USER_IDS]), np.float32),
+                 schema.USER_LAST_AT: np.full(len(tables[schema.USER_IDS]), -np.inf),
                  schema.ITEM_ADAGRAD: np.zeros(n_items, np.float32),
                  schema.ITEM_TREND: np.zeros(n_items, np.float32)}
         self.t = {name: _Grown(tables[name] if name in tables else zeros[name],
@@ -282,6 +283,7 @@ class SparseTrainer:
             self.t[schema.USER_ROWS].append(np.zeros(dim, np.float32))
             self.t[schema.USER_HISTORY].append(np.full(self.history_len, -1, np.int64))
             self.t[schema.USER_ADAGRAD].append(0.0)
+            self.t[schema.USER_LAST_AT].append(-np.inf)
             self.user_index[user_id] = row
             for name in schema.USER_TABLES:
                 self.changed[name].add(row)
@@ -361,6 +363,9 @@ class SparseTrainer:
             history[:-1] = history[1:].copy()
             history[-1] = item_row
             self.changed[schema.USER_HISTORY].add(user_row)
+            last_at = self.t[schema.USER_LAST_AT].data
+            last_at[user_row] = max(last_at[user_row], event.timestamp)
+            self.changed[schema.USER_LAST_AT].add(user_row)
             if self.user_fold_in_scale and (history >= 0).sum() <= self.config.fold_in_events:
                 self.fold_in_user(user_row)
             self.t[schema.ITEM_POPULARITY].data[item_row] += 1.0
