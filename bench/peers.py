@@ -227,6 +227,7 @@ class RetrainedPeer:
         self.stale = True
         self.fits = 0
         self.fit_s = 0.0
+        self.fit_cpu_s = 0.0  # CPU seconds of the fits, every thread of this process
 
     def learn(self, events: Interactions) -> None:
         self.parts.append(events)
@@ -234,7 +235,7 @@ class RetrainedPeer:
         self.stale = True
 
     def _fit(self) -> None:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         users = np.concatenate([p.user_ids for p in self.parts])
         items = np.concatenate([p.item_ids for p in self.parts])
         self.user_ids, user_rows = np.unique(users, return_inverse=True)
@@ -243,6 +244,7 @@ class RetrainedPeer:
         self.stale = False
         self.fits += 1
         self.fit_s += time.perf_counter() - started
+        self.fit_cpu_s += time.process_time() - cpu_started
 
     def recommend(self, user_ids: np.ndarray, excludes: Sequence[np.ndarray], k: int
                   ) -> list[np.ndarray]:

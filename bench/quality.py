@@ -31,7 +31,9 @@ then a version written and switched to), the peers' fits; "ingest s" what taking
 cost: freshrec's Feedback.Send calls, each over gRPC to another process and durable (fsynced log,
 live history) before it replies, one per run of distinct users; the peers append to a list in
 process (0). "ask s" the time spent answering (over gRPC for the served rows, in-process for
-the others).
+the others). Below the table, the update cost in CPU seconds: everything the updater process used
+over its replay (intake, row training, publishes; Linux /proc), against the CPU of ALS's fits
+(the retrieve model's switch to each new version, inside tritonserver, is not counted).
 
 `--protocol split` reports recall@K / NDCG@K on the latest 20 % with each user's training items
 excluded (exporter.evaluate, so the model's rows equal `freshrec build --no-text-encoder`'s)
@@ -139,7 +141,9 @@ def _served_rows(repository: Path, scratch: Path, train: Interactions, test: Int
         updater = stack.start_updater(args=NO_AUTO_PUBLISH_ARGS + updater_args)
         online = OnlineRecommender(stack.grpc_url, updater.url)
         try:
+            cpu_started = updater.cpu_s()
             result = replay(train, test, online, window_events=window_events, scored_windows=scored)
+            result.learn_cpu_s = updater.cpu_s() - cpu_started
         finally:
             online.close()
             stack.stop_updaters()
@@ -178,6 +182,7 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
                                            app_history=app_history, updater_args=updater_args)
     rows += served_rows
     fit_s: dict[str, float] = {}
+    fit_cpu_s: dict[str, float] = {}
     notes = []
     for peer in make_peers(seed=seed):
         retrained = RetrainedPeer(peer, train)
@@ -186,6 +191,7 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
                          retrained.fit_s, result.recommend_s - retrained.fit_s))
         peers[peer.name] = result
         fit_s[peer.name] = retrained.fit_s
+        fit_cpu_s[peer.name] = retrained.fit_cpu_s
         notes.append(peer.describe())
     if sasrec:
         sasrec_row = _sasrec_row(train, test, window_events=window_events, scored=scored,
@@ -219,6 +225,10 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
         print(f"freshrec online vs ALS retrained per window: {_ratios(online, peers['ALS'])}; "
               f"learn s x{_ratio(online.learn_s, fit_s['ALS'])} of ALS's fits, learn + ingest "
               f"x{_ratio(online.learn_s + online.send_s, fit_s['ALS'])}")
+        print(f"update cost in CPU seconds: the updater's whole replay (intake: durable log and "
+              f"live history per event; row training; publishes) {online.learn_cpu_s:.1f} s, "
+              f"ALS's fits {fit_cpu_s['ALS']:.1f} s: "
+              f"x{_ratio(online.learn_cpu_s, fit_cpu_s['ALS'])}")
 
 
 def _sasrec_row(train: Interactions, test: Interactions, *, window_events: int, scored: list[int],

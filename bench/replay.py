@@ -84,6 +84,7 @@ class ReplayResult:
     learn_s: float
     send_s: float = 0.0
     runs: int = 0  # how many times the replay asked (a window, or a run of distinct users)
+    learn_cpu_s: float = 0.0  # CPU seconds the learner used, where the caller measured it
     ranks: list[int] = field(default_factory=list, repr=False)  # -1: not in the top K
 
 

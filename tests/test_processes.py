@@ -75,3 +75,21 @@ def test_a_stack_that_fails_to_start_says_why_and_leaves_nothing_running(tmp_pat
         with serving_stack(repository, models=("no_such_model",), log_dir=tmp_path):
             pass
     assert "no_such_model" in str(caught.value)  # the log tail names the model it could not load
+
+
+def test_a_childs_cpu_seconds_count_its_work_not_its_sleep(tmp_path):
+    import sys
+    import time
+
+    child = processes.ChildProcess(log_path=tmp_path / "child.log")
+    child._make_workdir()
+    busy = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass\n"
+    child._spawn([sys.executable, "-c", busy + "time.sleep(30)"], env={})
+    try:
+        wait_until(lambda: child.cpu_s() >= 0.4, timeout_s=20, what="the child's busy loop")
+        spent = child.cpu_s()
+        assert 0.4 <= spent < 5.0
+        time.sleep(0.3)  # the child sleeps now
+        assert child.cpu_s() - spent < 0.1
+    finally:
+        child.stop()
