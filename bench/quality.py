@@ -21,7 +21,8 @@ excluded), then learned. Rows, all on the same questions:
 - freshrec online: streamed; each event is sent as feedback (Feedback.Send, each with its own
   timestamp) right after its question, so the live history serves the user's next event, and
   the updater (a real `python -m updater`, no publish of its own) publishes the row updates
-  once per window (Admin.Publish);
+  once per window (Admin.Publish); with `--shown-skips N` the answer's top N the user did not
+  take go before each asked event as skips (the app showed them);
 - ALS, BPR, item-kNN, EASE (bench.peers): refitted from scratch on all events so far before each
   scored window;
 - SASRec (RecBole, bench.sasrec; optional extra `bench-seq`): trained once on the training
@@ -114,7 +115,8 @@ def _row(name: str, result: ReplayResult, learn_s: float, ask_s: float, ingest_s
 
 def _served_rows(repository: Path, scratch: Path, train: Interactions, test: Interactions, *,
                  window_events: int, scored: list[int], app_history: int,
-                 updater_args: tuple[str, ...]) -> tuple[list, dict[str, ReplayResult]]:
+                 updater_args: tuple[str, ...], shown_skips: int = 0
+                 ) -> tuple[list, dict[str, ReplayResult]]:
     from freshrec.stack import serving_stack
     from model_repository import contract as c
 
@@ -139,7 +141,7 @@ def _served_rows(repository: Path, scratch: Path, train: Interactions, test: Int
         rows.append(_row(f"static + app-sent history (last {app_history})", results["app"], 0.0,
                          results["app"].recommend_s))
         updater = stack.start_updater(args=NO_AUTO_PUBLISH_ARGS + updater_args)
-        online = OnlineRecommender(stack.grpc_url, updater.url)
+        online = OnlineRecommender(stack.grpc_url, updater.url, shown_skips=shown_skips)
         try:
             cpu_started = updater.cpu_s()
             result = replay(train, test, online, window_events=window_events, scored_windows=scored)
@@ -155,7 +157,8 @@ def _served_rows(repository: Path, scratch: Path, train: Interactions, test: Int
 
 def run_prequential(*, data: Path | None, window_events: int, replay_fraction: float,
                     score_every: int, app_history: int, seed: int, sasrec: bool, sasrec_epochs: int,
-                    updater_args: tuple[str, ...] = (), search: bool = True) -> None:
+                    updater_args: tuple[str, ...] = (), search: bool = True,
+                    shown_skips: int = 0) -> None:
     from exporter.build import write_repository
 
     started = time.perf_counter()
@@ -179,7 +182,8 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
         repository = write_repository(model, Path(scratch) / "repository", tensorrt=False).repository
         served_rows, served = _served_rows(repository, Path(scratch), train, test,
                                            window_events=window_events, scored=scored,
-                                           app_history=app_history, updater_args=updater_args)
+                                           app_history=app_history, updater_args=updater_args,
+                                           shown_skips=shown_skips)
     rows += served_rows
     fit_s: dict[str, float] = {}
     fit_cpu_s: dict[str, float] = {}
@@ -211,7 +215,9 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
         f"freshrec online asked in {served['online'].runs} runs of distinct users",
         f"peers: implicit {_version('implicit')}; " + "; ".join(notes) + "; binary interactions",
         f"updater: {' '.join(updater_args) or 'default settings'}, publishing only when asked; "
-        "feedback kind click for every event, each with its own timestamp",
+        "feedback kind click for every event, each with its own timestamp"
+        + (f"; before each asked event, the answer's top {shown_skips} not taken as skips"
+           if shown_skips else ""),
         f"whole run {time.perf_counter() - started:.0f} s",
     ]))
     print_table(["recommender", "recall@10", "recall@50", "ndcg@10", "events", "learn s",
@@ -326,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--updater-args", default="",
                         help="extra flags for the updater process, e.g. \"--lr 0.002\"")
+    parser.add_argument("--shown-skips", type=int, default=0,
+                        help="freshrec online: before each asked event, send the answer's top N "
+                             "items the user did not take as skips (items shown and skipped; "
+                             "default 0: none)")
     parser.add_argument("--no-sasrec", action="store_true", help="leave the SASRec row out")
     parser.add_argument("--sasrec-epochs", type=int, default=None,
                         help="SASRec training epochs (default: bench.sasrec's)")
@@ -341,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--window-events and --score-every must be >= 1, --replay-fraction in (0, 1]")
     if args.app_history < 1:
         parser.error("--app-history must be >= 1")
+    if args.shown_skips < 0:
+        parser.error("--shown-skips must be >= 0")
     if args.protocol == "split":
         run_split(data=args.data, seed=args.seed, search=not args.no_search)
         return 0
@@ -351,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                     app_history=args.app_history, seed=args.seed, sasrec=not args.no_sasrec,
                     sasrec_epochs=args.sasrec_epochs or DEFAULT_EPOCHS,
                     updater_args=tuple(shlex.split(args.updater_args)),
-                    search=not args.no_search)
+                    search=not args.no_search, shown_skips=args.shown_skips)
     return 0
 
 

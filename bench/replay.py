@@ -293,26 +293,45 @@ class OnlineRecommender(ServedRecommender):
     with its own timestamp; `learn` closes a window with Admin.Publish, which returns once Triton
     serves a version holding the row updates. Start the updater with NO_AUTO_PUBLISH_ARGS so
     that is the only publish. `feedback_kind` "click" treats every event as a positive
-    interaction, as the metrics do."""
+    interaction, as the metrics do. ``shown_skips`` N > 0: the app showed each asked user the
+    answer's top N, so before the event those of them the user did not take are sent as skips
+    (same timestamp): negatives from items shown and skipped."""
 
     def __init__(self, triton_url: str, updater_url: str, *, feedback_kind: str = "click",
-                 concurrency: int = SERVED_CONCURRENCY):
+                 shown_skips: int = 0, concurrency: int = SERVED_CONCURRENCY):
         from clients import UpdaterClient
 
         super().__init__(triton_url, concurrency=concurrency)
         self.updater = UpdaterClient(updater_url)
         self.feedback_kind = feedback_kind
+        self.shown_skips = shown_skips
+        self.shown: dict[int, np.ndarray] = {}  # each asked user's answer, until its event is sent
         self.sent = 0
         self.publishes = 0
+
+    def recommend(self, user_ids, excludes, k):
+        answers = super().recommend(user_ids, excludes, k)
+        if self.shown_skips:
+            self.shown.update(zip(user_ids.tolist(), answers))
+        return answers
+
+    def _event(self, **fields) -> dict:
+        # deterministic ids: a retried run is not learned twice
+        self.sent += 1
+        return dict(event_id=f"replay-{self.sent - 1}", **fields)
 
     def send(self, events: Interactions) -> None:
         batch = []
         for user, item, value, timestamp in zip(events.user_ids.tolist(), events.item_ids.tolist(),
                                                 events.values.tolist(), events.timestamps.tolist()):
-            # deterministic ids: a retried run is not learned twice
-            batch.append(dict(event_id=f"replay-{self.sent}", user_id=user, item_id=item,
-                              kind=self.feedback_kind, value=value, timestamp=float(timestamp)))
-            self.sent += 1
+            # the app showed the answer's top `shown_skips` and the user took something else
+            shown = self.shown.pop(user, None)
+            for skipped in (shown[:self.shown_skips] if shown is not None else ()):
+                if skipped != item:
+                    batch.append(self._event(user_id=user, item_id=int(skipped), kind="skip",
+                                             value=0.0, timestamp=float(timestamp)))
+            batch.append(self._event(user_id=user, item_id=item, kind=self.feedback_kind,
+                                     value=value, timestamp=float(timestamp)))
         for start in range(0, len(batch), FEEDBACK_CHUNK):
             reply = self.updater.feedback_batch(batch[start:start + FEEDBACK_CHUNK])
             if reply.rejected:

@@ -15,7 +15,9 @@ pooling, tower, score_topk and answer assembly) on a version written by the expo
   in this number);
 - torch: the same tower in torch and `topk(queries @ items.T)` without exclusions (the peer);
 - `answer` again with the live history store (model_repository.live_history) holding 20 recent
-  items for every user, and that store's read for the batch alone: what live user state costs.
+  items for every user, and that store's read for the batch alone: what live user state costs;
+- and once more on a version with the popularity prior and its session gate (each query's
+  history age from the store's times and clock, model_repository.scoring.session_weights).
 
 Half the requests send a HISTORY of 1-20 items and all exclude what they have seen, as the load
 test does. The difference between `answer` and its parts is per-request Python work.
@@ -52,7 +54,7 @@ def _queries(batch: int, n_users: int, n_items: int, seed: int):
     return out
 
 
-def _time_batch(retriever, live, session, tower_t, items_t, batch: int, *, n_users: int,
+def _time_batch(retriever, live, gated, session, tower_t, items_t, batch: int, *, n_users: int,
                 n_items: int, repeat: int) -> list:
     import torch
 
@@ -78,6 +80,7 @@ def _time_batch(retriever, live, session, tower_t, items_t, batch: int, *, n_use
     times = time_side_by_side({
         "answer": lambda: retriever.answer(queries),
         "answer, live history": lambda: live.answer(queries),
+        "answer, live history, gate": lambda: gated.answer(queries),
         "live read": lambda: live.live_history.recent(asking),
         "tower": lambda: retriever.tower(user_emb, pooled),
         "score_topk": lambda: kernels.score_topk(query_vecs, retriever.item_rows, K,
@@ -87,7 +90,8 @@ def _time_batch(retriever, live, session, tower_t, items_t, batch: int, *, n_use
         "torch": torch_peer,
     }, warmup=3, repeat=repeat)
     per = {name: t.median_s * 1e6 / batch for name, t in times.items()}
-    return [batch, per["answer"], per["answer, live history"], per["live read"], per["tower"],
+    return [batch, per["answer"], per["answer, live history"],
+            per["answer, live history, gate"], per["live read"], per["tower"],
             per["onnx tower"], per["score_topk"], per["answer"] - per["tower"] - per["score_topk"],
             per["torch"], per["torch"] / per["answer"]]
 
@@ -104,6 +108,24 @@ def _with_live_history(model_dir: Path, n_users: int, n_items: int):
                   for i in rng.integers(1, n_items + 1, size=20)], offset=1)
     store.close()
     return Retriever(model_dir / "1", live_history=LiveHistoryReader(history_path(model_dir)))
+
+
+def _with_session_gate(model_dir: Path, n_users: int):
+    """Version 2: version 1's tables with each user's newest event time, served with the prior
+    and its session gate, reading the same live history store."""
+    from model_repository import retrieve_schema as schema
+    from model_repository import versions
+    from model_repository.live_history import LiveHistoryReader, history_path
+    from model_repository.serving import Retriever
+
+    manifest, tables = versions.load_tables(model_dir / "1")
+    tables = {name: np.asarray(table) for name, table in tables.items()}
+    rng = np.random.default_rng(4)
+    tables[schema.USER_LAST_AT] = 1.7e9 - rng.uniform(0, 7200, len(tables[schema.USER_IDS]))
+    meta = {**manifest.meta, "popularity_weight": 1.0, "session_s": 3600.0,
+            "session_popularity_weight": 0.1}
+    versions.write_version(model_dir, 2, tables, meta=meta)
+    return Retriever(model_dir / "2", live_history=LiveHistoryReader(history_path(model_dir)))
 
 
 def run(n_items: int, n_users: int, batches, repeat: int) -> None:
@@ -123,13 +145,14 @@ def run(n_items: int, n_users: int, batches, repeat: int) -> None:
         retriever = Retriever(repository / c.RETRIEVE / "1")
         assert retriever.tower_from_tables
         live = _with_live_history(repository / c.RETRIEVE, n_users, n_items)
+        gated = _with_session_gate(repository / c.RETRIEVE, n_users)
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         session = ort.InferenceSession(str(repository / c.USER_TOWER / "1" / "model.onnx"), options,
                                        providers=["CPUExecutionProvider"])
         items_t = torch.from_numpy(np.array(retriever.item_rows))  # a writable copy
         for batch in batches:
-            rows.append(_time_batch(retriever, live, session, model.tower, items_t, batch,
+            rows.append(_time_batch(retriever, live, gated, session, model.tower, items_t, batch,
                                     n_users=n_users, n_items=n_items, repeat=repeat))
     print(machine_header([
         f"model: N = {n_items} items x d = {model.item_rows.shape[1]} fp32, {n_users} users, "
@@ -138,7 +161,8 @@ def run(n_items: int, n_users: int, batches, repeat: int) -> None:
         "onnxruntime on one thread, as a python model instance runs; OPENBLAS_NUM_THREADS="
         f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}",
     ]))
-    print_table(["batch", "answer us/req", "+ live history", "live read", "tower", "onnx tower",
+    print_table(["batch", "answer us/req", "+ live history", "+ prior, session gate",
+                 "live read", "tower", "onnx tower",
                  "score_topk", "rest", "torch us/req", "torch / answer"], rows)
 
 

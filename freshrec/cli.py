@@ -174,6 +174,9 @@ def _updater_call(args: argparse.Namespace, method: str, *call_args, **kwargs):
 
 
 def cmd_updater(args: argparse.Namespace) -> int:
+    from updater.settings import one_blas_thread
+
+    one_blas_thread()  # before updater.main imports numpy
     from updater.main import config_from_args, run_updater
 
     logging.getLogger().setLevel(logging.INFO if args.verbose else logging.WARNING)

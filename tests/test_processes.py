@@ -93,3 +93,26 @@ def test_a_childs_cpu_seconds_count_its_work_not_its_sleep(tmp_path):
         assert child.cpu_s() - spent < 0.1
     finally:
         child.stop()
+
+
+def test_the_updater_runs_numpy_on_one_blas_thread():
+    """OpenBLAS's idle workers spin between the updater's tiny per-event calls: set before numpy
+    is imported (as `python -m updater` and `freshrec updater` do), one thread is what it gets."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from updater.settings import BLAS_THREAD_VARS, one_blas_thread
+
+    pytest.importorskip("threadpoolctl")  # installed with implicit (the dev extra)
+    env = {"OMP_NUM_THREADS": "3"}
+    one_blas_thread(env)
+    assert env == {**dict.fromkeys(BLAS_THREAD_VARS, "1"), "OMP_NUM_THREADS": "3"}  # kept
+    probe = ("from updater.settings import one_blas_thread; one_blas_thread(); import numpy, "
+             "json, threadpoolctl; print(json.dumps([p['num_threads'] for p in "
+             "threadpoolctl.threadpool_info() if p['user_api'] == 'blas']))")
+    clean = {k: v for k, v in os.environ.items() if k not in BLAS_THREAD_VARS}
+    out = subprocess.run([sys.executable, "-c", probe], env=clean, capture_output=True, text=True,
+                         check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert json.loads(out.stdout) == [1]

@@ -68,8 +68,9 @@ def validate(event_id: str, user_id: int | None, item_id: int | None, kind: str,
     return Event(event_id, int(user_id), int(item_id), kind, float(value), float(timestamp))
 
 
-def label(event: Event) -> float:
-    """Signed training weight: > 0 pulls the item towards the user, < 0 pushes it away, 0 none."""
+def label(event: Event, *, skip_weight: float = LABEL_WEIGHTS["skip"]) -> float:
+    """Signed training weight: > 0 pulls the item towards the user, < 0 pushes it away, 0 none
+    (``skip_weight``: how hard a skip pushes; updater.settings.TrainerConfig.skip_weight)."""
     if event.kind == "rating":
         if event.value >= 4:
             return event.value - 3.0
@@ -77,7 +78,7 @@ def label(event: Event) -> float:
             return event.value - 3.0
         return 0.0
     if event.kind == "skip":
-        return -LABEL_WEIGHTS["skip"]
+        return -skip_weight
     return LABEL_WEIGHTS[event.kind]
 
 

@@ -26,6 +26,7 @@ from updater.settings import (
     DEFAULT_PUBLISH_EVERY_EVENTS,
     DEFAULT_PUBLISH_EVERY_S,
     DEFAULT_SHARD_KIB,
+    DEFAULT_SKIP_WEIGHT,
     PublishPolicy,
     TrainerConfig,
 )
@@ -90,6 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fold-in-events", type=int, default=DEFAULT_FOLD_IN_EVENTS,
                         help="items with fewer positive events fold their users' queries into "
                              "their rows (0: off)")
+    parser.add_argument("--skip-weight", type=float, default=DEFAULT_SKIP_WEIGHT,
+                        help=f"how hard a skip pushes the item away, against a click's 1 "
+                             f"(default {DEFAULT_SKIP_WEIGHT:g}; 0: skips train nothing)")
     parser.add_argument("--fold-in-users", action="store_true", default=DEFAULT_FOLD_IN_USERS,
                         help="users with at most --fold-in-events history items take the scaled "
                              "mean of their items' rows as their row (off by default)")
@@ -103,7 +107,7 @@ def config_from_args(args: argparse.Namespace) -> UpdaterConfig:
                              keep_versions=args.keep_versions, shard_kib=args.shard_kib),
         trainer=TrainerConfig(lr=args.lr, negatives=args.negatives, max_step=args.max_step,
                               fold_in_events=args.fold_in_events,
-                              fold_in_users=args.fold_in_users))
+                              fold_in_users=args.fold_in_users, skip_weight=args.skip_weight))
 
 
 def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -> None:

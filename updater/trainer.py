@@ -353,7 +353,7 @@ class SparseTrainer:
         """Train on one event and update the user's history and the item's popularity."""
         user_row = self._user_row(event.user_id)
         item_row = self._item_row(event.item_id)
-        weight = label(event)
+        weight = label(event, skip_weight=self.config.skip_weight)
         if weight != 0 and self.n_items > 1:
             self._train_step(event, user_row, item_row, weight)
         if weight > 0 and self.t[schema.ITEM_POPULARITY].data[item_row] < self.config.fold_in_events:

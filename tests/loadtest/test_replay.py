@@ -214,6 +214,30 @@ def test_online_sends_each_event_with_its_own_timestamp_and_publishes_per_window
     assert online.updater.publishes == online.publishes == 2
 
 
+def test_online_sends_the_shown_items_not_taken_as_skips_before_the_event(monkeypatch):
+    from bench import replay as replay_module
+
+    # every answer shows items 4, 9, 3 first (no server: the answer is fixed)
+    monkeypatch.setattr(replay_module.ServedRecommender, "recommend",
+                        lambda self, users, excludes, k: [np.array([4, 9, 3])] * len(users))
+    online = OnlineRecommender("127.0.0.1:9", "127.0.0.1:9", shown_skips=2)
+    online.updater.close()
+    online.updater = RecordingUpdater()
+    try:
+        replay(TRAIN, TEST, online, window_events=3, ks=(1,), scored_windows=[0])
+    finally:
+        online.close()
+    sent = [(e["user_id"], e["item_id"], e["kind"], e["timestamp"])
+            for batch in online.updater.batches for e in batch]
+    # window 0 is asked: each event's user was shown 4 and 9 (took 3; then took 4, so only 9 is
+    # skipped; then took 2); window 1 is not asked: nothing shown, nothing skipped
+    assert sent == [(1, 4, "skip", 10.0), (1, 9, "skip", 10.0), (1, 3, "click", 10.0),
+                    (1, 9, "skip", 11.0), (1, 4, "click", 11.0),
+                    (2, 4, "skip", 12.0), (2, 9, "skip", 12.0), (2, 2, "click", 12.0),
+                    (1, 3, "click", 13.0), (3, 5, "click", 14.0)]
+    assert len({e["event_id"] for batch in online.updater.batches for e in batch}) == len(sent)
+
+
 def test_app_history_is_what_the_app_saw_and_nothing_is_sent():
     app = AppHistoryRecommender("127.0.0.1:9", TRAIN, history_len=2)
     try:

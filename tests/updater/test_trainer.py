@@ -83,6 +83,22 @@ def test_a_skip_lowers_the_item_and_leaves_history_alone():
     np.testing.assert_array_equal(trainer.tables()["user_history"][3], history)
 
 
+def test_the_skip_weight_sets_how_hard_a_skip_pushes():
+    moved = {}
+    for weight in (0.0, 0.5, 2.0):
+        trainer = SparseTrainer(_tables(), _numpy_tower(),
+                                config=TrainerConfig(skip_weight=weight, fold_in_events=0))
+        # a click first: row-wise Adagrad's first step has the same length whatever the
+        # gradient's scale, so a weight shows against what the rows learned before
+        trainer.apply(_event(0, user_id=1030, item_id=500 + 7 * 21))
+        before = _score(trainer, 3, 20)
+        trainer.apply(_event(1, user_id=1030, item_id=500 + 7 * 20, kind="skip"))
+        moved[weight] = before - _score(trainer, 3, 20)
+    assert moved[0.0] == 0.0 < moved[0.5] < moved[2.0]
+    with pytest.raises(ValueError, match="skip_weight must be >= 0"):
+        TrainerConfig(skip_weight=-1.0)
+
+
 def test_each_step_is_clipped_per_row():
     max_step = 1e-3
     trainer = SparseTrainer(_tables(), _numpy_tower(),
