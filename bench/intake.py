@@ -1,0 +1,132 @@
+"""What taking feedback in costs the updater: CPU and wall time per event, by events per Send.
+
+    python -m bench.intake            # 3,000 events per batch size, sends of 1 / 10 / 100
+    python -m bench.intake --quick    # 600 events
+
+A small model is built and served as `freshrec serve` runs it (tritonserver, a real updater,
+default publish cadence). Events are sent one Feedback.Send after another, in sends of 1, 10 and
+100 events; each run ends when the updater has applied every event (Status). The updater's CPU
+is read from Linux's /proc (every thread: gRPC, the durable log, the live history, training,
+publishes). The peer, in the same run: the training alone, `SparseTrainer.apply` over the same
+events in this process on the same version's tables. A replay of a rating log asks before every
+event, so it sends one call per run of distinct users (about one event): the first row is its
+cost per event (bench.quality's update cost), the others what an app batching its events pays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.report import machine_header, print_table
+
+BATCH_SIZES = (1, 10, 100)
+EVENTS = 3000
+BENCH_DATA = dict(n_users=2000, n_items=1500, n_events=60_000, n_categories=12, seed=5)
+TIMESTAMP = 1.7e9
+
+
+def _events(user_ids: np.ndarray, item_ids: np.ndarray, n: int, *, tag: str, seed: int) -> list:
+    rng = np.random.default_rng(seed)
+    users, items = rng.choice(user_ids, n), rng.choice(item_ids, n)
+    return [dict(event_id=f"{tag}-{i}", user_id=int(u), item_id=int(it), kind="click", value=0.0,
+                 timestamp=TIMESTAMP + i) for i, (u, it) in enumerate(zip(users, items))]
+
+
+def _served_run(updater, client, events: list, batch: int) -> tuple[float, float]:
+    """(wall s, updater CPU s) from the first Send until every event is applied."""
+    cpu, started = updater.cpu_s(), time.perf_counter()
+    last = 0
+    for start in range(0, len(events), batch):
+        last = client.feedback_batch(events[start:start + batch]).last_offset
+    while client.status()["applied_offset"] < last:
+        time.sleep(0.005)
+    return time.perf_counter() - started, updater.cpu_s() - cpu
+
+
+def _training_alone(version_dir: Path, events: list) -> float:
+    """CPU s of SparseTrainer.apply over ``events`` in this process, on the version's tables."""
+    from model_repository import retrieve_schema as schema
+    from model_repository import versions
+    from model_repository.tower import tower_from_tables
+    from updater.events import validate
+    from updater.trainer import SparseTrainer
+
+    manifest, tables = versions.load_tables(version_dir)
+    tables = {name: np.asarray(t) for name, t in tables.items()}
+    meta = schema.RetrieveMeta.from_manifest(manifest)
+    trainer = SparseTrainer(tables, tower_from_tables(tables, meta.tower),
+                            recency_decay=meta.recency_decay,
+                            popularity_half_life_s=meta.popularity_half_life_s)
+    checked = []
+    for offset, e in enumerate(events, start=1):
+        v = validate(e["event_id"], e["user_id"], e["item_id"], e["kind"], e["value"],
+                     e["timestamp"], now=TIMESTAMP + len(events))
+        checked.append(type(v)(*[getattr(v, f) for f in ("event_id", "user_id", "item_id", "kind",
+                                                          "value", "timestamp")], offset=offset))
+    from threadpoolctl import threadpool_limits  # with implicit, the bench extra's
+
+    with threadpool_limits(1):  # one BLAS thread, as the updater runs (updater.settings)
+        cpu = time.process_time()
+        for event in checked:
+            trainer.apply(event)
+        return time.process_time() - cpu
+
+
+def run(events: int) -> None:
+    from clients import UpdaterClient
+    from exporter.build import build
+    from exporter.train import TrainConfig
+    from freshrec.stack import serving_stack
+    from model_repository import contract as c
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="freshrec-intake-") as scratch:
+        scratch = Path(scratch)
+        result = build(scratch, synthetic=True, synthetic_kwargs=BENCH_DATA,
+                       config=TrainConfig(epochs=2), progress=False, tensorrt=False)
+        from model_repository import retrieve_schema as schema
+        from model_repository import versions
+
+        version = result.repository / c.RETRIEVE / "1"
+        _, tables = versions.load_tables(version)
+        user_ids, item_ids = np.asarray(tables[schema.USER_IDS]), np.asarray(tables[schema.ITEM_IDS])
+        runs = {batch: _events(user_ids, item_ids, events, tag=f"b{batch}", seed=batch)
+                for batch in BATCH_SIZES}
+        alone = {batch: _training_alone(version, runs[batch]) for batch in BATCH_SIZES}
+        with serving_stack(result.repository, models=(c.USER_TOWER, c.RETRIEVE, c.RECOMMEND),
+                           log_dir=scratch, updater=True) as stack:
+            client = UpdaterClient(stack.updater.url)
+            try:
+                _served_run(stack.updater, client, _events(user_ids, item_ids, 200, tag="warm",
+                                                           seed=0), 10)
+                for batch in BATCH_SIZES:
+                    wall, cpu = _served_run(stack.updater, client, runs[batch], batch)
+                    rows.append([batch, events, wall / events * 1e6, cpu / events * 1e6,
+                                 alone[batch] / events * 1e6, cpu / max(alone[batch], 1e-9)])
+            finally:
+                client.close()
+    print(machine_header([
+        f"model: {BENCH_DATA['n_users']} users x {BENCH_DATA['n_items']} items (synthetic, "
+        "trained 2 epochs), served as `freshrec serve` runs it; default publish cadence",
+        f"events: {events} clicks per batch size, random users and items, one Send after another",
+    ]))
+    print_table(["events per Send", "events", "wall us/event", "updater CPU us/event",
+                 "training alone CPU us/event", "updater / training"], rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.intake",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=EVENTS)
+    parser.add_argument("--quick", action="store_true", help=f"{EVENTS // 5} events per size")
+    args = parser.parse_args(argv)
+    run(args.events // 5 if args.quick else args.events)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
