@@ -18,7 +18,8 @@ MAX_EVENT_ID_LEN = 200
 MIN_TIMESTAMP = 0.0
 MAX_FUTURE_S = 86_400.0
 RATING_MIN, RATING_MAX = 1.0, 5.0
-LABEL_WEIGHTS = {"click": 1.0, "purchase": 3.0, "skip": 0.5}
+# a skip's weight: measured on replays (updater/settings.py, DEFAULT_SKIP_WEIGHT)
+LABEL_WEIGHTS = {"click": 1.0, "purchase": 3.0, "skip": 0.1}
 
 
 class EventError(ValueError):

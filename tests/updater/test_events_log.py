@@ -43,7 +43,7 @@ def test_a_missing_timestamp_is_the_time_of_receipt():
 
 
 @pytest.mark.parametrize("kind, value, want", [
-    ("click", 0, 1.0), ("purchase", 0, 3.0), ("skip", 0, -0.5),
+    ("click", 0, 1.0), ("purchase", 0, 3.0), ("skip", 0, -0.1),
     ("rating", 5, 2.0), ("rating", 4, 1.0), ("rating", 3, 0.0), ("rating", 1, -2.0),
 ])
 def test_labels(kind, value, want):
