@@ -194,10 +194,19 @@ class LiveHistoryReader:
             if db is None:
                 return NOTHING
             try:
-                rows = db.execute(f"SELECT user_id, items, last_at FROM history "
-                                  f"WHERE user_id IN ({marks})", wanted).fetchall()
-                now = (db.execute("SELECT clock FROM applied WHERE id = 0").fetchone()
-                       if clock else None)
+                try:
+                    rows = db.execute(f"SELECT user_id, items, last_at FROM history "
+                                      f"WHERE user_id IN ({marks})", wanted).fetchall()
+                    now = (db.execute("SELECT clock FROM applied WHERE id = 0").fetchone()
+                           if clock else None)
+                except sqlite3.OperationalError as exc:
+                    if "no such column" not in str(exc):
+                        raise
+                    # a store written before times were kept, not yet migrated by the updater:
+                    # its histories, with no times (not in session)
+                    rows = db.execute(f"SELECT user_id, items, NULL FROM history "
+                                      f"WHERE user_id IN ({marks})", wanted).fetchall()
+                    now = None
             except sqlite3.Error as exc:  # e.g. the file replaced under us: open it again
                 log.warning("live history read failed, reopening: %s", exc)
                 db.close()

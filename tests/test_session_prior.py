@@ -111,8 +111,11 @@ def test_a_store_written_before_times_were_kept_is_migrated(tmp_path):
     old.execute("INSERT INTO history VALUES (1, ?)", (np.array([7], np.int64).tobytes(),))
     old.commit()
     old.close()
-    writer = LiveHistory(path, history_len=3)
     reader = LiveHistoryReader(path)
+    unmigrated = reader.read([1], clock=True)  # retrieve may read it before the updater opens it
+    assert unmigrated.items[1].tolist() == [7] and unmigrated.last_at == {1: -np.inf}
+    assert unmigrated.clock == -np.inf
+    writer = LiveHistory(path, history_len=3)
     before = reader.read([1], clock=True)
     assert before.items[1].tolist() == [7] and before.last_at == {1: -np.inf}  # no time: stale
     writer.append([(1, 8, T0)], offset=5)
