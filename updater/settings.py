@@ -40,6 +40,8 @@ DEFAULT_SHARD_KIB = 128
 # fold-in on; recall@10 of freshrec online): synthetic lr 0.0005 / 0.002 / 0.005 / 0.01 ->
 # 0.176 / 0.183 / 0.189 / 0.185 (ALS retrained per window: 0.169); ml-100k 0.002 / 0.005 ->
 # 0.193 / 0.194 (recall@50 0.446 / 0.458). (The trained base model of 2026-11 liked 0.002.)
+# Re-measured with the prior's half-life and session gate (same protocol): ml-100k 0.002 / 0.005
+# / 0.01 -> 0.194 / 0.196 / 0.191, synthetic 0.198 / 0.202 / 0.209: the real log's best stays.
 DEFAULT_LR = 0.005
 DEFAULT_NEGATIVES = 8
 DEFAULT_MAX_STEP = 0.25
