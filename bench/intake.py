@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -62,12 +63,9 @@ def _training_alone(version_dir: Path, events: list) -> float:
     trainer = SparseTrainer(tables, tower_from_tables(tables, meta.tower),
                             recency_decay=meta.recency_decay,
                             popularity_half_life_s=meta.popularity_half_life_s)
-    checked = []
-    for offset, e in enumerate(events, start=1):
-        v = validate(e["event_id"], e["user_id"], e["item_id"], e["kind"], e["value"],
-                     e["timestamp"], now=TIMESTAMP + len(events))
-        checked.append(type(v)(*[getattr(v, f) for f in ("event_id", "user_id", "item_id", "kind",
-                                                          "value", "timestamp")], offset=offset))
+    checked = [replace(validate(e["event_id"], e["user_id"], e["item_id"], e["kind"], e["value"],
+                                e["timestamp"], now=TIMESTAMP + len(events)), offset=offset)
+               for offset, e in enumerate(events, start=1)]
     from threadpoolctl import threadpool_limits  # with implicit, the bench extra's
 
     with threadpool_limits(1):  # one BLAS thread, as the updater runs (updater.settings)

@@ -158,6 +158,15 @@ def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = 
     return BuildResult(repository, Path(), "", max_err, plan, tower=model.tower.kind)
 
 
+def _prior_by_hand(popularity_weight, popularity_half_life_s, session_s,
+                   session_popularity_weight) -> dict[str, float]:
+    """The prior's settings given by hand (not None), by their parameter names."""
+    given = {"popularity_weight": popularity_weight,
+             "popularity_half_life_s": popularity_half_life_s, "session_s": session_s,
+             "session_popularity_weight": session_popularity_weight}
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def train_model(train: datasets.Interactions, *, items: datasets.Items | None,
                 config: TrainConfig | None, search: bool,
                 search_budget_s: float = DEFAULT_SEARCH_BUDGET_S, progress: bool = True,
@@ -172,11 +181,9 @@ def train_model(train: datasets.Interactions, *, items: datasets.Items | None,
     ``popularity_half_life_s`` (0: all-time counts), ``session_s`` (0: no session gate) and
     ``session_popularity_weight``, when given, set the prior by hand over what the search chose
     (or without a search). Returns the model and the search's result."""
-    by_hand = {"popularity_weight": popularity_weight,
-               "popularity_half_life_s": popularity_half_life_s, "session_s": session_s,
-               "session_popularity_weight": session_popularity_weight}
-    for name, value in by_hand.items():
-        if value is not None and not 0 <= value < float("inf"):
+    for name, value in _prior_by_hand(popularity_weight, popularity_half_life_s, session_s,
+                                      session_popularity_weight).items():
+        if not 0 <= value < float("inf"):
             raise BuildError(f"{name} must be >= 0, got {value!r}")
     chosen = None
     if search:
@@ -253,18 +260,12 @@ def build(
     cold_ids = pick_cold_items(dataset.items) if text_encoder else np.zeros(0, np.int64)
     train = drop_items(train, cold_ids)  # cold items: held out of training entirely
     log.info("training on %d events, evaluating on %d", len(train), len(test))
+    by_hand = _prior_by_hand(popularity_weight, popularity_half_life_s, session_s,
+                             session_popularity_weight)
     model, chosen = train_model(train, items=dataset.items, config=config,
                                 search=search if search is not None else config is None,
-                                search_budget_s=search_budget_s, progress=progress,
-                                popularity_weight=popularity_weight,
-                                popularity_half_life_s=popularity_half_life_s,
-                                session_s=session_s,
-                                session_popularity_weight=session_popularity_weight)
+                                search_budget_s=search_budget_s, progress=progress, **by_hand)
     record = chosen.record() if chosen else None
-    by_hand = {name: value for name, value in (
-        ("popularity_weight", popularity_weight), ("popularity_half_life_s", popularity_half_life_s),
-        ("session_s", session_s), ("session_popularity_weight", session_popularity_weight))
-        if value is not None}
     if by_hand:
         record = {**(record or {}), "by_hand": by_hand}
     if not text_encoder:

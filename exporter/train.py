@@ -37,7 +37,7 @@ from exporter.data import Interactions, Items
 from exporter.sequence_tower import SequenceTower, numpy_sequence_tower, sequence_inputs_torch
 from model_repository import retrieve_schema as schema
 from model_repository.pooling import DEFAULT_HISTORY_LEN, DEFAULT_RECENCY_DECAY
-from model_repository.scoring import history_ages, session_weights, trend_counts
+from model_repository.scoring import history_ages, history_clock, session_weights, trend_counts
 from model_repository.sequence_tower import NumpySequenceTower
 from model_repository.tower import TOWER_FILE_FORMAT, NumpyTower, read_tower_file
 
@@ -269,11 +269,10 @@ class TrainedModel:
 
     def history_ages(self) -> np.ndarray:
         """(U,) float64: the age of each user's stored history when the model is served, on its
-        clock (the newest training event; model_repository.retrieve_schema.version_clock)."""
+        clock (the newest training event, as serving's: model_repository.scoring.history_clock)."""
         if self.user_last_at is None:
             return np.full(len(self.user_ids), np.inf)
-        finite = self.user_last_at[np.isfinite(self.user_last_at)]
-        return history_ages(self.user_last_at, float(finite.max()) if finite.size else 0.0)
+        return history_ages(self.user_last_at, history_clock(self.user_last_at))
 
     def prior_counts(self) -> np.ndarray:
         """(I,) float32: what the prior counts, as serving's schema.prior_counts picks it."""

@@ -188,15 +188,6 @@ def prior_counts(tables: dict[str, np.ndarray], meta: RetrieveMeta) -> np.ndarra
     return tables[ITEM_POPULARITY]
 
 
-def version_clock(tables: dict[str, np.ndarray]) -> float:
-    """The newest history event time a version knows (its users' user_last_at), -inf for none:
-    the clock history ages are measured on until the live history knows a later one."""
-    last_at = tables.get(USER_LAST_AT)
-    if last_at is None or not np.isfinite(last_at).any():
-        return -np.inf
-    return float(np.max(last_at[np.isfinite(last_at)]))
-
-
 def check_tables(tables: dict[str, np.ndarray], *, where: str) -> None:
     """Raise SchemaError naming the first table that is missing, of the wrong dtype, or whose
     rows disagree with its ids (users, items). ``where`` names the version in the message."""

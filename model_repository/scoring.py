@@ -109,6 +109,17 @@ def session_weights(ages_s: np.ndarray, *, weight: float, session_weight: float,
     return np.where(ages_s < session_s, session_weight, weight).astype(np.float32)
 
 
+def history_clock(last_at: np.ndarray | None) -> float:
+    """The newest of the users' newest history event times (``last_at``, -inf for none), -inf
+    when there is none: the clock a version's history ages are measured on until the live
+    history knows a later event."""
+    if last_at is None:
+        return -np.inf
+    known = np.asarray(last_at, np.float64)
+    known = known[np.isfinite(known)]
+    return float(known.max()) if known.size else -np.inf
+
+
 def history_ages(last_at: np.ndarray, clock: float | np.ndarray) -> np.ndarray:
     """(B,) float64 seconds from each user's newest history event (``last_at``, Unix seconds,
     -inf or NaN for none) to ``clock`` (the newest event time known; one, or one per user),

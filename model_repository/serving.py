@@ -41,6 +41,7 @@ from model_repository.pooling import recency_weights
 from model_repository.projection import TextProjection
 from model_repository.scoring import (
     history_ages,
+    history_clock,
     popularity_prior,
     queries_with_prior,
     rows_with_prior,
@@ -269,7 +270,7 @@ class Retriever:
         # all (the clock until the live history knows a later one)
         self.gated = self.meta.session_s > 0
         self.user_last_at = tables.get(schema.USER_LAST_AT)
-        self.clock = schema.version_clock(tables)
+        self.clock = history_clock(self.user_last_at)
         try:
             own_tower = tower_from_tables(tables, self.meta.tower)
         except schema.SchemaError as exc:

@@ -13,7 +13,7 @@ from exporter.train import TrainConfig, fit_closed_form, last_event_times
 from model_repository import retrieve_schema as schema
 from model_repository import versions
 from model_repository.live_history import LiveHistory, LiveHistoryReader, history_path
-from model_repository.scoring import history_ages, session_weights
+from model_repository.scoring import history_ages, history_clock, session_weights
 from model_repository.serving import Query, Retriever
 from tests.test_trend import _event
 from tests.updater.test_trainer import _numpy_tower, _tables
@@ -24,6 +24,8 @@ T0 = 1_000_000_000.0  # 2001: ages are measured on the log's clock, not the wall
 
 
 def test_a_user_in_session_gets_the_session_weight():
+    assert history_clock(np.array([T0 - 60, -np.inf, T0 - HOUR])) == T0 - 60
+    assert history_clock(np.array([-np.inf])) == history_clock(None) == -np.inf
     ages = history_ages(np.array([T0 - 60, T0 - 5 * HOUR, -np.inf, T0 + 10]), T0)
     np.testing.assert_array_equal(ages, [60.0, 5 * HOUR, np.inf, 0.0])  # never below 0
     weights = session_weights(ages, weight=3.0, session_weight=0.1, session_s=HOUR)
