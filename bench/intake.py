@@ -4,13 +4,15 @@
     python -m bench.intake --quick    # 600 events
 
 A small model is built and served as `freshrec serve` runs it (tritonserver, a real updater,
-default publish cadence). Events are sent one Feedback.Send after another, in sends of 1, 10 and
-100 events; each run ends when the updater has applied every event (Status). The updater's CPU
-is read from Linux's /proc (every thread: gRPC, the durable log, the live history, training,
-publishes). The peer, in the same run: the training alone, `SparseTrainer.apply` over the same
-events in this process on the same version's tables. A replay of a rating log asks before every
-event, so it sends one call per run of distinct users (about one event): the first row is its
-cost per event (bench.quality's update cost), the others what an app batching its events pays.
+default publish cadence). Events are sent one after another, in sends of 1, 10 and 100 events,
+as Feedback.Send calls and over one Feedback.SendEach session; each run ends when the updater
+has applied every event (Status). The updater's CPU is read from Linux's /proc (every thread:
+gRPC, the durable log, the live history, training, publishes), its engine thread's (training
+and publishes) from Status. The peer, in the same run: the training alone,
+`SparseTrainer.apply` over the same events in this process on the same version's tables. A
+replay of a rating log asks before every event, so it sends once per run of distinct users
+(about one event) over a session: that row is its cost per event (bench.quality's update cost),
+the others what an app batching its events pays.
 """
 
 from __future__ import annotations
@@ -38,15 +40,24 @@ def _events(user_ids: np.ndarray, item_ids: np.ndarray, n: int, *, tag: str, see
                  timestamp=TIMESTAMP + i) for i, (u, it) in enumerate(zip(users, items))]
 
 
-def _served_run(updater, client, events: list, batch: int) -> tuple[float, float]:
-    """(wall s, updater CPU s) from the first Send until every event is applied."""
-    cpu, started = updater.cpu_s(), time.perf_counter()
+def _engine_cpu_s(status: dict) -> float:
+    return status["training_cpu_s"] + status["publishing_cpu_s"]
+
+
+def _served_run(updater, client, events: list, batch: int, *, session: bool
+                ) -> tuple[float, float, float]:
+    """(wall s, updater CPU s, its engine thread's CPU s) from the first send until every event
+    is applied; ``session``: over one SendEach stream, else a Send call each."""
+    engine, cpu, started = _engine_cpu_s(client.status()), updater.cpu_s(), time.perf_counter()
     last = 0
-    for start in range(0, len(events), batch):
-        last = client.feedback_batch(events[start:start + batch]).last_offset
-    while client.status()["applied_offset"] < last:
+    with client.feedback_session() as stream:
+        send = stream.send if session else client.feedback_batch
+        for start in range(0, len(events), batch):
+            last = send(events[start:start + batch]).last_offset
+    while (status := client.status())["applied_offset"] < last:
         time.sleep(0.005)
-    return time.perf_counter() - started, updater.cpu_s() - cpu
+    return (time.perf_counter() - started, updater.cpu_s() - cpu,
+            _engine_cpu_s(status) - engine)
 
 
 def _training_alone(version_dir: Path, events: list) -> float:
@@ -92,28 +103,33 @@ def run(events: int) -> None:
         version = result.repository / c.RETRIEVE / "1"
         _, tables = versions.load_tables(version)
         user_ids, item_ids = np.asarray(tables[schema.USER_IDS]), np.asarray(tables[schema.ITEM_IDS])
-        runs = {batch: _events(user_ids, item_ids, events, tag=f"b{batch}", seed=batch)
-                for batch in BATCH_SIZES}
-        alone = {batch: _training_alone(version, runs[batch]) for batch in BATCH_SIZES}
+        modes = [(batch, session) for batch in BATCH_SIZES for session in (False, True)]
+        runs = {mode: _events(user_ids, item_ids, events, tag=f"b{mode[0]}{'s' * mode[1]}",
+                              seed=mode[0] * 2 + mode[1]) for mode in modes}
+        alone = {mode: _training_alone(version, runs[mode]) for mode in modes}
         with serving_stack(result.repository, models=(c.USER_TOWER, c.RETRIEVE, c.RECOMMEND),
                            log_dir=scratch, updater=True) as stack:
             client = UpdaterClient(stack.updater.url)
             try:
                 _served_run(stack.updater, client, _events(user_ids, item_ids, 200, tag="warm",
-                                                           seed=0), 10)
-                for batch in BATCH_SIZES:
-                    wall, cpu = _served_run(stack.updater, client, runs[batch], batch)
-                    rows.append([batch, events, wall / events * 1e6, cpu / events * 1e6,
-                                 alone[batch] / events * 1e6, cpu / max(alone[batch], 1e-9)])
+                                                           seed=0), 10, session=True)
+                for batch, session in modes:
+                    wall, cpu, engine = _served_run(stack.updater, client, runs[batch, session],
+                                                    batch, session=session)
+                    alone_s = alone[batch, session]
+                    rows.append([batch, "SendEach session" if session else "Send calls", events,
+                                 wall / events * 1e6, cpu / events * 1e6, engine / events * 1e6,
+                                 alone_s / events * 1e6, cpu / max(alone_s, 1e-9)])
             finally:
                 client.close()
     print(machine_header([
         f"model: {BENCH_DATA['n_users']} users x {BENCH_DATA['n_items']} items (synthetic, "
         "trained 2 epochs), served as `freshrec serve` runs it; default publish cadence",
-        f"events: {events} clicks per batch size, random users and items, one Send after another",
+        f"events: {events} clicks per batch size, random users and items, one send after another",
     ]))
-    print_table(["events per Send", "events", "wall us/event", "updater CPU us/event",
-                 "training alone CPU us/event", "updater / training"], rows)
+    print_table(["events per send", "sent as", "events", "wall us/event", "updater CPU us/event",
+                 "of it engine (training, publishes)", "training alone CPU us/event",
+                 "updater / training"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:

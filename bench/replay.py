@@ -7,13 +7,13 @@ hit if the event's item is in it. Then learning, in one of two ways:
 - windowed (a plain `Recommender`): a window's questions are asked together, then the whole
   window goes to `learn`; the same as asking one by one, because nothing learns inside a window.
 - streamed (a `StreamingRecommender`, e.g. freshrec online): each event is also handed to `send`
-  right after its question, before its user's next one (freshrec: Feedback.Send, which updates
-  the user's live history before it replies), and `learn` still closes each window (freshrec:
-  Admin.Publish of the row updates). Events go in time order, in runs in which no user appears
-  twice (`distinct_user_runs`): a run's questions are asked together, then the run is sent. That
-  is the same as ask, send, ask, send, ... one event at a time, since between two `learn`s an
-  answer depends only on its own user's events, and every earlier event of that user was sent in
-  an earlier run.
+  right after its question, before its user's next one (freshrec: a Feedback.SendEach session,
+  whose reply to each send comes once the user's live history holds it), and `learn` still closes
+  each window (freshrec: Admin.Publish of the row updates). Events go in time order, in runs in
+  which no user appears twice (`distinct_user_runs`): a run's questions are asked together, then
+  the run is sent. That is the same as ask, send, ask, send, ... one event at a time, since
+  between two `learn`s an answer depends only on its own user's events, and every earlier event of
+  that user was sent in an earlier run.
 
 Metrics, averaged over scored events (an event whose item the user had already seen cannot be
 recommended and is not scored): recall@k = share of events whose item is in the top k (one
@@ -84,7 +84,10 @@ class ReplayResult:
     learn_s: float
     send_s: float = 0.0
     runs: int = 0  # how many times the replay asked (a window, or a run of distinct users)
-    learn_cpu_s: float = 0.0  # CPU seconds the learner used, where the caller measured it
+    # CPU seconds, where the caller measured them: the learner's process, and of it the learning
+    # (freshrec: the updater's engine thread, row training and publishes; the rest is its intake)
+    cpu_s: float = 0.0
+    learn_cpu_s: float = 0.0
     ranks: list[int] = field(default_factory=list, repr=False)  # -1: not in the top K
 
 
@@ -289,7 +292,8 @@ class AppHistoryRecommender(ServedRecommender):
 
 class OnlineRecommender(ServedRecommender):
     """freshrec online: each event is sent through the updater sidecar right after its question
-    (Feedback.Send replies once the event is durable and in the user's live history), each
+    (over one Feedback.SendEach session, whose reply per send comes once the events are durable
+    and in their users' live histories), each
     with its own timestamp; `learn` closes a window with Admin.Publish, which returns once Triton
     serves a version holding the row updates. Start the updater with NO_AUTO_PUBLISH_ARGS so
     that is the only publish. `feedback_kind` "click" treats every event as a positive
@@ -303,6 +307,7 @@ class OnlineRecommender(ServedRecommender):
 
         super().__init__(triton_url, concurrency=concurrency)
         self.updater = UpdaterClient(updater_url)
+        self.session = None  # the SendEach stream, opened by the first send
         self.feedback_kind = feedback_kind
         self.shown_skips = shown_skips
         self.shown: dict[int, np.ndarray] = {}  # each asked user's answer, until its event is sent
@@ -332,8 +337,10 @@ class OnlineRecommender(ServedRecommender):
                                              value=0.0, timestamp=float(timestamp)))
             batch.append(self._event(user_id=user, item_id=item, kind=self.feedback_kind,
                                      value=value, timestamp=float(timestamp)))
+        if self.session is None:
+            self.session = self.updater.feedback_session()
         for start in range(0, len(batch), FEEDBACK_CHUNK):
-            reply = self.updater.feedback_batch(batch[start:start + FEEDBACK_CHUNK])
+            reply = self.session.send(batch[start:start + FEEDBACK_CHUNK])
             if reply.rejected:
                 raise RuntimeError(f"the updater rejected replayed events: {reply.rejected[:3]}")
 
@@ -343,4 +350,6 @@ class OnlineRecommender(ServedRecommender):
 
     def close(self) -> None:
         super().close()
+        if self.session is not None:
+            self.session.close()
         self.updater.close()

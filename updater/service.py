@@ -1,9 +1,11 @@
-"""The updater's gRPC face: Feedback.Send / SendStream (durable intake) and Admin.
+"""The updater's gRPC face: Feedback.Send / SendStream / SendEach (durable intake) and Admin.
 
 Intake validates each event (INVALID_ARGUMENT naming the field), appends the valid ones to the
 durable log in one transaction, and only then replies. A call whose every event is bad fails as
 a whole with INVALID_ARGUMENT; otherwise the reply lists the rejected events and the rest are
-taken. Admin calls run on the engine thread and wait for it.
+taken. A SendEach session replies to each request so (its rejected events listed, the stream
+going on); each open session holds a worker thread, so at most ``max_sessions`` are open. Admin
+calls run on the engine thread and wait for it.
 """
 
 from __future__ import annotations
@@ -43,12 +45,15 @@ def _optional(message, name):
 
 
 class FeedbackService(pb_grpc.FeedbackServicer):
-    def __init__(self, feedback_log: FeedbackLog, engine: Engine):
+    def __init__(self, feedback_log: FeedbackLog, engine: Engine, *, max_sessions: int = 4):
+        """``max_sessions``: SendEach streams open at once (each holds a gRPC worker thread)."""
         self.log = feedback_log
         self.engine = engine
         # the log's order is the live history's order: two Sends must not interleave between
         # their log append and their history append
         self._intake = threading.Lock()
+        self._sessions = threading.BoundedSemaphore(max_sessions)
+        self.max_sessions = max_sessions
 
     def _take(self, events, first_index: int, reply: pb.SendReply) -> None:
         valid = []
@@ -66,7 +71,7 @@ class FeedbackService(pb_grpc.FeedbackServicer):
         reply.duplicate_event_ids.extend(duplicates)
         if stored:
             reply.last_offset = stored[-1].offset
-        self.engine.notify(len(stored))
+        self.engine.notify(len(stored), stored[-1].offset if stored else 0)
 
     def _finish(self, reply: pb.SendReply, total: int, context) -> pb.SendReply:
         if total == 0:
@@ -77,10 +82,13 @@ class FeedbackService(pb_grpc.FeedbackServicer):
                           f"every event rejected; event {first.index}: {first.field}: {first.reason}")
         return reply
 
-    def Send(self, request, context):  # noqa: N802 - gRPC method name
+    def _check_size(self, request, context) -> None:
         if len(request.events) > MAX_EVENTS_PER_CALL:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"events: more than {MAX_EVENTS_PER_CALL} in one call")
+
+    def Send(self, request, context):  # noqa: N802 - gRPC method name
+        self._check_size(request, context)
         reply = pb.SendReply()
         self._take(request.events, 0, reply)
         return self._finish(reply, len(request.events), context)
@@ -91,6 +99,21 @@ class FeedbackService(pb_grpc.FeedbackServicer):
             self._take(request.events, total, reply)  # each batch durable on arrival
             total += len(request.events)
         return self._finish(reply, total, context)
+
+    def SendEach(self, request_iterator, context):  # noqa: N802
+        if not self._sessions.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{self.max_sessions} SendEach sessions are open already; use Send")
+        try:
+            for request in request_iterator:
+                self._check_size(request, context)
+                if not request.events:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "events: no events sent")
+                reply = pb.SendReply()
+                self._take(request.events, 0, reply)
+                yield reply
+        finally:
+            self._sessions.release()
 
 
 class AdminService(pb_grpc.AdminServicer):
@@ -114,7 +137,8 @@ class AdminService(pb_grpc.AdminServicer):
             last_published_offset=snap["last_published_offset"],
             log_offset=snap["log_offset"], applied_offset=snap["applied_offset"],
             queue_depth=snap["queue_depth"], events_per_s=snap["events_per_s"],
-            kept_versions=snap["kept_versions"], users=snap["users"], items=snap["items"])
+            kept_versions=snap["kept_versions"], users=snap["users"], items=snap["items"],
+            training_cpu_s=snap["training_cpu_s"], publishing_cpu_s=snap["publishing_cpu_s"])
         loaded = self.triton.serving_versions(SERVING_MODELS)
         reply.loaded_versions.update(loaded)
         reply.serving_versions.update(loaded)
@@ -233,7 +257,8 @@ def grpc_server(address: str, feedback_log: FeedbackLog, engine: Engine, triton:
     ``state_dir``: where the supervisor's state file is read from (updater.supervision)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="intake"),
                          options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
-    pb_grpc.add_FeedbackServicer_to_server(FeedbackService(feedback_log, engine), server)
+    pb_grpc.add_FeedbackServicer_to_server(
+        FeedbackService(feedback_log, engine, max_sessions=max(1, workers // 2)), server)
     pb_grpc.add_AdminServicer_to_server(AdminService(engine, triton, state_dir=state_dir), server)
     port = server.add_insecure_port(address)
     if port == 0:

@@ -179,12 +179,15 @@ def test_recent_items_keep_the_last_n_most_recent_last():
 
 
 class RecordingUpdater:
-    """Stands in for UpdaterClient: records feedback batches and publishes."""
+    """Stands in for UpdaterClient and its FeedbackSession: records sends and publishes."""
 
     def __init__(self):
         self.batches, self.publishes = [], 0
 
-    def feedback_batch(self, events):
+    def feedback_session(self):
+        return self
+
+    def send(self, events):
         self.batches.append(list(events))
         return type("Reply", (), {"rejected": []})()
 
@@ -209,7 +212,7 @@ def test_online_sends_each_event_with_its_own_timestamp_and_publishes_per_window
         (1, 3, 10.0), (1, 4, 11.0), (2, 2, 12.0), (1, 3, 13.0), (3, 5, 14.0)]
     assert [e["event_id"] for e in sent] == [f"replay-{n}" for n in range(5)]
     assert {e["kind"] for e in sent} == {"click"}
-    # runs of distinct users, one Feedback.Send each; one publish per window
+    # runs of distinct users, one send each; one publish per window
     assert [len(b) for b in online.updater.batches] == [1, 2, 2]
     assert online.updater.publishes == online.publishes == 2
 

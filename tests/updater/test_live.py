@@ -102,6 +102,63 @@ def test_the_recommend_client_sends_feedback_to_the_updater(repository, stack, s
     assert user_id in tables["user_ids"].tolist()  # the new user got a row from that click
 
 
+def test_single_event_sends_are_trained_on_the_engine_tick_and_its_cpu_is_counted(
+        repository, start_updater):
+    """The intake does not wake the engine per Send while it has work: events still reach the
+    trainer on its next tick with no publish asked, and Status splits out its CPU."""
+    updater = start_updater(args=("--publish-every-s", "1e9", "--publish-every-events", "1000000"))
+    item_ids = _serving_tables(repository)[1]["item_ids"][:5].tolist()
+    with UpdaterClient(updater.url) as up:
+        before = up.status()
+        for n in range(40):
+            last = up.feedback_batch(_clicks(_new_id(), [item_ids[n % 5]])).last_offset
+        applied = wait_until(lambda: (s := up.status())["applied_offset"] >= last and s,
+                             timeout_s=WAIT_S, interval_s=0.02, what="the events to be trained")
+        assert applied["last_published_offset"] < last  # trained, not published
+        assert applied["training_cpu_s"] > before["training_cpu_s"]
+        assert applied["publishing_cpu_s"] == before["publishing_cpu_s"]
+        assert up.publish()["feedback_offset"] >= last
+        assert up.status()["publishing_cpu_s"] > applied["publishing_cpu_s"]
+
+
+def test_a_session_replies_per_send_and_goes_on_past_rejected_events(repository, start_updater):
+    updater = start_updater()
+    user_id = _new_id()
+    items = [int(i) for i in _serving_tables(repository)[1]["item_ids"][:3]]
+    with UpdaterClient(updater.url) as up:
+        with up.feedback_session() as session:
+            first = session.send(_clicks(user_id, items[:2], prefix=f"s{user_id}"))
+            bad = session.send([dict(event_id="x", user_id=user_id, item_id=1, kind="like"),
+                                dict(event_id=f"t{user_id}", user_id=user_id, item_id=items[2],
+                                     kind="click")])
+            only_bad = session.send([dict(event_id="y", item_id=1, kind="click")])
+            again = session.send(_clicks(user_id, items[:2], prefix=f"s{user_id}"))
+        assert first.accepted == 2 and first.last_offset > 0
+        assert bad.accepted == 1 and bad.last_offset > first.last_offset
+        assert bad.rejected == [dict(index=0, event_id="x", field="kind", reason=bad.rejected[0][
+            "reason"])]
+        assert only_bad.accepted == 0 and only_bad.rejected[0]["field"] == "user_id"
+        assert again.accepted == 0 and len(again.duplicate_event_ids) == 2
+        with up.feedback_session() as session, pytest.raises(grpc.RpcError) as empty:
+            session.send([])
+        assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "events: no events sent" in empty.value.details()
+        # each open session holds one of the updater's gRPC workers: at most half of them
+        sessions = [up.feedback_session() for _ in range(4)]
+        try:
+            for session in sessions:
+                assert session.send(_clicks(user_id, items[:1])).accepted == 1
+            with up.feedback_session() as extra, pytest.raises(grpc.RpcError) as full:
+                extra.send(_clicks(user_id, items[:1]))
+            assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert up.feedback_batch(_clicks(user_id, items[:1])).accepted == 1  # Send still works
+        finally:
+            for session in sessions:
+                session.close()
+        with up.feedback_session() as session:  # a closed session frees its worker
+            assert session.send(_clicks(user_id, items[:1])).accepted == 1
+
+
 def test_resent_events_count_once_and_bad_events_name_their_field(repository, start_updater):
     updater = start_updater()
     user_id = _new_id()

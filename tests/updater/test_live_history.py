@@ -1,5 +1,6 @@
-"""Read-your-writes of the live history against real processes: once Feedback.Send has replied,
-the user's next recommend is built from the event, with no version published in between."""
+"""Read-your-writes of the live history against real processes: once Feedback.Send (or a
+SendEach session's send) has replied, the user's next recommend is built from the event, with no
+version published in between."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ pytestmark = pytest.mark.integration
 NO_PUBLISH = ("--publish-every-s", "100000", "--publish-every-events", "1000000")
 
 
-def test_each_reply_is_visible_to_the_next_request_under_load_without_a_publish(stack,
+@pytest.mark.parametrize("via", ["Send", "SendEach"])
+def test_each_reply_is_visible_to_the_next_request_under_load_without_a_publish(via, stack,
                                                                                start_updater):
     updater = start_updater(args=NO_PUBLISH)
     model_dir = stack.repository / c.RETRIEVE
@@ -40,13 +42,16 @@ def test_each_reply_is_visible_to_the_next_request_under_load_without_a_publish(
         t.start()
     rng = np.random.default_rng(1)
     try:
-        with Client(stack.grpc_url) as client, UpdaterClient(updater.url) as up:
+        with Client(stack.grpc_url) as client, UpdaterClient(updater.url) as up, \
+                up.feedback_session() as session:
+            send = (lambda user, item: up.feedback(user, item, "click")) if via == "Send" else (
+                lambda user, item: session.send([dict(user_id=user, item_id=item, kind="click")]))
             version = client.recommend(int(users[0]), k=1).version
             for n in range(30):
                 user = 50_000_000 + uuid.uuid4().int % 1_000_000  # new: no row, no stored history
                 clicked = [int(i) for i in rng.choice(items, size=1 + n % 3, replace=False)]
                 for item in clicked:
-                    up.feedback(user, item, "click")
+                    assert send(user, item).accepted == 1
                     seen = client.recommend(user, k=len(items), exclude_seen=True)
                     # built from exactly the live history so far: its items are the ones excluded
                     assert set(seen.item_ids).isdisjoint(clicked[:clicked.index(item) + 1])

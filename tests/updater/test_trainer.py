@@ -8,7 +8,7 @@ from exporter.sequence_tower import SequenceTower
 from exporter.train import UserTower, numpy_tower, tower_query
 from updater.events import validate
 from updater.settings import TrainerConfig
-from updater.trainer import SparseTrainer
+from updater.trainer import SparseTrainer, draw_negatives
 
 DIM, USERS, ITEMS, HISTORY = 8, 6, 40, 5
 NOW = 1_790_000_000.0
@@ -108,7 +108,9 @@ def test_each_step_is_clipped_per_row():
     for name in ("user_rows", "item_rows"):
         moved = np.linalg.norm(trainer.tables()[name] - before[name], axis=1)
         assert moved.max() > 0
-        assert moved.max() <= max_step * (1 + 1e-5), name
+        # float32 rows: the distance moved is rounded at the rows' own scale (~1e-7 per entry)
+        ulp = np.abs(before[name]).max() * np.finfo(np.float32).eps * np.sqrt(DIM)
+        assert moved.max() <= max_step * (1 + 1e-5) + ulp, name
 
 
 def test_new_users_and_items_get_rows_and_tables_grow():
@@ -199,9 +201,8 @@ def _autograd_step(trainer, tower, event, user_row, item_row, weight):
     """The step with torch autograd, as the trainer did before its gradients were written out:
     the query through the torch tower from the user row and the stored history, whose item rows
     are held constant (they move only as scored items)."""
-    rng = np.random.default_rng([trainer.config.seed, event.offset])
-    negatives = rng.integers(0, trainer.n_items - 1, size=trainer.config.negatives)
-    negatives = np.unique(negatives + (negatives >= item_row))
+    negatives = draw_negatives(trainer.config.seed, event.offset, trainer.config.negatives,
+                               trainer.n_items, item_row)
     user = torch.from_numpy(trainer.t["user_rows"].data[user_row].copy()).requires_grad_(True)
     history = torch.from_numpy(trainer.t["user_history"].data[user_row][None].copy())
     constant_items = torch.from_numpy(trainer.t["item_rows"].data[: trainer.n_items].copy())

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66reshrec_updater.proto\x12\x13\x66reshrec.updater.v1\"\xa0\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x14\n\x07user_id\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x14\n\x07item_id\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\r\n\x05value\x18\x05 \x01(\x01\x12\x16\n\ttimestamp\x18\x06 \x01(\x01H\x02\x88\x01\x01\x42\n\n\x08_user_idB\n\n\x08_item_idB\x0c\n\n_timestamp\"9\n\x0bSendRequest\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.freshrec.updater.v1.Event\"J\n\x08Rejected\x12\r\n\x05index\x18\x01 \x01(\r\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x80\x01\n\tSendReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x1b\n\x13\x64uplicate_event_ids\x18\x02 \x03(\t\x12/\n\x08rejected\x18\x03 \x03(\x0b\x32\x1d.freshrec.updater.v1.Rejected\x12\x13\n\x0blast_offset\x18\x04 \x01(\x03\"\x0f\n\rStatusRequest\"B\n\rFailedVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08moved_to\x18\x03 \x01(\t\"\xc1\x01\n\rPublishRecord\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x17\n\x0f\x66\x65\x65\x64\x62\x61\x63k_offset\x18\x02 \x01(\x03\x12\x12\n\nstarted_at\x18\x03 \x01(\x01\x12\x0f\n\x07write_s\x18\x04 \x01(\x01\x12\x10\n\x08rename_s\x18\x05 \x01(\x01\x12\x10\n\x08verify_s\x18\x06 \x01(\x01\x12\x0e\n\x06load_s\x18\x07 \x01(\x01\x12\x0f\n\x07probe_s\x18\x08 \x01(\x01\x12\x0c\n\x04kind\x18\t \x01(\t\x12\x0e\n\x06swap_s\x18\n \x01(\x01\"\xf6\x04\n\x0bStatusReply\x12O\n\x10serving_versions\x18\x01 \x03(\x0b\x32\x35.freshrec.updater.v1.StatusReply.ServingVersionsEntry\x12\x19\n\x11published_version\x18\x02 \x01(\x03\x12\x1d\n\x15last_published_offset\x18\x03 \x01(\x03\x12\x12\n\nlog_offset\x18\x04 \x01(\x03\x12\x16\n\x0e\x61pplied_offset\x18\x05 \x01(\x03\x12\x13\n\x0bqueue_depth\x18\x06 \x01(\x03\x12\x14\n\x0c\x65vents_per_s\x18\x07 \x01(\x01\x12\x15\n\rkept_versions\x18\x08 \x03(\x03\x12;\n\x0f\x66\x61iled_versions\x18\t \x03(\x0b\x32\".freshrec.updater.v1.FailedVersion\x12\r\n\x05users\x18\n \x01(\x03\x12\r\n\x05items\x18\x0b \x01(\x03\x12<\n\x10recent_publishes\x18\x0c \x03(\x0b\x32\".freshrec.updater.v1.PublishRecord\x12M\n\x0floaded_versions\x18\r \x03(\x0b\x32\x34.freshrec.updater.v1.StatusReply.LoadedVersionsEntry\x12\x17\n\x0ftriton_restarts\x18\x0e \x01(\x03\x1a\x36\n\x14ServingVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x35\n\x13LoadedVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x10\n\x0ePublishRequest\"\\\n\x0cPublishReply\x12\x11\n\tpublished\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x17\n\x0f\x66\x65\x65\x64\x62\x61\x63k_offset\x18\x03 \x01(\x03\x12\x0f\n\x07message\x18\x04 \x01(\t\"9\n\x0fRollbackRequest\x12\x17\n\nto_version\x18\x01 \x01(\x03H\x00\x88\x01\x01\x42\r\n\x0b_to_version\"5\n\x11\x46orgetUserRequest\x12\x14\n\x07user_id\x18\x01 \x01(\x03H\x00\x88\x01\x01\x42\n\n\x08_user_id\"T\n\x0f\x46orgetUserReply\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x16\n\x0e\x64\x65leted_events\x18\x02 \x01(\x03\x12\x18\n\x10removed_versions\x18\x03 \x03(\x03\"L\n\x07NewItem\x12\x14\n\x07item_id\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\r\n\x05title\x18\x02 \x01(\x0c\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\tB\n\n\x08_item_id\">\n\x0f\x41\x64\x64ItemsRequest\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.freshrec.updater.v1.NewItem\"W\n\rAddItemsReply\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x10\n\x08item_ids\x18\x02 \x03(\x03\x12\x10\n\x08\x65ncode_s\x18\x03 \x01(\x01\x12\x11\n\tpublish_s\x18\x04 \x01(\x01\x32\xa6\x01\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12H\n\x04Send\x12 .freshrec.updater.v1.SendRequest\x1a\x1e.freshrec.updater.v1.SendReply\x12P\n\nSendStream\x12 .freshrec.updater.v1.SendRequest\x1a\x1e.freshrec.updater.v1.SendReply(\x01\x32\xb1\x03\n\x05\x41\x64min\x12N\n\x06Status\x12\".freshrec.updater.v1.StatusRequest\x1a .freshrec.updater.v1.StatusReply\x12Q\n\x07Publish\x12#.freshrec.updater.v1.PublishRequest\x1a!.freshrec.updater.v1.PublishReply\x12S\n\x08Rollback\x12$.freshrec.updater.v1.RollbackRequest\x1a!.freshrec.updater.v1.PublishReply\x12Z\n\nForgetUser\x12&.freshrec.updater.v1.ForgetUserRequest\x1a$.freshrec.updater.v1.ForgetUserReply\x12T\n\x08\x41\x64\x64Items\x12$.freshrec.updater.v1.AddItemsRequest\x1a\".freshrec.updater.v1.AddItemsReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66reshrec_updater.proto\x12\x13\x66reshrec.updater.v1\"\xa0\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x14\n\x07user_id\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x14\n\x07item_id\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\r\n\x05value\x18\x05 \x01(\x01\x12\x16\n\ttimestamp\x18\x06 \x01(\x01H\x02\x88\x01\x01\x42\n\n\x08_user_idB\n\n\x08_item_idB\x0c\n\n_timestamp\"9\n\x0bSendRequest\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.freshrec.updater.v1.Event\"J\n\x08Rejected\x12\r\n\x05index\x18\x01 \x01(\r\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x80\x01\n\tSendReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x1b\n\x13\x64uplicate_event_ids\x18\x02 \x03(\t\x12/\n\x08rejected\x18\x03 \x03(\x0b\x32\x1d.freshrec.updater.v1.Rejected\x12\x13\n\x0blast_offset\x18\x04 \x01(\x03\"\x0f\n\rStatusRequest\"B\n\rFailedVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08moved_to\x18\x03 \x01(\t\"\xc1\x01\n\rPublishRecord\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x17\n\x0f\x66\x65\x65\x64\x62\x61\x63k_offset\x18\x02 \x01(\x03\x12\x12\n\nstarted_at\x18\x03 \x01(\x01\x12\x0f\n\x07write_s\x18\x04 \x01(\x01\x12\x10\n\x08rename_s\x18\x05 \x01(\x01\x12\x10\n\x08verify_s\x18\x06 \x01(\x01\x12\x0e\n\x06load_s\x18\x07 \x01(\x01\x12\x0f\n\x07probe_s\x18\x08 \x01(\x01\x12\x0c\n\x04kind\x18\t \x01(\t\x12\x0e\n\x06swap_s\x18\n \x01(\x01\"\xa8\x05\n\x0bStatusReply\x12O\n\x10serving_versions\x18\x01 \x03(\x0b\x32\x35.freshrec.updater.v1.StatusReply.ServingVersionsEntry\x12\x19\n\x11published_version\x18\x02 \x01(\x03\x12\x1d\n\x15last_published_offset\x18\x03 \x01(\x03\x12\x12\n\nlog_offset\x18\x04 \x01(\x03\x12\x16\n\x0e\x61pplied_offset\x18\x05 \x01(\x03\x12\x13\n\x0bqueue_depth\x18\x06 \x01(\x03\x12\x14\n\x0c\x65vents_per_s\x18\x07 \x01(\x01\x12\x15\n\rkept_versions\x18\x08 \x03(\x03\x12;\n\x0f\x66\x61iled_versions\x18\t \x03(\x0b\x32\".freshrec.updater.v1.FailedVersion\x12\r\n\x05users\x18\n \x01(\x03\x12\r\n\x05items\x18\x0b \x01(\x03\x12<\n\x10recent_publishes\x18\x0c \x03(\x0b\x32\".freshrec.updater.v1.PublishRecord\x12M\n\x0floaded_versions\x18\r \x03(\x0b\x32\x34.freshrec.updater.v1.StatusReply.LoadedVersionsEntry\x12\x17\n\x0ftriton_restarts\x18\x0e \x01(\x03\x12\x16\n\x0etraining_cpu_s\x18\x0f \x01(\x01\x12\x18\n\x10publishing_cpu_s\x18\x10 \x01(\x01\x1a\x36\n\x14ServingVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x35\n\x13LoadedVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x10\n\x0ePublishRequest\"\\\n\x0cPublishReply\x12\x11\n\tpublished\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x17\n\x0f\x66\x65\x65\x64\x62\x61\x63k_offset\x18\x03 \x01(\x03\x12\x0f\n\x07message\x18\x04 \x01(\t\"9\n\x0fRollbackRequest\x12\x17\n\nto_version\x18\x01 \x01(\x03H\x00\x88\x01\x01\x42\r\n\x0b_to_version\"5\n\x11\x46orgetUserRequest\x12\x14\n\x07user_id\x18\x01 \x01(\x03H\x00\x88\x01\x01\x42\n\n\x08_user_id\"T\n\x0f\x46orgetUserReply\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x16\n\x0e\x64\x65leted_events\x18\x02 \x01(\x03\x12\x18\n\x10removed_versions\x18\x03 \x03(\x03\"L\n\x07NewItem\x12\x14\n\x07item_id\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\r\n\x05title\x18\x02 \x01(\x0c\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\tB\n\n\x08_item_id\">\n\x0f\x41\x64\x64ItemsRequest\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.freshrec.updater.v1.NewItem\"W\n\rAddItemsReply\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x10\n\x08item_ids\x18\x02 \x03(\x03\x12\x10\n\x08\x65ncode_s\x18\x03 \x01(\x01\x12\x11\n\tpublish_s\x18\x04 \x01(\x01\x32\xf8\x01\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12H\n\x04Send\x12 .freshrec.updater.v1.SendRequest\x1a\x1e.freshrec.updater.v1.SendReply\x12P\n\nSendStream\x12 .freshrec.updater.v1.SendRequest\x1a\x1e.freshrec.updater.v1.SendReply(\x01\x12P\n\x08SendEach\x12 .freshrec.updater.v1.SendRequest\x1a\x1e.freshrec.updater.v1.SendReply(\x01\x30\x01\x32\xb1\x03\n\x05\x41\x64min\x12N\n\x06Status\x12\".freshrec.updater.v1.StatusRequest\x1a .freshrec.updater.v1.StatusReply\x12Q\n\x07Publish\x12#.freshrec.updater.v1.PublishRequest\x1a!.freshrec.updater.v1.PublishReply\x12S\n\x08Rollback\x12$.freshrec.updater.v1.RollbackRequest\x1a!.freshrec.updater.v1.PublishReply\x12Z\n\nForgetUser\x12&.freshrec.updater.v1.ForgetUserRequest\x1a$.freshrec.updater.v1.ForgetUserReply\x12T\n\x08\x41\x64\x64Items\x12$.freshrec.updater.v1.AddItemsRequest\x1a\".freshrec.updater.v1.AddItemsReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,29 +50,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUBLISHRECORD']._serialized_start=562
   _globals['_PUBLISHRECORD']._serialized_end=755
   _globals['_STATUSREPLY']._serialized_start=758
-  _globals['_STATUSREPLY']._serialized_end=1388
-  _globals['_STATUSREPLY_SERVINGVERSIONSENTRY']._serialized_start=1279
-  _globals['_STATUSREPLY_SERVINGVERSIONSENTRY']._serialized_end=1333
-  _globals['_STATUSREPLY_LOADEDVERSIONSENTRY']._serialized_start=1335
-  _globals['_STATUSREPLY_LOADEDVERSIONSENTRY']._serialized_end=1388
-  _globals['_PUBLISHREQUEST']._serialized_start=1390
-  _globals['_PUBLISHREQUEST']._serialized_end=1406
-  _globals['_PUBLISHREPLY']._serialized_start=1408
-  _globals['_PUBLISHREPLY']._serialized_end=1500
-  _globals['_ROLLBACKREQUEST']._serialized_start=1502
-  _globals['_ROLLBACKREQUEST']._serialized_end=1559
-  _globals['_FORGETUSERREQUEST']._serialized_start=1561
-  _globals['_FORGETUSERREQUEST']._serialized_end=1614
-  _globals['_FORGETUSERREPLY']._serialized_start=1616
-  _globals['_FORGETUSERREPLY']._serialized_end=1700
-  _globals['_NEWITEM']._serialized_start=1702
-  _globals['_NEWITEM']._serialized_end=1778
-  _globals['_ADDITEMSREQUEST']._serialized_start=1780
-  _globals['_ADDITEMSREQUEST']._serialized_end=1842
-  _globals['_ADDITEMSREPLY']._serialized_start=1844
-  _globals['_ADDITEMSREPLY']._serialized_end=1931
-  _globals['_FEEDBACK']._serialized_start=1934
-  _globals['_FEEDBACK']._serialized_end=2100
-  _globals['_ADMIN']._serialized_start=2103
-  _globals['_ADMIN']._serialized_end=2536
+  _globals['_STATUSREPLY']._serialized_end=1438
+  _globals['_STATUSREPLY_SERVINGVERSIONSENTRY']._serialized_start=1329
+  _globals['_STATUSREPLY_SERVINGVERSIONSENTRY']._serialized_end=1383
+  _globals['_STATUSREPLY_LOADEDVERSIONSENTRY']._serialized_start=1385
+  _globals['_STATUSREPLY_LOADEDVERSIONSENTRY']._serialized_end=1438
+  _globals['_PUBLISHREQUEST']._serialized_start=1440
+  _globals['_PUBLISHREQUEST']._serialized_end=1456
+  _globals['_PUBLISHREPLY']._serialized_start=1458
+  _globals['_PUBLISHREPLY']._serialized_end=1550
+  _globals['_ROLLBACKREQUEST']._serialized_start=1552
+  _globals['_ROLLBACKREQUEST']._serialized_end=1609
+  _globals['_FORGETUSERREQUEST']._serialized_start=1611
+  _globals['_FORGETUSERREQUEST']._serialized_end=1664
+  _globals['_FORGETUSERREPLY']._serialized_start=1666
+  _globals['_FORGETUSERREPLY']._serialized_end=1750
+  _globals['_NEWITEM']._serialized_start=1752
+  _globals['_NEWITEM']._serialized_end=1828
+  _globals['_ADDITEMSREQUEST']._serialized_start=1830
+  _globals['_ADDITEMSREQUEST']._serialized_end=1892
+  _globals['_ADDITEMSREPLY']._serialized_start=1894
+  _globals['_ADDITEMSREPLY']._serialized_end=1981
+  _globals['_FEEDBACK']._serialized_start=1984
+  _globals['_FEEDBACK']._serialized_end=2232
+  _globals['_ADMIN']._serialized_start=2235
+  _globals['_ADMIN']._serialized_end=2668
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,11 @@ class FeedbackStub:
                 request_serializer=freshrec__updater__pb2.SendRequest.SerializeToString,
                 response_deserializer=freshrec__updater__pb2.SendReply.FromString,
                 _registered_method=True)
+        self.SendEach = channel.stream_stream(
+                '/freshrec.updater.v1.Feedback/SendEach',
+                request_serializer=freshrec__updater__pb2.SendRequest.SerializeToString,
+                response_deserializer=freshrec__updater__pb2.SendReply.FromString,
+                _registered_method=True)
 
 
 class FeedbackServicer:
@@ -64,6 +69,17 @@ class FeedbackServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendEach(self, request_iterator, context):
+        """A session: one reply per request, sent once its events are durable and in their users'
+        live histories (read-your-writes per request, for a fraction of a call's cost). Rejected
+        events are listed in their request's reply (index within that request) and the stream goes
+        on; an empty or oversized request ends it with INVALID_ARGUMENT. At most half the
+        updater's gRPC workers hold sessions at once; beyond that RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeedbackServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +90,11 @@ def add_FeedbackServicer_to_server(servicer, server):
             ),
             'SendStream': grpc.stream_unary_rpc_method_handler(
                     servicer.SendStream,
+                    request_deserializer=freshrec__updater__pb2.SendRequest.FromString,
+                    response_serializer=freshrec__updater__pb2.SendReply.SerializeToString,
+            ),
+            'SendEach': grpc.stream_stream_rpc_method_handler(
+                    servicer.SendEach,
                     request_deserializer=freshrec__updater__pb2.SendRequest.FromString,
                     response_serializer=freshrec__updater__pb2.SendReply.SerializeToString,
             ),
@@ -130,6 +151,33 @@ class Feedback:
             request_iterator,
             target,
             '/freshrec.updater.v1.Feedback/SendStream',
+            freshrec__updater__pb2.SendRequest.SerializeToString,
+            freshrec__updater__pb2.SendReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendEach(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/freshrec.updater.v1.Feedback/SendEach',
             freshrec__updater__pb2.SendRequest.SerializeToString,
             freshrec__updater__pb2.SendReply.FromString,
             options,
