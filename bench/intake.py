@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def _served_run(updater, client, events: list, batch: int, *, session: bool
     is applied; ``session``: over one SendEach stream, else a Send call each."""
     engine, cpu, started = _engine_cpu_s(client.status()), updater.cpu_s(), time.perf_counter()
     last = 0
-    with client.feedback_session() as stream:
+    with client.feedback_session() if session else nullcontext() as stream:
         send = stream.send if session else client.feedback_batch
         for start in range(0, len(events), batch):
             last = send(events[start:start + batch]).last_offset
