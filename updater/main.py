@@ -90,13 +90,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="clip of one event's step per row (L2 norm)")
     parser.add_argument("--fold-in-events", type=int, default=DEFAULT_FOLD_IN_EVENTS,
                         help="items with fewer positive events fold their users' queries into "
-                             "their rows (0: off)")
+                             f"their rows (default {DEFAULT_FOLD_IN_EVENTS}: off)")
     parser.add_argument("--skip-weight", type=float, default=DEFAULT_SKIP_WEIGHT,
                         help=f"how hard a skip pushes the item away, against a click's 1 "
                              f"(default {DEFAULT_SKIP_WEIGHT:g}; 0: skips train nothing)")
     parser.add_argument("--fold-in-users", action="store_true", default=DEFAULT_FOLD_IN_USERS,
                         help="users with at most --fold-in-events history items take the scaled "
-                             "mean of their items' rows as their row (off by default)")
+                             "mean of their items' rows as their row (off by default; needs "
+                             "--fold-in-events > 0)")
 
 
 def config_from_args(args: argparse.Namespace) -> UpdaterConfig:
@@ -161,5 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_updater(config_from_args(args))
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:  # a flag out of range: one line naming it, as `freshrec updater` does
+        parser.error(str(exc))
+    run_updater(config)
     return 0

@@ -46,12 +46,18 @@ DEFAULT_LR = 0.005
 DEFAULT_NEGATIVES = 8
 DEFAULT_MAX_STEP = 0.25
 # an item with fewer positive events than this folds its users' queries into its row (a running
-# mean, SparseTrainer.fold_in): new items' rows from the users who take them, not from a few
-# tiny gradient steps away from noise; 0 turns it off. Replay recall@10 (lr 0.002): synthetic
-# (7 % of replayed events on items new after the cut) 0.179 -> 0.183, ml-100k (1 %) 0.194 -> 0.193
-DEFAULT_FOLD_IN_EVENTS = 10
-# and, when turned on, a user with at most that many history items takes the scaled mean of
-# their items' rows (SparseTrainer.fold_in_user). Off: replay recall@10 at lr 0.005 (closed-form
+# mean, SparseTrainer.fold_in) instead of only stepping; 0 turns it off, the default. Measured
+# on (with 10): replay recall@10 synthetic 0.179 -> 0.183 with it, ml-100k 0.194 -> 0.193 (the
+# base model of 2026-11-30, before the prior's half-life). With the half-life and session gate
+# (proto4/online_grid, every 4th window of 1,000 scored, one base model per log, 2026-12-01) it
+# costs recall everywhere: off / 10 -> ml-latest-small 2018 (a fifth of its items new after the
+# cut) 0.0906 / 0.0799, synthetic 0.2022 / 0.1984, MovieTweetings 0.2010 / 0.1991, ml-100k
+# 0.1858 / 0.1854. The trend prior already lifts a new item its users take; a row set to one
+# user's query pulls it towards everyone like them.
+DEFAULT_FOLD_IN_EVENTS = 0
+# and, when turned on (it needs fold_in_events > 0: the history length it applies to), a user
+# with at most that many history items takes the scaled mean of their items' rows
+# (SparseTrainer.fold_in_user). Off: replay recall@10 at lr 0.005 (closed-form
 # base) synthetic 0.189 -> 0.192 with it, but ml-100k 0.194 -> 0.147, where 85 % of replayed
 # events are new users acting in long bursts: the row from their first items outweighs the
 # recent history they move on with
@@ -106,3 +112,6 @@ class TrainerConfig:
         if self.fold_in_events < 0:
             raise ValueError(f"TrainerConfig.fold_in_events must be >= 0, "
                              f"got {self.fold_in_events!r}")
+        if self.fold_in_users and not self.fold_in_events:
+            raise ValueError("TrainerConfig.fold_in_users needs fold_in_events > 0 (the history "
+                             "length it applies to), got fold_in_events 0")

@@ -13,7 +13,8 @@ version's meta) also towards its trend count, weighted by its own timestamp
 (model_repository.scoring), and `tables()` settles the trend counts to the newest event's time,
 so each version's prior ranks by what is popular as of its last event.
 
-Young rows fold in instead of stepping (``TrainerConfig.fold_in_events`` N): an item with fewer
+Young rows may fold in instead of stepping (``TrainerConfig.fold_in_events`` N > 0; off by
+default, it cost replay recall on every log: updater/settings.py): an item with fewer
 than N positive events takes the running mean of its users' queries, scaled to the length of an
 established item row (`fold_in`), so a new item is served from who takes it after one event
 rather than after hundreds of tiny steps away from its random start. With ``fold_in_users``

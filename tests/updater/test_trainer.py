@@ -155,6 +155,12 @@ def test_trainer_config_names_the_bad_field(field, value):
         TrainerConfig(**{field: value})
 
 
+def test_user_fold_in_without_a_history_length_is_refused():
+    with pytest.raises(ValueError, match="fold_in_users needs fold_in_events > 0"):
+        TrainerConfig(fold_in_users=True)  # the default fold_in_events is 0: off
+    assert TrainerConfig(fold_in_users=True, fold_in_events=10).fold_in_users
+
+
 def test_tables_it_does_not_train_are_carried_into_every_version_unchanged():
     tables = _tables()
     projection = np.random.default_rng(3).normal(size=(12, DIM)).astype(np.float32)
