@@ -161,6 +161,17 @@ def test_user_fold_in_without_a_history_length_is_refused():
     assert TrainerConfig(fold_in_users=True, fold_in_events=10).fold_in_users
 
 
+def test_the_updater_command_names_a_bad_flag_in_one_line(capsys):
+    from updater.main import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--fold-in-users"])  # refused before anything starts
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: TrainerConfig.fold_in_users needs fold_in_events > 0" in err
+    assert "Traceback" not in err
+
+
 def test_tables_it_does_not_train_are_carried_into_every_version_unchanged():
     tables = _tables()
     projection = np.random.default_rng(3).normal(size=(12, DIM)).astype(np.float32)
