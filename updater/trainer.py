@@ -45,7 +45,7 @@ import numpy as np
 
 from model_repository import retrieve_schema as schema
 from model_repository.pooling import DEFAULT_RECENCY_DECAY, recency_weights
-from model_repository.scoring import MAX_TREND_EXPONENT, settle_trend, trend_weights
+from model_repository.scoring import MAX_TREND_EXPONENT, settle_trend, trend_weight
 from model_repository.sequence_tower import NumpySequenceTower
 from model_repository.tower import NumpyTower
 from updater.events import Event, label
@@ -62,25 +62,25 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|
 
 
-_SPLITMIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9),
-             np.uint64(0x94D049BB133111EB))
+_MASK64 = (1 << 64) - 1
+_SPLITMIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """Steele et al.'s finaliser: uint64 (N,) -> well-mixed uint64 (N,) (wraps by design)."""
-    z = x + _SPLITMIX[0]
-    z = (z ^ (z >> np.uint64(30))) * _SPLITMIX[1]
-    z = (z ^ (z >> np.uint64(27))) * _SPLITMIX[2]
-    return z ^ (z >> np.uint64(31))
+def _splitmix64(x: int) -> int:
+    """Steele et al.'s finaliser on a 64-bit unsigned int (Python ints, wrapped to 64 bits):
+    a handful of negatives per event costs less as ints than as numpy calls."""
+    z = (x + _SPLITMIX[0]) & _MASK64
+    z = ((z ^ (z >> 30)) * _SPLITMIX[1]) & _MASK64
+    z = ((z ^ (z >> 27)) * _SPLITMIX[2]) & _MASK64
+    return z ^ (z >> 31)
 
 
 def draw_negatives(seed: int, offset: int, count: int, n_items: int, item_row: int) -> np.ndarray:
     """``count`` draws of item rows in [0, n_items) other than ``item_row``, deduplicated and
     sorted: a pure function of (seed, offset), so a replay draws the same ones."""
-    key = (offset * 1024 ^ seed * 0xD1B54A32D192ED03) & 0xFFFFFFFFFFFFFFFF  # Python ints
-    draws = _splitmix64(np.uint64(key) + np.arange(count, dtype=np.uint64))
-    negatives = (draws % np.uint64(n_items - 1)).astype(np.int64)
-    return np.unique(negatives + (negatives >= item_row))  # never the event's item
+    key = (offset * 1024 ^ seed * 0xD1B54A32D192ED03) & _MASK64
+    draws = {_splitmix64((key + j) & _MASK64) % (n_items - 1) for j in range(count)}
+    return np.array(sorted(d + (d >= item_row) for d in draws), np.int64)  # never the event's item
 
 
 class _Grown:
@@ -122,6 +122,11 @@ class _PooledTowerGrad:
     def __init__(self, tower: NumpyTower, decay: float):
         self.w1, self.b1, self.w2, self.b2 = tower.w1, tower.b1, tower.w2, tower.b2
         self.dim = tower.dim
+        # the backward's matrices in float64, laid out as it reads them: multiplying the float32
+        # ones by a float64 gradient cast them anew on every event (3x the step's cost; the
+        # same products to the bit, tests/updater/test_trainer.py)
+        self._w1_user_t = np.ascontiguousarray(tower.w1[:, : self.dim].T, dtype=np.float64)
+        self._w2_t = np.ascontiguousarray(tower.w2.T, dtype=np.float64)
         self.decay = decay
         self._weights: dict[int, np.ndarray] = {}  # by history length: they depend on nothing else
 
@@ -129,19 +134,20 @@ class _PooledTowerGrad:
                 ) -> tuple[np.ndarray, np.ndarray]:
         """(query (d,), hidden pre-activation (hidden,)) for one user; ``history``: item rows,
         oldest first."""
-        pooled = np.zeros(self.dim, np.float32)
         if history.size:
             weights = self._weights.get(history.size)
             if weights is None:
                 weights = self._weights[history.size] = recency_weights(
                     np.array([0, history.size]), decay=self.decay)[:, None]
             pooled = (weights * item_rows[history]).sum(0).astype(np.float32)
+        else:
+            pooled = np.zeros(self.dim, np.float32)
         z1 = self.w1 @ np.concatenate([user, pooled]) + self.b1
         return user + pooled + self.w2 @ np.maximum(z1, 0.0) + self.b2, z1
 
     def user_grad(self, query_grad: np.ndarray, z1: np.ndarray) -> np.ndarray:
         """dL/du from dL/dquery (the pooled history is held constant)."""
-        return query_grad + self.w1[:, : self.dim].T @ ((self.w2.T @ query_grad) * (z1 > 0))
+        return query_grad + self._w1_user_t @ ((self._w2_t @ query_grad) * (z1 > 0))
 
 
 class _SequenceTowerGrad:
@@ -285,8 +291,7 @@ class SparseTrainer:
         self.trend_latest = max(self.trend_latest, timestamp)
         if (timestamp - self.trend_as_of) / self.half_life_s > MAX_TREND_EXPONENT / 2:
             self.settle_trend()
-        weight = trend_weights(np.array([timestamp]), as_of=self.trend_as_of,
-                               half_life_s=self.half_life_s)[0]
+        weight = trend_weight(timestamp, as_of=self.trend_as_of, half_life_s=self.half_life_s)
         self.t[schema.ITEM_TREND].data[item_row] += np.float32(weight)
         self.changed[schema.ITEM_TREND].add(item_row)
 
@@ -368,16 +373,29 @@ class SparseTrainer:
 
     def _adagrad_step(self, table: str, acc_table: str, rows: np.ndarray, grads: np.ndarray) -> None:
         """``rows`` distinct; ``grads`` (len(rows), d) float64."""
-        acc = self.t[acc_table].data
-        accumulated = acc[rows] + np.einsum("ij,ij->i", grads, grads) / grads.shape[1]
-        acc[rows] = accumulated
+        self._adagrad_steps(((table, acc_table, rows),), grads)
+
+    def _adagrad_steps(self, parts, grads: np.ndarray) -> None:
+        """One row-wise Adagrad step for the rows of several tables in one pass (per event: the
+        user row and the item rows; numpy's per-call cost is most of a step this small).
+        ``parts``: (table, its accumulator table, distinct rows) each; ``grads`` (total rows,
+        d) float64, the parts' rows in order. Row by row the same arithmetic as one table."""
+        accs = [self.t[acc_table].data[rows] for _, acc_table, rows in parts]
+        acc = accs[0] if len(accs) == 1 else np.concatenate(accs)
+        accumulated = acc + np.einsum("ij,ij->i", grads, grads) / grads.shape[1]
         step = grads * (self.config.lr / (np.sqrt(accumulated) + ADAGRAD_EPS))[:, None]
         norms = np.sqrt(np.einsum("ij,ij->i", step, step))
         clip = np.minimum(1.0, self.config.max_step / np.maximum(norms, 1e-12))  # per-event clip
-        self.t[table].data[rows] -= (step * clip[:, None]).astype(np.float32)
-        touched = rows.tolist()
-        self.changed[table].update(touched)
-        self.changed[acc_table].update(touched)
+        moves = (step * clip[:, None]).astype(np.float32)
+        start = 0
+        for table, acc_table, rows in parts:
+            end = start + len(rows)
+            self.t[acc_table].data[rows] = accumulated[start:end]
+            self.t[table].data[rows] -= moves[start:end]
+            touched = rows.tolist()
+            self.changed[table].update(touched)
+            self.changed[acc_table].update(touched)
+            start = end
 
     def apply(self, event: Event) -> None:
         """Train on one event and update the user's history and the item's popularity."""
@@ -426,7 +444,7 @@ class SparseTrainer:
         negatives = draw_negatives(self.config.seed, event.offset, self.config.negatives,
                                    self.n_items, item_row)
         item_rows = np.concatenate([[item_row], negatives])
-        items = self.t[schema.ITEM_ROWS].data[item_rows].copy()
+        items = self.t[schema.ITEM_ROWS].data[item_rows]  # a copy (fancy indexing)
         query, context = self.query(user_row)
         scores = items @ query
         sign = 1.0 if weight > 0 else -1.0
@@ -436,9 +454,9 @@ class SparseTrainer:
         score_grad = np.concatenate([[sign * margin_grad.sum()], -sign * margin_grad])
         item_grads = score_grad[:, None] * query[None, :]
         user_grad = self._tower.user_grad(items.T @ score_grad, context)
-        self._adagrad_step(schema.USER_ROWS, schema.USER_ADAGRAD, np.array([user_row]),
-                           user_grad[None].astype(np.float64))
-        self._adagrad_step(schema.ITEM_ROWS, schema.ITEM_ADAGRAD, item_rows, item_grads.astype(np.float64))
+        self._adagrad_steps(((schema.USER_ROWS, schema.USER_ADAGRAD, np.array([user_row])),
+                             (schema.ITEM_ROWS, schema.ITEM_ADAGRAD, item_rows)),
+                            np.concatenate([user_grad[None], item_grads]).astype(np.float64))
 
     def forget_user(self, user_id: int) -> bool:
         """Remove a user's row, history and accumulator. Returns False if the user had no row."""

@@ -259,6 +259,60 @@ def test_written_out_gradients_match_torch_autograd(kind, tower_kind, monkeypatc
     assert not np.array_equal(ours.tables()["item_rows"], _tables()["item_rows"])  # rows moved
 
 
+def _splitmix64_reference(x):
+    """The finaliser in numpy's wrapping uint64 arithmetic (what draw_negatives computed before
+    it moved to Python ints): the draws must not change, or a replay would draw other rows."""
+    c = [np.uint64(v) for v in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)]
+    z = x + c[0]
+    z = (z ^ (z >> np.uint64(30))) * c[1]
+    z = (z ^ (z >> np.uint64(27))) * c[2]
+    return z ^ (z >> np.uint64(31))
+
+
+def test_negatives_are_the_splitmix_draws_of_the_event_offset():
+    with np.errstate(over="ignore"):
+        for seed, offset, count, n_items, item_row in [(0, 1, 8, 40, 3), (7, 123456789, 8, 9125, 0),
+                                                       (2**40, 2**50, 32, 1000, 999), (1, 5, 3, 2, 1)]:
+            key = (offset * 1024 ^ seed * 0xD1B54A32D192ED03) & 0xFFFFFFFFFFFFFFFF
+            draws = _splitmix64_reference(np.uint64(key) + np.arange(count, dtype=np.uint64))
+            raw = (draws % np.uint64(n_items - 1)).astype(np.int64)
+            expected = np.unique(raw + (raw >= item_row))
+            got = draw_negatives(seed, offset, count, n_items, item_row)
+            assert got.dtype == np.int64 and np.array_equal(got, expected)
+            assert item_row not in got
+
+
+def test_one_step_over_two_tables_is_each_table_s_step_to_the_bit():
+    rng = np.random.default_rng(3)
+    fused, separate = (SparseTrainer(_tables(), _numpy_tower()) for _ in range(2))
+    user_acc, item_acc = rng.random(USERS), rng.random(ITEMS)  # accumulators not all zero
+    for trainer in (fused, separate):
+        trainer.t["user_adagrad"].data[:] = user_acc
+        trainer.t["item_adagrad"].data[:] = item_acc
+    users, items = np.array([4]), np.array([0, 7, 19, 33])
+    grads = rng.normal(0, 2.0, (1 + len(items), DIM))  # large enough for the clip to act
+    fused._adagrad_steps((("user_rows", "user_adagrad", users),
+                          ("item_rows", "item_adagrad", items)), grads)
+    separate._adagrad_step("user_rows", "user_adagrad", users, grads[:1])
+    separate._adagrad_step("item_rows", "item_adagrad", items, grads[1:])
+    for name in ("user_rows", "item_rows", "user_adagrad", "item_adagrad"):
+        assert np.array_equal(fused.tables()[name], separate.tables()[name]), name
+    assert fused.changed_rows()["item_rows"].tolist() == items.tolist()
+    assert not np.array_equal(fused.tables()["item_rows"], _tables()["item_rows"])
+
+
+def test_the_pooled_backward_is_the_float32_tower_s_product_to_the_bit():
+    # user_grad keeps float64 copies of the tower's matrices: the same numbers numpy computed
+    # when it cast the float32 ones on every event
+    tower = _numpy_tower()
+    grad = SparseTrainer(_tables(), tower)._tower
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        query_grad, z1 = rng.normal(0, 1, DIM), rng.normal(0, 1, tower.hidden).astype(np.float32)
+        expected = query_grad + tower.w1[:, :DIM].T @ ((tower.w2.T @ query_grad) * (z1 > 0))
+        assert np.array_equal(grad.user_grad(query_grad, z1), expected)
+
+
 def test_the_sequence_query_reads_the_stored_history_in_order():
     """The gradient check above holds for any history; this pins that the trainer's query is the
     served one: the version's stored history, oldest first, through the sequence tower."""
