@@ -270,6 +270,7 @@ def run_split(*, data: Path | None, seed: int, search: bool = True) -> None:
         evaluate,
         model_scorer,
         paired_ratio_interval,
+        paired_users,
         per_user_metrics,
         popularity_scorer,
     )
@@ -305,7 +306,8 @@ def run_split(*, data: Path | None, seed: int, search: bool = True) -> None:
     mine, theirs = (per_user_metrics(fn, split) for fn in (model_scorer(model), theirs_fn))
     print(f"base model vs the best peer ({best}, by recall@10): " + ", ".join(
         f"{k} x{_ratio(ours[k], results[best][k])} (95 % bootstrap over users "
-        "{:.2f}-{:.2f})".format(*paired_ratio_interval(mine[k], theirs[k], seed=seed))
+        "{:.2f}-{:.2f}; ".format(*paired_ratio_interval(mine[k], theirs[k], seed=seed))
+        + paired_users(mine[k], theirs[k]).describe() + ")"
         for k in ("recall@10", "ndcg@10")))
 
 

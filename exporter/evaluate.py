@@ -288,6 +288,35 @@ def paired_ratio_interval(ours: np.ndarray, theirs: np.ndarray, *, draws: int = 
     return float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100 - tail))
 
 
+@dataclass(frozen=True)
+class PairedUsers:
+    """Who makes a paired difference of two per-user metric arrays: how many users are ahead,
+    behind and level, and mean(ours) / mean(theirs) with each one user left out in turn (its
+    lowest and highest): on a split with few users one user can decide a ratio."""
+
+    ahead: int
+    behind: int
+    level: int
+    without_one: tuple[float, float]
+
+    def describe(self) -> str:
+        return (f"users ahead / behind / level {self.ahead} / {self.behind} / {self.level}, "
+                "any one user left out x{:.2f}-{:.2f}".format(*self.without_one))
+
+
+def paired_users(ours: np.ndarray, theirs: np.ndarray) -> PairedUsers:
+    """`PairedUsers` of two per-user metric arrays of one split (two users or more)."""
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    if ours.shape != theirs.shape or ours.ndim != 1 or len(ours) < 2:
+        raise ValueError(f"paired_users needs two arrays of one shape, over two users or more; "
+                         f"got {ours.shape} and {theirs.shape}")
+    diff = ours - theirs
+    ratios = (ours.sum() - ours) / np.maximum(theirs.sum() - theirs, 1e-12)
+    return PairedUsers(ahead=int((diff > 0).sum()), behind=int((diff < 0).sum()),
+                       level=int((diff == 0).sum()),
+                       without_one=(float(ratios.min()), float(ratios.max())))
+
+
 def popularity_scorer(item_popularity: np.ndarray) -> ScoreFn:
     """Every user gets the same scores: the items' training-window counts."""
     popularity = np.asarray(item_popularity, dtype=np.float32)

@@ -2,6 +2,7 @@
 bench.quality reports."""
 
 import numpy as np
+import pytest
 
 from exporter.data import Interactions
 from exporter.evaluate import (
@@ -10,6 +11,7 @@ from exporter.evaluate import (
     next_event_metrics,
     next_event_queries,
     paired_ratio_interval,
+    paired_users,
     per_user_metrics,
     ranking_metrics,
 )
@@ -46,6 +48,19 @@ def test_the_paired_bootstrap_brackets_the_ratio_and_narrows_with_more_users():
     wide = paired_ratio_interval(noisy[:40], theirs[:40])
     narrow = paired_ratio_interval(noisy, theirs)
     assert wide[0] < narrow[0] and narrow[1] < wide[1]
+
+
+def test_paired_users_count_who_is_ahead_and_how_far_one_user_moves_the_ratio():
+    ours = np.array([0.0, 0.2, 0.1, 0.3, 0.0])
+    theirs = np.array([0.6, 0.2, 0.1, 0.1, 0.0])  # the first user alone puts ours behind
+    paired = paired_users(ours, theirs)
+    assert (paired.ahead, paired.behind, paired.level) == (1, 1, 3)
+    low, high = paired.without_one
+    assert abs(low - 0.3 / 0.9) < 1e-12  # without the one user ahead
+    assert abs(high - 0.6 / 0.4) < 1e-12  # without the first user: ahead, x1.5
+    assert "ahead / behind / level 1 / 1 / 3" in paired.describe()
+    with pytest.raises(ValueError, match="two users"):
+        paired_users(ours[:1], theirs[:1])
 
 
 def test_each_next_event_is_asked_with_the_history_and_counts_before_it():
