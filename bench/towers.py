@@ -30,7 +30,7 @@ from exporter.build import train_model
 from exporter.data import Dataset, read_dataset, split_by_time
 from exporter.evaluate import evaluate
 from exporter.synthetic import generate_synthetic
-from exporter.train import TrainConfig
+from exporter.train import METHOD_EASE, TrainConfig
 from model_repository import retrieve_schema as schema
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,10 @@ def compare(dataset: Dataset, *, name: str, search: bool, budget_s: float,
                                     search=search, search_budget_s=budget_s, progress=False)
         seconds = time.monotonic() - started
         result = evaluate(model, train, test)
-        settings = (f"dim {model.config.dim}, epochs {model.config.epochs}, lr {model.config.lr:g}, "
-                    f"prior {model.popularity_weight:g}"
+        c = model.config
+        settings = ((f"closed form, rank {c.dim}, l2 {c.ease_l2:g}" if c.method == METHOD_EASE
+                     else f"dim {c.dim}, epochs {c.epochs}, lr {c.lr:g}")
+                    + f", prior {model.popularity_weight:g}"
                     + (f", {chosen.budget_cut} cut" if chosen and chosen.budget_cut else ""))
         for row, label in (("model", kind), ("history only", f"{kind}, history only")):
             rows.append([name, label, *(result[row][m] for m in METRICS),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from bench.towers import METRICS, compare, main
 from exporter.data import write_dataset
 from exporter.synthetic import generate_synthetic
-from exporter.train import TrainConfig
+from exporter.train import METHOD_EASE, TrainConfig
 from model_repository import retrieve_schema as schema
 
 TINY = dict(n_users=120, n_items=60, n_events=3000, seed=4, progress=False)
@@ -27,6 +28,15 @@ def test_compare_gives_each_tower_its_rows_on_the_same_users():
     for kind_row in rows[0:-1:2]:  # each tower trained as told, no prior without a search
         assert kind_row[-2] > 0 and kind_row[-1] == "dim 8, epochs 1, lr 0.005, prior 0"
     assert math.isnan(rows[-1][-2]) and rows[-1][-1] == ""
+
+
+def test_a_closed_form_tower_is_named_as_one(monkeypatch):
+    import bench.towers
+
+    monkeypatch.setattr(bench.towers.schema, "TOWER_KINDS", (schema.TOWER_POOLED,))
+    rows = compare(generate_synthetic(**TINY), name="tiny", search=False, budget_s=0.0,
+                   base=replace(TINY_CONFIG, method=METHOD_EASE, ease_l2=50.0))
+    assert rows[0][1] == schema.TOWER_POOLED and rows[0][-1] == "closed form, rank 8, l2 50, prior 0"
 
 
 def test_main_prints_a_table_per_log(tmp_path, capsys, monkeypatch):
