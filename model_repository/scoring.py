@@ -61,15 +61,6 @@ def trend_weights(timestamps: np.ndarray, *, as_of: float, half_life_s: float) -
     return np.exp2(np.clip(exponent, -MAX_TREND_EXPONENT, MAX_TREND_EXPONENT))
 
 
-def trend_weight(timestamp: float, *, as_of: float, half_life_s: float) -> float:
-    """`trend_weights` of one event time (the same float), for the updater's per-event count:
-    a fifth of the array version's cost."""
-    if not half_life_s > 0:
-        raise ValueError(f"half_life_s must be > 0, got {half_life_s!r}")
-    exponent = (float(timestamp) - float(as_of)) / float(half_life_s)
-    return float(np.exp2(min(max(exponent, -MAX_TREND_EXPONENT), MAX_TREND_EXPONENT)))
-
-
 def trend_counts(item_rows: np.ndarray, timestamps: np.ndarray, n_items: int, *,
                  as_of: float, half_life_s: float) -> np.ndarray:
     """(n_items,) float32: each item's events (``item_rows`` (N,) int, ``timestamps`` (N,)

@@ -18,7 +18,6 @@ from model_repository.scoring import (
     popularity_prior,
     settle_trend,
     trend_counts,
-    trend_weight,
     trend_weights,
 )
 from model_repository.serving import Query, Retriever
@@ -38,19 +37,6 @@ def test_an_event_counts_one_at_the_reference_time_and_half_a_half_life_before()
     assert ancient[0] == 2.0 ** -MAX_TREND_EXPONENT > 0  # clipped: never 0, never cold
     with pytest.raises(ValueError, match="half_life_s"):
         trend_weights(np.array([T0]), as_of=T0, half_life_s=0.0)
-
-
-def test_one_event_s_weight_is_the_array_version_s_to_the_bit():
-    # the updater counts event by event with trend_weight, the build in one pass with
-    # trend_weights: the same float, or replays and builds would drift apart in the last bits
-    times = T0 + np.random.default_rng(0).normal(0, 90 * DAY, 500)
-    times = np.concatenate([times, [0.0, T0, T0 + 1e9]])  # clipped both ways, and exact 1
-    for half_life in (DAY, 37.5 * DAY):
-        expected = trend_weights(times, as_of=T0, half_life_s=half_life)
-        got = np.array([trend_weight(t, as_of=T0, half_life_s=half_life) for t in times])
-        assert np.array_equal(got, expected)
-    with pytest.raises(ValueError, match="half_life_s"):
-        trend_weight(T0, as_of=T0, half_life_s=0.0)
 
 
 def test_counts_settled_later_equal_counts_made_then():

@@ -45,7 +45,7 @@ import numpy as np
 
 from model_repository import retrieve_schema as schema
 from model_repository.pooling import DEFAULT_RECENCY_DECAY, recency_weights
-from model_repository.scoring import MAX_TREND_EXPONENT, settle_trend, trend_weight
+from model_repository.scoring import MAX_TREND_EXPONENT, settle_trend, trend_weights
 from model_repository.sequence_tower import NumpySequenceTower
 from model_repository.tower import NumpyTower
 from updater.events import Event, label
@@ -123,7 +123,7 @@ class _PooledTowerGrad:
         self.w1, self.b1, self.w2, self.b2 = tower.w1, tower.b1, tower.w2, tower.b2
         self.dim = tower.dim
         # the backward's matrices in float64, laid out as it reads them: multiplying the float32
-        # ones by a float64 gradient cast them anew on every event (3x the step's cost; the
+        # ones by a float64 gradient cast them anew on every event (3x the backward's cost; the
         # same products to the bit, tests/updater/test_trainer.py)
         self._w1_user_t = np.ascontiguousarray(tower.w1[:, : self.dim].T, dtype=np.float64)
         self._w2_t = np.ascontiguousarray(tower.w2.T, dtype=np.float64)
@@ -291,7 +291,8 @@ class SparseTrainer:
         self.trend_latest = max(self.trend_latest, timestamp)
         if (timestamp - self.trend_as_of) / self.half_life_s > MAX_TREND_EXPONENT / 2:
             self.settle_trend()
-        weight = trend_weight(timestamp, as_of=self.trend_as_of, half_life_s=self.half_life_s)
+        weight = trend_weights(np.array([timestamp]), as_of=self.trend_as_of,
+                               half_life_s=self.half_life_s)[0]
         self.t[schema.ITEM_TREND].data[item_row] += np.float32(weight)
         self.changed[schema.ITEM_TREND].add(item_row)
 
@@ -456,7 +457,7 @@ class SparseTrainer:
         user_grad = self._tower.user_grad(items.T @ score_grad, context)
         self._adagrad_steps(((schema.USER_ROWS, schema.USER_ADAGRAD, np.array([user_row])),
                              (schema.ITEM_ROWS, schema.ITEM_ADAGRAD, item_rows)),
-                            np.concatenate([user_grad[None], item_grads]).astype(np.float64))
+                            np.concatenate([user_grad[None], item_grads]).astype(np.float64, copy=False))
 
     def forget_user(self, user_id: int) -> bool:
         """Remove a user's row, history and accumulator. Returns False if the user had no row."""
