@@ -61,6 +61,20 @@ def _served_run(updater, client, events: list, batch: int, *, session: bool
             _engine_cpu_s(status) - engine)
 
 
+def _redis_run(updater, redis, writer, client, events: list, batch: int
+               ) -> tuple[float, float, float, float]:
+    """(wall s, updater CPU s, redis-server CPU s, engine CPU s): the app writes each send to
+    Redis itself, until the updater has applied every event."""
+    engine, cpu, redis_cpu = _engine_cpu_s(client.status()), updater.cpu_s(), redis.cpu_s()
+    started, last = time.perf_counter(), 0
+    for start in range(0, len(events), batch):
+        last = writer.send(events[start:start + batch]).last_offset
+    while (status := client.status())["applied_offset"] < last:
+        time.sleep(0.005)
+    return (time.perf_counter() - started, updater.cpu_s() - cpu, redis.cpu_s() - redis_cpu,
+            _engine_cpu_s(status) - engine)
+
+
 def _training_alone(version_dir: Path, events: list) -> float:
     """CPU s of SparseTrainer.apply over ``events`` in this process, on the version's tables."""
     from model_repository import retrieve_schema as schema
@@ -88,9 +102,10 @@ def _training_alone(version_dir: Path, events: list) -> float:
 
 
 def run(events: int) -> None:
-    from clients import UpdaterClient
+    from clients import RedisEventWriter, UpdaterClient
     from exporter.build import build
     from exporter.train import TrainConfig
+    from freshrec.processes import RedisServer
     from freshrec.stack import serving_stack
     from model_repository import contract as c
     rows = []
@@ -104,9 +119,10 @@ def run(events: int) -> None:
         version = result.repository / c.RETRIEVE / "1"
         _, tables = versions.load_tables(version)
         user_ids, item_ids = np.asarray(tables[schema.USER_IDS]), np.asarray(tables[schema.ITEM_IDS])
-        modes = [(batch, session) for batch in BATCH_SIZES for session in (False, True)]
-        runs = {mode: _events(user_ids, item_ids, events, tag=f"b{mode[0]}{'s' * mode[1]}",
-                              seed=mode[0] * 2 + mode[1]) for mode in modes}
+        modes = [(batch, via) for batch in BATCH_SIZES for via in ("Send calls", "SendEach session",
+                                                                   "app -> Redis")]
+        runs = {mode: _events(user_ids, item_ids, events, tag=f"b{n}", seed=n)
+                for n, mode in enumerate(modes)}
         alone = {mode: _training_alone(version, runs[mode]) for mode in modes}
         with serving_stack(result.repository, models=(c.USER_TOWER, c.RETRIEVE, c.RECOMMEND),
                            log_dir=scratch, updater=True) as stack:
@@ -114,23 +130,47 @@ def run(events: int) -> None:
             try:
                 _served_run(stack.updater, client, _events(user_ids, item_ids, 200, tag="warm",
                                                            seed=0), 10, session=True)
-                for batch, session in modes:
-                    wall, cpu, engine = _served_run(stack.updater, client, runs[batch, session],
-                                                    batch, session=session)
-                    alone_s = alone[batch, session]
-                    rows.append([batch, "SendEach session" if session else "Send calls", events,
-                                 wall / events * 1e6, cpu / events * 1e6, engine / events * 1e6,
-                                 alone_s / events * 1e6, cpu / max(alone_s, 1e-9)])
+                for batch, via in modes:
+                    if via == "app -> Redis":
+                        continue
+                    wall, cpu, engine = _served_run(stack.updater, client, runs[batch, via],
+                                                    batch, session=via == "SendEach session")
+                    rows.append(_intake_row(batch, via, events, wall, cpu, 0.0, engine,
+                                            alone[batch, via]))
             finally:
                 client.close()
+            stack.stop_updaters()
+            with RedisServer(log_path=scratch / "redis.log") as redis:
+                updater = stack.start_updater(args=("--redis", redis.url))
+                client, writer = UpdaterClient(updater.url), RedisEventWriter(redis.url)
+                try:
+                    _redis_run(updater, redis, writer, client,
+                               _events(user_ids, item_ids, 200, tag="warm-redis", seed=0), 10)
+                    for batch, via in modes:
+                        if via != "app -> Redis":
+                            continue
+                        wall, cpu, redis_cpu, engine = _redis_run(updater, redis, writer, client,
+                                                                  runs[batch, via], batch)
+                        rows.append(_intake_row(batch, via, events, wall, cpu, redis_cpu, engine,
+                                                alone[batch, via]))
+                finally:
+                    writer.close()
+                    client.close()
+                    stack.stop_updaters()
+        rows.sort(key=lambda row: (row[0], [m[1] for m in modes].index(row[1])))
     print(machine_header([
         f"model: {BENCH_DATA['n_users']} users x {BENCH_DATA['n_items']} items (synthetic, "
         "trained 2 epochs), served as `freshrec serve` runs it; default publish cadence",
         f"events: {events} clicks per batch size, random users and items, one send after another",
     ]))
     print_table(["events per send", "sent as", "events", "wall us/event", "updater CPU us/event",
-                 "of it engine (training, publishes)", "training alone CPU us/event",
-                 "updater / training"], rows)
+                 "redis-server CPU us/event", "of it engine (training, publishes)",
+                 "training alone CPU us/event", "(updater + redis) / training"], rows)
+
+
+def _intake_row(batch, via, events, wall, cpu, redis_cpu, engine, alone_s) -> list:
+    return [batch, via, events, wall / events * 1e6, cpu / events * 1e6, redis_cpu / events * 1e6,
+            engine / events * 1e6, alone_s / events * 1e6, (cpu + redis_cpu) / max(alone_s, 1e-9)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@
     python -m bench.quality --window-events 50 --score-every 20
     python -m bench.quality --protocol split             # what `freshrec build` reports, with peers
     python -m bench.quality --quick                      # 20 % of the replay
+    python -m bench.quality --intake redis               # the app sends to the updater's Redis log
 
 Both train the base model on the earliest 80 % of events by time as `freshrec build` does
 (exporter.build.train_model: the validation search over the closed form and the trained towers,
@@ -36,7 +37,11 @@ the others). Below the table, the update cost in CPU seconds against the CPU of 
 updater's learning (its engine thread's row training and publishes, Admin.Status), and its whole
 process over the replay (Linux /proc: with the intake, i.e. gRPC, the durable log and the live
 history per event, which the peers get for free); the retrieve model's switch to each new
-version, inside tritonserver, is not counted.
+version, inside tritonserver, is not counted. `--intake redis`: the updater keeps its log in a
+private redis-server (appendfsync always) and the app writes each send to it
+(clients.RedisEventWriter); the intake's CPU is then the redis-server's, counted with the
+updater's, less retrieve's live-history reads in it (INFO commandstats), which run inside
+tritonserver with the SQLite store and are not counted there either.
 
 `--protocol split` reports recall@K / NDCG@K on the latest 20 % with each user's training items
 excluded (exporter.evaluate, so the model's rows equal `freshrec build --no-text-encoder`'s)
@@ -50,6 +55,7 @@ import logging
 import shlex
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from bench.peers import RetrainedPeer, make_peers, peer_scorer
@@ -120,10 +126,27 @@ def _learning_cpu_s(status: dict) -> float:
     return status["training_cpu_s"] + status["publishing_cpu_s"]
 
 
+# what retrieve's live-history reads run in Redis (model_repository.live_history: one MULTI of
+# LRANGEs, an HMGET and a GET per batch); the intake script and the updater's XRANGE run none of
+# these but GET, which is left in the intake's share
+RETRIEVE_READ_COMMANDS = ("multi", "lrange", "hmget", "exec")
+
+
+def _retrieve_reads_cpu_s(redis_url: str) -> float:
+    """CPU s the redis-server spent in retrieve's reads (INFO commandstats): serving, not update
+    cost; with the SQLite store the same reads run inside tritonserver, which is not counted."""
+    from model_repository.live_history import redis_client
+
+    with redis_client(redis_url) as r:
+        stats = r.info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("usec", 0) for name in RETRIEVE_READ_COMMANDS) / 1e6
+
+
 def _served_rows(repository: Path, scratch: Path, train: Interactions, test: Interactions, *,
                  window_events: int, scored: list[int], app_history: int,
-                 updater_args: tuple[str, ...], shown_skips: int = 0
+                 updater_args: tuple[str, ...], shown_skips: int = 0, intake: str = "grpc"
                  ) -> tuple[list, dict[str, ReplayResult]]:
+    from freshrec.processes import RedisServer
     from freshrec.stack import serving_stack
     from model_repository import contract as c
 
@@ -147,18 +170,27 @@ def _served_rows(repository: Path, scratch: Path, train: Interactions, test: Int
             app.close()
         rows.append(_row(f"static + app-sent history (last {app_history})", results["app"], 0.0,
                          results["app"].recommend_s))
-        updater = stack.start_updater(args=NO_AUTO_PUBLISH_ARGS + updater_args)
-        online = OnlineRecommender(stack.grpc_url, updater.url, shown_skips=shown_skips)
-        try:
-            cpu_started, learned = updater.cpu_s(), _learning_cpu_s(online.updater.status())
-            result = replay(train, test, online, window_events=window_events, scored_windows=scored)
-            result.cpu_s = updater.cpu_s() - cpu_started
-            result.learn_cpu_s = _learning_cpu_s(online.updater.status()) - learned
-        finally:
-            online.close()
-            stack.stop_updaters()
+        with RedisServer(log_path=scratch / "redis.log") if intake == "redis" else nullcontext() as redis:
+            redis_args = ("--redis", redis.url) if redis is not None else ()
+            updater = stack.start_updater(args=NO_AUTO_PUBLISH_ARGS + redis_args + updater_args)
+            online = OnlineRecommender(stack.grpc_url, updater.url, shown_skips=shown_skips,
+                                       redis_url=redis.url if redis is not None else None)
+            try:
+                cpu_started, learned = updater.cpu_s(), _learning_cpu_s(online.updater.status())
+                redis_started = redis.cpu_s() if redis is not None else 0.0
+                result = replay(train, test, online, window_events=window_events,
+                                scored_windows=scored)
+                result.cpu_s = updater.cpu_s() - cpu_started
+                result.learn_cpu_s = _learning_cpu_s(online.updater.status()) - learned
+                if redis is not None:
+                    result.redis_cpu_s = redis.cpu_s() - redis_started
+                    result.redis_read_cpu_s = _retrieve_reads_cpu_s(redis.url)
+            finally:
+                online.close()
+                stack.stop_updaters()
         results["online"] = result
-        rows.append(_row(f"freshrec online (streamed feedback, {online.publishes} publishes)", result,
+        via = "to Redis" if intake == "redis" else "streamed"
+        rows.append(_row(f"freshrec online ({via} feedback, {online.publishes} publishes)", result,
                          result.learn_s, result.recommend_s, ingest_s=result.send_s))
     return rows, results
 
@@ -166,7 +198,7 @@ def _served_rows(repository: Path, scratch: Path, train: Interactions, test: Int
 def run_prequential(*, data: Path | None, window_events: int, replay_fraction: float,
                     score_every: int, app_history: int, seed: int, sasrec: bool, sasrec_epochs: int,
                     updater_args: tuple[str, ...] = (), search: bool = True,
-                    shown_skips: int = 0) -> None:
+                    shown_skips: int = 0, intake: str = "grpc") -> None:
     from exporter.build import write_repository
 
     started = time.perf_counter()
@@ -191,7 +223,7 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
         served_rows, served = _served_rows(repository, Path(scratch), train, test,
                                            window_events=window_events, scored=scored,
                                            app_history=app_history, updater_args=updater_args,
-                                           shown_skips=shown_skips)
+                                           shown_skips=shown_skips, intake=intake)
     rows += served_rows
     fit_s: dict[str, float] = {}
     fit_cpu_s: dict[str, float] = {}
@@ -223,6 +255,7 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
         f"freshrec online asked in {served['online'].runs} runs of distinct users",
         f"peers: implicit {_version('implicit')}; " + "; ".join(notes) + "; binary interactions",
         f"updater: {' '.join(updater_args) or 'default settings'}, publishing only when asked; "
+        f"feedback {'written by the app to its Redis log' if intake == 'redis' else 'over gRPC'}; "
         "feedback kind click for every event, each with its own timestamp"
         + (f"; before each asked event, the answer's top {shown_skips} not taken as skips"
            if shown_skips else ""),
@@ -241,9 +274,14 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
               f"x{_ratio(online.learn_s + online.send_s, fit_s['ALS'])}")
         print(f"update cost in CPU seconds: the updater's learning (its engine thread: row "
               f"training and publishes) {online.learn_cpu_s:.1f} s, ALS's fits "
-              f"{fit_cpu_s['ALS']:.1f} s: x{_ratio(online.learn_cpu_s, fit_cpu_s['ALS'])}; the "
-              f"updater's whole process (with the intake: gRPC, durable log and live history per "
-              f"event) {online.cpu_s:.1f} s: x{_ratio(online.cpu_s, fit_cpu_s['ALS'])}")
+              f"{fit_cpu_s['ALS']:.1f} s: x{_ratio(online.learn_cpu_s, fit_cpu_s['ALS'])}; "
+              + (f"the updater's whole process {online.cpu_s:.1f} s and the redis-server's "
+                 f"{online.redis_cpu_s:.1f} s, less retrieve's live-history reads in it "
+                 f"({online.redis_read_cpu_s:.1f} s, INFO commandstats: serving, not updating): "
+                 f"x{_ratio(online.cpu_s + online.redis_cpu_s - online.redis_read_cpu_s, fit_cpu_s['ALS'])}"
+                 if intake == "redis" else
+                 f"the updater's whole process (with the intake: gRPC, durable log and live "
+                 f"history per event) {online.cpu_s:.1f} s: x{_ratio(online.cpu_s, fit_cpu_s['ALS'])}"))
 
 
 def _sasrec_row(train: Interactions, test: Interactions, *, window_events: int, scored: list[int],
@@ -347,6 +385,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="freshrec online: before each asked event, send the answer's top N "
                              "items the user did not take as skips (items shown and skipped; "
                              "default 0: none)")
+    parser.add_argument("--intake", choices=("grpc", "redis"), default="grpc",
+                        help="freshrec online's feedback path: grpc (default), a SendEach session "
+                             "to the updater, durable in its SQLite log; redis, the app writing "
+                             "each send straight to the updater's Redis log (a private "
+                             "redis-server, appendfsync always)")
     parser.add_argument("--no-sasrec", action="store_true", help="leave the SASRec row out")
     parser.add_argument("--sasrec-epochs", type=int, default=None,
                         help="SASRec training epochs (default: bench.sasrec's)")
@@ -374,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
                     app_history=args.app_history, seed=args.seed, sasrec=not args.no_sasrec,
                     sasrec_epochs=args.sasrec_epochs or DEFAULT_EPOCHS,
                     updater_args=tuple(shlex.split(args.updater_args)),
-                    search=not args.no_search, shown_skips=args.shown_skips)
+                    search=not args.no_search, shown_skips=args.shown_skips, intake=args.intake)
     return 0
 
 

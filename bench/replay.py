@@ -88,6 +88,8 @@ class ReplayResult:
     # (freshrec: the updater's engine thread, row training and publishes; the rest is its intake)
     cpu_s: float = 0.0
     learn_cpu_s: float = 0.0
+    redis_cpu_s: float = 0.0  # freshrec with its log in Redis: the redis-server's (the intake)
+    redis_read_cpu_s: float = 0.0  # of it, retrieve's live-history reads (serving)
     ranks: list[int] = field(default_factory=list, repr=False)  # -1: not in the top K
 
 
@@ -293,7 +295,7 @@ class AppHistoryRecommender(ServedRecommender):
 class OnlineRecommender(ServedRecommender):
     """freshrec online: each event is sent through the updater sidecar right after its question
     (over one Feedback.SendEach session, whose reply per send comes once the events are durable
-    and in their users' live histories), each
+    and in their users' live histories; or straight to the updater's Redis log), each
     with its own timestamp; `learn` closes a window with Admin.Publish, which returns once Triton
     serves a version holding the row updates. Start the updater with NO_AUTO_PUBLISH_ARGS so
     that is the only publish. `feedback_kind` "click" treats every event as a positive
@@ -302,12 +304,16 @@ class OnlineRecommender(ServedRecommender):
     (same timestamp): negatives from items shown and skipped."""
 
     def __init__(self, triton_url: str, updater_url: str, *, feedback_kind: str = "click",
-                 shown_skips: int = 0, concurrency: int = SERVED_CONCURRENCY):
-        from clients import UpdaterClient
+                 shown_skips: int = 0, concurrency: int = SERVED_CONCURRENCY,
+                 redis_url: str | None = None):
+        """``redis_url``: the updater keeps its log in this Redis (--redis), and the app writes
+        each send straight to it (clients.RedisEventWriter) instead of to the updater."""
+        from clients import RedisEventWriter, UpdaterClient
 
         super().__init__(triton_url, concurrency=concurrency)
         self.updater = UpdaterClient(updater_url)
-        self.session = None  # the SendEach stream, opened by the first send
+        # the SendEach stream, opened by the first send; or the Redis writer
+        self.session = RedisEventWriter(redis_url) if redis_url is not None else None
         self.feedback_kind = feedback_kind
         self.shown_skips = shown_skips
         self.shown: dict[int, np.ndarray] = {}  # each asked user's answer, until its event is sent

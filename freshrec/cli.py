@@ -117,9 +117,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           http_port=args.http_port, metrics_port=args.metrics_port,
                           log_path=log_path)
 
+    redis_args = (("--redis", args.redis, "--redis-prefix", args.redis_prefix) if args.redis
+                  else ())
+
     def make_updater():
         return UpdaterProcess(repository, server.grpc_url, host=args.host, port=args.updater_port,
-                              log_path=repository.parent / "updater.log")
+                              log_path=repository.parent / "updater.log", args=redis_args)
 
     def say(message):
         print(f"freshrec: {message}", file=sys.stderr, flush=True)
@@ -329,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--updater-port", type=int, default=c.DEFAULT_UPDATER_PORT,
                    help=f"updater sidecar gRPC port (default {c.DEFAULT_UPDATER_PORT})")
     p.add_argument("--no-updater", action="store_true", help="serve only; no feedback, no updates")
+    p.add_argument("--redis", metavar="URL",
+                   help="the updater keeps the event log and live history in this Redis "
+                        "(redis://host:port or unix:///path, run with appendonly yes and "
+                        "appendfsync always); apps may send events straight to it. Default: SQLite")
+    p.add_argument("--redis-prefix", default=c.DEFAULT_REDIS_PREFIX,
+                   help=f"prefix of freshrec's Redis keys (default {c.DEFAULT_REDIS_PREFIX})")
     p.set_defaults(func=cmd_serve)
 
     from updater.main import add_arguments as add_updater_arguments  # argparse only: light

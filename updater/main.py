@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_repository import contract as c
+from model_repository.live_history import RedisKeys, write_store_choice
 from updater.settings import (
     DEFAULT_FOLD_IN_EVENTS,
     DEFAULT_FOLD_IN_USERS,
@@ -34,6 +35,7 @@ from updater.settings import (
 log = logging.getLogger(__name__)
 
 LOG_FILE = "feedback.sqlite"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 STATE_DIR = "updater"  # beside the repository, never inside it (Triton scans that folder)
 
 
@@ -47,10 +49,16 @@ class UpdaterConfig:
     port_file: Path | None = None  # where to write the port listened on, once ready
     policy: PublishPolicy = field(default_factory=PublishPolicy)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    redis_url: str | None = None  # the event log and live history in Redis (updater.redis_log)
+    redis_prefix: str = c.DEFAULT_REDIS_PREFIX
 
     def __post_init__(self):
         if not 0 <= self.port < 65536:
             raise ValueError(f"UpdaterConfig.port must be in [0, 65535], got {self.port!r}")
+        if self.redis_url is not None and not self.redis_url.startswith(REDIS_SCHEMES):
+            raise ValueError(f"UpdaterConfig.redis_url must start with one of {', '.join(REDIS_SCHEMES)}, "
+                             f"got {self.redis_url!r}")
+        RedisKeys(self.redis_prefix)  # ValueError naming it
 
     @property
     def state_path(self) -> Path:
@@ -75,6 +83,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="once ready, write the port listened on to this file (for --port 0)")
     parser.add_argument("--state-dir", type=Path,
                         help="where the feedback log lives (default: updater/ beside the repository)")
+    parser.add_argument("--redis", metavar="URL",
+                        help="keep the event log and live history in this Redis (redis://host:port "
+                             "or unix:///path; run it with appendonly yes, appendfsync always): apps "
+                             "may then send events straight to it (clients.RedisEventWriter). "
+                             "Default: SQLite files in --state-dir")
+    parser.add_argument("--redis-prefix", default=c.DEFAULT_REDIS_PREFIX,
+                        help=f"prefix of every key freshrec keeps in Redis "
+                             f"(default {c.DEFAULT_REDIS_PREFIX})")
     parser.add_argument("--publish-every-s", type=float, default=DEFAULT_PUBLISH_EVERY_S,
                         help="publish at most this often while events arrive (T)")
     parser.add_argument("--publish-every-events", type=int, default=DEFAULT_PUBLISH_EVERY_EVENTS,
@@ -103,7 +119,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> UpdaterConfig:
     return UpdaterConfig(
         repository=args.repository, triton_url=args.triton, host=args.host, port=args.port,
-        state_dir=args.state_dir, port_file=args.port_file,
+        state_dir=args.state_dir, port_file=args.port_file, redis_url=args.redis,
+        redis_prefix=args.redis_prefix,
         policy=PublishPolicy(every_s=args.publish_every_s, every_events=args.publish_every_events,
                              keep_versions=args.keep_versions, shard_kib=args.shard_kib),
         trainer=TrainerConfig(lr=args.lr, negatives=args.negatives, max_step=args.max_step,
@@ -123,19 +140,26 @@ def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-    feedback_log = FeedbackLog(config.log_path)
+    if config.redis_url is not None:
+        from updater.redis_log import RedisFeedbackLog
+
+        feedback_log = RedisFeedbackLog(config.redis_url, prefix=config.redis_prefix)
+    else:
+        feedback_log = FeedbackLog(config.log_path)
     triton = TritonControl(config.triton_url)
     publisher = Publisher(config.repository, triton, keep_versions=config.policy.keep_versions,
                           shard_bytes=config.policy.shard_kib * 1024)
     engine = Engine(feedback_log, publisher, policy=config.policy, trainer_config=config.trainer)
     engine.recover()
+    write_store_choice(publisher.model_dir, config.redis_url, config.redis_prefix)  # tell retrieve
     engine.start()
     server, port = grpc_server(f"{config.host}:{config.port}", feedback_log, engine, triton,
                                state_dir=config.state_path)
     if config.port_file is not None:
         _write_port_file(config.port_file, port)
     log.warning("updater ready on %s:%s (log %s, Triton %s, serving retrieve %s)",
-                config.host, port, config.log_path, config.triton_url, publisher.current)
+                config.host, port, config.redis_url or config.log_path, config.triton_url,
+                publisher.current)
     try:
         stop.wait()
     finally:

@@ -16,7 +16,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from model_repository import contract as c
-from model_repository.live_history import LiveHistoryReader, history_path
+from model_repository.live_history import LiveStoreReader
 from model_repository.live_version import VersionWatcher, newest_good_version
 from model_repository.serving import RequestError, Retriever, answer_requests
 from model_repository.stub import bls_call, log_to_triton, responses
@@ -34,7 +34,7 @@ class TritonPythonModel:
     def initialize(self, args):
         log_to_triton()
         model_dir = Path(args["model_repository"])
-        self.live_history = LiveHistoryReader(history_path(model_dir))
+        self.live_history = LiveStoreReader(model_dir)
         first = newest_good_version(model_dir, at_most=int(args["model_version"]))
         self.watcher = VersionWatcher(model_dir, self._open(first), self._open).start()
 

@@ -1,6 +1,6 @@
 """Read-your-writes of the live history against real processes: once Feedback.Send (or a
-SendEach session's send) has replied, the user's next recommend is built from the event, with no
-version published in between."""
+SendEach session's send, or an app's write straight to a Redis log) has replied, the user's next
+recommend is built from the event, with no version published in between."""
 
 from __future__ import annotations
 
@@ -10,19 +10,35 @@ import uuid
 import numpy as np
 import pytest
 
-from clients import Client, UpdaterClient
+from clients import Client, RedisEventWriter, UpdaterClient
+from freshrec.processes import RedisServer, wait_until
 from model_repository import contract as c
 from model_repository import versions
-from model_repository.live_history import history_path
+from model_repository.live_history import RedisLiveHistoryReader, history_path
 
 pytestmark = pytest.mark.integration
 NO_PUBLISH = ("--publish-every-s", "100000", "--publish-every-events", "1000000")
 
 
-@pytest.mark.parametrize("via", ["Send", "SendEach"])
+@pytest.fixture(scope="module")
+def redis_server():
+    with RedisServer() as server:
+        yield server
+
+
+def _redis_args(redis_server):
+    """An updater on the module's Redis, under a prefix of its own."""
+    return ("--redis", redis_server.url, "--redis-prefix", f"t{uuid.uuid4().hex[:12]}")
+
+
+@pytest.mark.parametrize("via", ["Send", "SendEach", "redis-Send", "redis-app"])
 def test_each_reply_is_visible_to_the_next_request_under_load_without_a_publish(via, stack,
-                                                                               start_updater):
-    updater = start_updater(args=NO_PUBLISH)
+                                                                               start_updater,
+                                                                               redis_server):
+    """redis-Send: the updater's Feedback.Send on a Redis log; redis-app: the app writes to Redis
+    itself (clients.RedisEventWriter), the updater never sees the call."""
+    redis_args = _redis_args(redis_server) if via.startswith("redis") else ()
+    updater = start_updater(args=NO_PUBLISH + redis_args)
     model_dir = stack.repository / c.RETRIEVE
     _, tables = versions.load_tables(model_dir / str(versions.latest_version(model_dir)))
     items, users = np.array(tables["item_ids"]), np.array(tables["user_ids"])
@@ -44,8 +60,13 @@ def test_each_reply_is_visible_to_the_next_request_under_load_without_a_publish(
     try:
         with Client(stack.grpc_url) as client, UpdaterClient(updater.url) as up, \
                 up.feedback_session() as session:
-            send = (lambda user, item: up.feedback(user, item, "click")) if via == "Send" else (
-                lambda user, item: session.send([dict(user_id=user, item_id=item, kind="click")]))
+            if via == "redis-app":
+                sender = RedisEventWriter(redis_server.url, prefix=redis_args[-1]).send
+            else:
+                sender = session.send if via == "SendEach" else up.feedback_batch  # Feedback.Send
+
+            def send(user, item):
+                return sender([dict(user_id=user, item_id=item, kind="click")])
             version = client.recommend(int(users[0]), k=1).version
             for n in range(30):
                 user = 50_000_000 + uuid.uuid4().int % 1_000_000  # new: no row, no stored history
@@ -84,4 +105,39 @@ def test_forget_user_and_a_restart_cover_the_live_history(stack, start_updater):
         up.forget_user(user)
         # no history left: EXCLUDE_SEEN excludes nothing
         everything = client.recommend(user, k=len(tables["item_ids"]), exclude_seen=True)
+        assert len(everything.item_ids) == len(tables["item_ids"])
+
+
+def test_a_redis_log_is_learned_forgotten_and_survives_an_updater_restart(stack, start_updater,
+                                                                         redis_server):
+    redis_args = _redis_args(redis_server)
+    prefix = redis_args[-1]
+    updater = start_updater(args=NO_PUBLISH + redis_args)
+    model_dir = stack.repository / c.RETRIEVE
+    _, tables = versions.load_tables(model_dir / str(versions.latest_version(model_dir)))
+    items, known = [int(i) for i in tables["item_ids"][:4]], int(tables["user_ids"][2])
+    new_user = 70_000_000 + uuid.uuid4().int % 1_000_000
+    with RedisEventWriter(redis_server.url, prefix=prefix) as writer, \
+            UpdaterClient(updater.url) as up, Client(stack.grpc_url) as client:
+        sent = writer.send([dict(user_id=known, item_id=items[0], kind="click"),
+                            dict(user_id=new_user, item_id=items[1], kind="click")])
+        # the engine reads what apps wrote straight to Redis, and publishes it when asked
+        wait_until(lambda: up.status()["applied_offset"] >= sent.last_offset, timeout_s=60,
+                   what="the updater to read the events written to redis")
+        published = up.publish()
+        assert published["published"] and published["feedback_offset"] >= sent.last_offset
+        assert up.status()["events_per_s"] > 0
+        stack.stop_updaters()
+        # down: apps still write, and their users' next answers still see it
+        late = writer.send([dict(user_id=new_user, item_id=items[2], kind="click")])
+        seen = client.recommend(new_user, k=len(items) + 50, exclude_seen=True).item_ids
+        assert not {items[1], items[2]} & set(seen)
+    restarted = start_updater(args=NO_PUBLISH + redis_args)
+    with UpdaterClient(restarted.url) as up, Client(stack.grpc_url) as client:
+        wait_until(lambda: up.status()["applied_offset"] >= late.last_offset, timeout_s=60,
+                   what="the restarted updater to read the event sent while it was down")
+        reply = up.forget_user(new_user)
+        assert reply["deleted_events"] == 2
+        assert RedisLiveHistoryReader(redis_server.url, prefix).recent([new_user]) == {}
+        everything = client.recommend(new_user, k=len(tables["item_ids"]), exclude_seen=True)
         assert len(everything.item_ids) == len(tables["item_ids"])
