@@ -139,13 +139,19 @@ def _retrieve_reads_cpu_s(redis_url: str) -> float:
 
     with redis_client(redis_url) as r:
         stats = r.info("commandstats")
+        totals = r.info("stats")
+    busiest = sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:8]
+    print("redis-server over the online replay: " + ", ".join(
+        f"{name.removeprefix('cmdstat_')} {v['calls']} calls {v['usec'] / 1e6:.2f} s" for name, v in busiest)
+        + f"; {totals.get('total_connections_received')} connections, "
+          f"{totals.get('total_commands_processed')} commands")
     return sum(stats.get(f"cmdstat_{name}", {}).get("usec", 0) for name in RETRIEVE_READ_COMMANDS) / 1e6
 
 
 def _served_rows(repository: Path, scratch: Path, train: Interactions, test: Interactions, *,
                  window_events: int, scored: list[int], app_history: int,
-                 updater_args: tuple[str, ...], shown_skips: int = 0, intake: str = "grpc"
-                 ) -> tuple[list, dict[str, ReplayResult]]:
+                 updater_args: tuple[str, ...], shown_skips: int = 0, intake: str = "grpc",
+                 redis_fsync: str = "always") -> tuple[list, dict[str, ReplayResult]]:
     from freshrec.processes import RedisServer
     from freshrec.stack import serving_stack
     from model_repository import contract as c
@@ -170,7 +176,9 @@ def _served_rows(repository: Path, scratch: Path, train: Interactions, test: Int
             app.close()
         rows.append(_row(f"static + app-sent history (last {app_history})", results["app"], 0.0,
                          results["app"].recommend_s))
-        with RedisServer(log_path=scratch / "redis.log") if intake == "redis" else nullcontext() as redis:
+        redis_server = (RedisServer(log_path=scratch / "redis.log", appendfsync=redis_fsync)
+                        if intake == "redis" else nullcontext())
+        with redis_server as redis:
             redis_args = ("--redis", redis.url) if redis is not None else ()
             updater = stack.start_updater(args=NO_AUTO_PUBLISH_ARGS + redis_args + updater_args)
             online = OnlineRecommender(stack.grpc_url, updater.url, shown_skips=shown_skips,
@@ -198,7 +206,8 @@ def _served_rows(repository: Path, scratch: Path, train: Interactions, test: Int
 def run_prequential(*, data: Path | None, window_events: int, replay_fraction: float,
                     score_every: int, app_history: int, seed: int, sasrec: bool, sasrec_epochs: int,
                     updater_args: tuple[str, ...] = (), search: bool = True,
-                    shown_skips: int = 0, intake: str = "grpc") -> None:
+                    shown_skips: int = 0, intake: str = "grpc", redis_fsync: str = "always"
+                    ) -> None:
     from exporter.build import write_repository
 
     started = time.perf_counter()
@@ -223,7 +232,8 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
         served_rows, served = _served_rows(repository, Path(scratch), train, test,
                                            window_events=window_events, scored=scored,
                                            app_history=app_history, updater_args=updater_args,
-                                           shown_skips=shown_skips, intake=intake)
+                                           shown_skips=shown_skips, intake=intake,
+                                           redis_fsync=redis_fsync)
     rows += served_rows
     fit_s: dict[str, float] = {}
     fit_cpu_s: dict[str, float] = {}
@@ -255,8 +265,9 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
         f"freshrec online asked in {served['online'].runs} runs of distinct users",
         f"peers: implicit {_version('implicit')}; " + "; ".join(notes) + "; binary interactions",
         f"updater: {' '.join(updater_args) or 'default settings'}, publishing only when asked; "
-        f"feedback {'written by the app to its Redis log' if intake == 'redis' else 'over gRPC'}; "
-        "feedback kind click for every event, each with its own timestamp"
+        + (f"feedback written by the app to its Redis log (appendfsync {redis_fsync}); "
+           if intake == "redis" else "feedback over gRPC; ")
+        + "feedback kind click for every event, each with its own timestamp"
         + (f"; before each asked event, the answer's top {shown_skips} not taken as skips"
            if shown_skips else ""),
         f"whole run {time.perf_counter() - started:.0f} s",
@@ -390,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
                              "to the updater, durable in its SQLite log; redis, the app writing "
                              "each send straight to the updater's Redis log (a private "
                              "redis-server, appendfsync always)")
+    parser.add_argument("--redis-fsync", choices=("always", "everysec"), default="always",
+                        help="with --intake redis: the server's appendfsync (always, default: each "
+                             "send fsynced before its reply; everysec: once a second, a crash may "
+                             "lose the last second)")
     parser.add_argument("--no-sasrec", action="store_true", help="leave the SASRec row out")
     parser.add_argument("--sasrec-epochs", type=int, default=None,
                         help="SASRec training epochs (default: bench.sasrec's)")
@@ -417,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
                     app_history=args.app_history, seed=args.seed, sasrec=not args.no_sasrec,
                     sasrec_epochs=args.sasrec_epochs or DEFAULT_EPOCHS,
                     updater_args=tuple(shlex.split(args.updater_args)),
-                    search=not args.no_search, shown_skips=args.shown_skips, intake=args.intake)
+                    search=not args.no_search, shown_skips=args.shown_skips, intake=args.intake,
+                    redis_fsync=args.redis_fsync)
     return 0
 
 

@@ -561,7 +561,7 @@ def locate_redis_server() -> Path:
 class RedisServer(ChildProcess):
     """A private redis-server as a child, for tests and benchmarks: a Unix socket in its own
     scratch folder (no TCP port, so nothing to collide with), the append-only file fsynced before
-    each reply (`appendfsync always`: an acknowledged event survives a crash of the server), no RDB
+    each reply by default (`appendfsync always`: an acknowledged event survives a crash), no RDB
     snapshots. ``data_dir``: keep the data there (a restart on the same folder recovers it), else
     in the scratch folder, gone with stop()."""
 
@@ -570,9 +570,15 @@ class RedisServer(ChildProcess):
     stop_grace_s = 10.0
     error = RedisExited
 
-    def __init__(self, *, data_dir: Path | None = None, log_path: Path | None = None):
+    def __init__(self, *, data_dir: Path | None = None, log_path: Path | None = None,
+                 appendfsync: str = "always"):
+        """``appendfsync``: always (each reply after its fsync) or everysec (an fsync a second:
+        a crash may lose the last second's acknowledged writes; bench.quality --redis-fsync)."""
         super().__init__(log_path=log_path)
+        if appendfsync not in ("always", "everysec"):
+            raise ValueError(f"appendfsync must be always or everysec, got {appendfsync!r}")
         self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.appendfsync = appendfsync
         self.socket: Path | None = None
 
     @property
@@ -586,7 +592,8 @@ class RedisServer(ChildProcess):
         self.socket = workdir / "redis.sock"
         self._spawn([str(locate_redis_server()), "--port", "0", "--unixsocket", str(self.socket),
                      "--unixsocketperm", "700", "--dir", str(data_dir), "--appendonly", "yes",
-                     "--appendfsync", "always", "--save", ""], env=dict(os.environ), cwd=workdir)
+                     "--appendfsync", self.appendfsync, "--save", ""], env=dict(os.environ),
+                    cwd=workdir)
         self._ready_or_stopped(timeout_s=timeout_s)
         return self
 

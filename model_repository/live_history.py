@@ -259,7 +259,7 @@ class RedisKeys:
         return f"{self.prefix}:offset"
 
     @property
-    def event_ids(self) -> str:  # hash event_id -> offset: a re-sent event is a duplicate
+    def event_ids(self) -> str:  # a set of event ids: a re-sent event is a duplicate
         return f"{self.prefix}:event_ids"
 
     @property

@@ -106,12 +106,11 @@ for b = 2, #ARGV, 6 do
   local id, u, i, kind, v, ts = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
   local user, item, err = check(id, u, i, kind, v, ts)
   if err then out[#out + 1] = err
-  elseif redis.call('HEXISTS', ids, id) == 1 then out[#out + 1] = 0
+  elseif redis.call('SADD', ids, id) == 0 then out[#out + 1] = 0
   else
     if ts == '' then ts = string.format('%.17g', now) end
     local off = redis.call('INCR', offset_key)
     redis.call('XADD', events, '0-' .. off, 'id', id, 'u', user, 'i', item, 'k', kind, 'v', v, 't', ts)
-    redis.call('HSET', ids, id, off)
     local t = tonumber(ts)
     if positive(kind, tonumber(v)) then
       local key = history_prefix .. user
@@ -147,7 +146,7 @@ while true do
   for _, entry in ipairs(batch) do
     local f = entry[2]  -- id, <event_id>, u, <user>, ...
     if f[4] == user then
-      redis.call('XDEL', events, entry[1]); redis.call('HDEL', ids, f[2]); deleted = deleted + 1
+      redis.call('XDEL', events, entry[1]); redis.call('SREM', ids, f[2]); deleted = deleted + 1
     end
   end
   start = '(' .. batch[#batch][1]

@@ -83,6 +83,27 @@ def draw_negatives(seed: int, offset: int, count: int, n_items: int, item_row: i
     return np.array(sorted(d + (d >= item_row) for d in draws), np.int64)  # never the event's item
 
 
+def _splitmix64_many(x: np.ndarray) -> np.ndarray:
+    """`_splitmix64` on a uint64 array (numpy's uint64 arithmetic wraps as the masks do)."""
+    z = x + np.uint64(_SPLITMIX[0])
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(_SPLITMIX[1])
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(_SPLITMIX[2])
+    return z ^ (z >> np.uint64(31))
+
+
+def draw_negatives_many(seed: int, offsets: np.ndarray, count: int, n_items: np.ndarray,
+                        item_rows: np.ndarray) -> np.ndarray:
+    """`draw_negatives` for T events at once: (T, count) int64, each row sorted, a draw that
+    repeats an earlier one of its row -1 (what `draw_negatives` deduplicates away)."""
+    key = ((offsets.astype(np.uint64) * np.uint64(1024))
+           ^ np.uint64((seed * 0xD1B54A32D192ED03) & _MASK64))
+    draws = _splitmix64_many(key[:, None] + np.arange(count, dtype=np.uint64)[None, :])
+    draws = (draws % (n_items.astype(np.uint64) - np.uint64(1))[:, None]).astype(np.int64)
+    draws = np.sort(draws + (draws >= item_rows[:, None]), axis=1)
+    draws[:, 1:][draws[:, 1:] == draws[:, :-1]] = -1
+    return draws
+
+
 class _Grown:
     """A table with headroom: rows [0, n) are live, capacity doubles when it runs out."""
 
@@ -149,6 +170,28 @@ class _PooledTowerGrad:
         """dL/du from dL/dquery (the pooled history is held constant)."""
         return query_grad + self._w1_user_t @ ((self._w2_t @ query_grad) * (z1 > 0))
 
+    def forward_many(self, users: np.ndarray, item_rows: np.ndarray, histories: list[np.ndarray]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """`forward` for T users at once: users (T, d), histories oldest first; (T, d), (T, hidden)."""
+        width = max(1, max(h.size for h in histories))
+        padded = np.zeros((len(histories), width), np.int64)
+        weights = np.zeros((len(histories), width), np.float32)
+        for n, history in enumerate(histories):
+            if history.size:
+                w = self._weights.get(history.size)
+                if w is None:
+                    w = self._weights[history.size] = recency_weights(
+                        np.array([0, history.size]), decay=self.decay)[:, None]
+                padded[n, width - history.size:] = history
+                weights[n, width - history.size:] = w[:, 0]
+        pooled = np.einsum("tl,tld->td", weights, item_rows[padded])
+        z1 = np.concatenate([users, pooled], axis=1) @ self.w1.T + self.b1
+        return users + pooled + np.maximum(z1, 0.0) @ self.w2.T + self.b2, z1
+
+    def user_grad_many(self, query_grads: np.ndarray, z1: np.ndarray) -> np.ndarray:
+        """`user_grad` for T users at once: (T, d) float64."""
+        return query_grads + ((query_grads @ self._w2_t.T) * (z1 > 0)) @ self._w1_user_t.T
+
 
 class _SequenceTowerGrad:
     """For one user: query = u + Seq(history) (model_repository.sequence_tower); with the
@@ -164,6 +207,14 @@ class _SequenceTowerGrad:
 
     def user_grad(self, query_grad: np.ndarray, _context: None) -> np.ndarray:
         return query_grad
+
+    def forward_many(self, users: np.ndarray, item_rows: np.ndarray, histories: list[np.ndarray]
+                     ) -> tuple[np.ndarray, None]:
+        rows, mask = self.tower.history_inputs(item_rows, histories)
+        return self.tower(users, rows, mask), None
+
+    def user_grad_many(self, query_grads: np.ndarray, _context: None) -> np.ndarray:
+        return query_grads.astype(np.float64)
 
 
 def _tower_grad(tower: NumpyTower | NumpySequenceTower, decay: float
@@ -408,19 +459,130 @@ class SparseTrainer:
         if weight > 0 and self.t[schema.ITEM_POPULARITY].data[item_row] < self.config.fold_in_events:
             self.fold_in(user_row, item_row)
         if weight > 0:
-            history = self.t[schema.USER_HISTORY].data[user_row]
-            history[:-1] = history[1:].copy()
-            history[-1] = item_row
-            self.changed[schema.USER_HISTORY].add(user_row)
-            last_at = self.t[schema.USER_LAST_AT].data
-            last_at[user_row] = max(last_at[user_row], event.timestamp)
-            self.changed[schema.USER_LAST_AT].add(user_row)
-            if self.user_fold_in_scale and (history >= 0).sum() <= self.config.fold_in_events:
-                self.fold_in_user(user_row)
-            self.t[schema.ITEM_POPULARITY].data[item_row] += 1.0
-            self.changed[schema.ITEM_POPULARITY].add(item_row)
-            if self.half_life_s > 0:
-                self._count_trend(item_row, event.timestamp)
+            self._record_positive(event, user_row, item_row)
+
+    def _record_positive(self, event: Event, user_row: int, item_row: int, *,
+                         trend: bool = True) -> None:
+        """A positive event joins the user's history and counts towards the item's popularity
+        (``trend``: and its trend count; `apply_many` counts a batch's at once)."""
+        history = self.t[schema.USER_HISTORY].data[user_row]
+        history[:-1] = history[1:].copy()
+        history[-1] = item_row
+        self.changed[schema.USER_HISTORY].add(user_row)
+        last_at = self.t[schema.USER_LAST_AT].data
+        last_at[user_row] = max(last_at[user_row], event.timestamp)
+        self.changed[schema.USER_LAST_AT].add(user_row)
+        if self.user_fold_in_scale and (history >= 0).sum() <= self.config.fold_in_events:
+            self.fold_in_user(user_row)
+        self.t[schema.ITEM_POPULARITY].data[item_row] += 1.0
+        self.changed[schema.ITEM_POPULARITY].add(item_row)
+        if self.half_life_s > 0 and trend:
+            self._count_trend(item_row, event.timestamp)
+
+    def _count_trends(self, item_rows: list[int], timestamps: list[float]) -> None:
+        """`_count_trend` for many positive events at once."""
+        newest = max(timestamps)
+        if (newest - self.trend_as_of) / self.half_life_s > MAX_TREND_EXPONENT / 2:
+            self.trend_latest = max(self.trend_latest, newest)
+            self.settle_trend()
+        self.trend_latest = max(self.trend_latest, newest)
+        weights = trend_weights(np.array(timestamps), as_of=self.trend_as_of,
+                                half_life_s=self.half_life_s)
+        rows, inverse = np.unique(np.array(item_rows, np.int64), return_inverse=True)
+        self.t[schema.ITEM_TREND].data[rows] += np.bincount(
+            inverse, weights=weights.astype(np.float32)).astype(np.float32)
+        self.changed[schema.ITEM_TREND].update(item_rows)
+
+    def apply_many(self, events) -> None:
+        """Train on events in log order as one minibatch (what the engine does with each batch it
+        reads). Each event's gradients are computed, in one vectorised pass, from the rows as they
+        were before the batch (with the user's history as of that event); then every row takes
+        its steps in event order, each a row-wise Adagrad step with its own accumulator update
+        and clip, as `apply` takes them. So a batch whose events share no row ends where `apply`
+        one by one does (to float rounding), and one that shares rows differs only in that a
+        later event's gradient does not see an earlier one's step (tests/updater/test_trainer.py).
+        Histories, popularity and trend counts move event by event as in `apply`. With the
+        item fold-in on, each event goes through `apply`."""
+        events = list(events)
+        if self.config.fold_in_events or len(events) < 2:
+            for event in events:
+                self.apply(event)
+            return
+        steps = []  # (user row, item row, weight, offset, items then, history then)
+        trend_rows, trend_times = [], []
+        for event in events:
+            user_row = self._user_row(event.user_id)
+            item_row = self._item_row(event.item_id)
+            weight = label(event, skip_weight=self.config.skip_weight)
+            if weight != 0 and self.n_items > 1:
+                history = self.t[schema.USER_HISTORY].data[user_row]
+                steps.append((user_row, item_row, weight, event.offset, self.n_items,
+                              history[history >= 0]))  # a copy (boolean indexing)
+            if weight > 0:
+                self._record_positive(event, user_row, item_row, trend=False)
+                trend_rows.append(item_row)
+                trend_times.append(event.timestamp)
+        if trend_rows and self.half_life_s > 0:
+            self._count_trends(trend_rows, trend_times)
+        if steps:
+            self._train_steps(steps)
+
+    def _train_steps(self, steps: list) -> None:
+        """`_train_step` for many events at once (`apply_many`)."""
+        event_items = np.array([step[1] for step in steps], np.int64)
+        negatives = draw_negatives_many(self.config.seed, np.array([step[3] for step in steps]),
+                                        self.config.negatives,
+                                        np.array([step[4] for step in steps]), event_items)
+        candidates = np.concatenate([event_items[:, None], negatives], axis=1)
+        valid = candidates >= 0
+        user_rows = np.array([step[0] for step in steps], np.int64)
+        weights = np.array([step[2] for step in steps], np.float32)
+        item_table = self.t[schema.ITEM_ROWS].data
+        items = item_table[np.maximum(candidates, 0)]  # (T, 1 + n, d)
+        queries, context = self._tower.forward_many(self.t[schema.USER_ROWS].data[user_rows],
+                                                    item_table, [step[5] for step in steps])
+        scores = np.einsum("tjd,td->tj", items, queries)
+        sign = np.where(weights > 0, np.float32(1), np.float32(-1))
+        margin = sign[:, None] * (scores[:, :1] - scores[:, 1:])
+        counts = valid[:, 1:].sum(1).astype(np.float32)
+        margin_grad = np.where(valid[:, 1:], -np.abs(weights)[:, None] * _sigmoid(-margin)
+                               / counts[:, None], np.float32(0))
+        score_grad = np.concatenate([(sign * margin_grad.sum(1))[:, None],
+                                     -sign[:, None] * margin_grad], axis=1)
+        item_grads = score_grad[..., None] * queries[:, None, :]
+        user_grads = self._tower.user_grad_many(np.einsum("tjd,tj->td", items, score_grad), context)
+        self._adagrad_in_order(schema.USER_ROWS, schema.USER_ADAGRAD, user_rows, user_grads)
+        self._adagrad_in_order(schema.ITEM_ROWS, schema.ITEM_ADAGRAD, candidates[valid],
+                               item_grads[valid].astype(np.float64))
+
+    def _adagrad_in_order(self, table: str, acc_table: str, rows: np.ndarray, grads: np.ndarray
+                          ) -> None:
+        """Row-wise Adagrad steps taken in order, rows may repeat: the m-th step of a row sees
+        its accumulator after the earlier m - 1 (a cumulative sum per row), and is clipped on
+        its own, as `_adagrad_steps` takes one step after another. ``grads`` float64."""
+        squares = np.einsum("ij,ij->i", grads, grads) / grads.shape[1]
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        first = np.r_[True, sorted_rows[1:] != sorted_rows[:-1]]
+        group = np.cumsum(first) - 1
+        running = np.cumsum(squares[order])
+        before_group = (running - squares[order])[first]
+        accumulated = np.empty_like(running)
+        accumulated[order] = (self.t[acc_table].data[sorted_rows].astype(np.float64)
+                              + running - before_group[group])
+        step = grads * (self.config.lr / (np.sqrt(accumulated) + ADAGRAD_EPS))[:, None]
+        norms = np.sqrt(np.einsum("ij,ij->i", step, step))
+        clip = np.minimum(1.0, self.config.max_step / np.maximum(norms, 1e-12))
+        moves = (step * clip[:, None]).astype(np.float32)[order]
+        distinct = sorted_rows[first]
+        # each row's moves summed in step order (float32, as the steps would land one by one,
+        # to rounding), then one subtraction per row: ufunc.at costs 10x more
+        self.t[table].data[distinct] -= np.add.reduceat(moves, np.flatnonzero(first), axis=0)
+        last = np.r_[first[1:], True]  # each row's final accumulator
+        self.t[acc_table].data[sorted_rows[last]] = accumulated[order][last]
+        touched = distinct.tolist()
+        self.changed[table].update(touched)
+        self.changed[acc_table].update(touched)
 
     def fold_in(self, user_row: int, item_row: int) -> None:
         """An item with n < fold_in_events positive events so far takes the running mean of its

@@ -8,7 +8,7 @@ from exporter.sequence_tower import SequenceTower
 from exporter.train import UserTower, numpy_tower, tower_query
 from updater.events import validate
 from updater.settings import TrainerConfig
-from updater.trainer import SparseTrainer, draw_negatives
+from updater.trainer import SparseTrainer, draw_negatives, draw_negatives_many
 
 DIM, USERS, ITEMS, HISTORY = 8, 6, 40, 5
 NOW = 1_790_000_000.0
@@ -388,3 +388,89 @@ def test_a_new_user_takes_the_scaled_mean_of_what_they_took_when_asked_to():
     np.testing.assert_allclose(t["user_rows"][row],
                                trainer.user_fold_in_scale * t["item_rows"][[2, 5]].mean(0),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_the_vectorised_negatives_are_draw_negatives_row_by_row():
+    rng = np.random.default_rng(4)
+    offsets = rng.integers(1, 2**40, 200)
+    n_items = rng.integers(2, 50, 200)
+    item_rows = np.array([rng.integers(0, n) for n in n_items])
+    with np.errstate(over="ignore"):
+        many = draw_negatives_many(9, offsets, 8, n_items, item_rows)
+    for row, offset, n, item in zip(many, offsets, n_items, item_rows):
+        assert row[row >= 0].tolist() == draw_negatives(9, int(offset), 8, int(n), int(item)).tolist()
+
+
+def _disjoint_events(trainer, n_events, *, kinds=("click", "skip")):
+    """Events whose users, items, negatives and histories share no row: a minibatch of them
+    is the same as applying them one by one."""
+    used, events = set(), []
+    for offset in range(1, 10_000):
+        user_row, item_row = offset % USERS, (offset * 13) % ITEMS
+        history = trainer.t["user_history"].data[user_row]
+        rows = {item_row, *draw_negatives(trainer.config.seed, offset, trainer.config.negatives,
+                                          trainer.n_items, item_row).tolist(),
+                *history[history >= 0].tolist()}
+        if rows & used or any(e.user_id == 1000 + 10 * user_row for e in events):
+            continue
+        used |= rows
+        events.append(_event(offset, 1000 + 10 * user_row, 500 + 7 * item_row,
+                             kinds[len(events) % len(kinds)]))
+        if len(events) == n_events:
+            return events
+    raise AssertionError("no disjoint events")
+
+
+@pytest.mark.parametrize("tower_kind", sorted(TOWERS))
+def test_a_minibatch_of_events_sharing_no_row_is_the_events_one_by_one(tower_kind):
+    torch.manual_seed(2)
+    tower = TOWERS[tower_kind]().eval()
+    for p in tower.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    config = TrainerConfig(negatives=2, fold_in_events=0)
+    tables = {**_tables(), "item_rows": np.random.default_rng(5).normal(0, 0.3, (ITEMS, DIM))
+              .astype(np.float32)}
+    one_by_one, batched = (SparseTrainer(tables, numpy_tower(tower), popularity_half_life_s=3600.0,
+                                         config=config) for _ in range(2))
+    events = _disjoint_events(one_by_one, 4)
+    for event in events:
+        one_by_one.apply(event)
+    batched.apply_many(events)
+    for name, table in one_by_one.tables().items():
+        np.testing.assert_allclose(batched.tables()[name], table, rtol=1e-5, atol=1e-7, err_msg=name)
+    assert batched.changed_rows()["item_rows"].tolist() == one_by_one.changed_rows()["item_rows"].tolist()
+    assert not np.array_equal(batched.tables()["user_rows"], tables["user_rows"])
+
+
+def test_repeated_rows_take_their_steps_in_order_as_one_by_one():
+    rng = np.random.default_rng(6)
+    in_order, stepwise = (SparseTrainer(_tables(), _numpy_tower()) for _ in range(2))
+    for trainer in (in_order, stepwise):
+        trainer.t["item_adagrad"].data[:] = np.linspace(0.0, 1.0, ITEMS)
+    rows = np.array([3, 7, 3, 3, 12, 7])
+    grads = rng.normal(0, 2.0, (rows.size, DIM))  # large enough for the clip to act
+    in_order._adagrad_in_order("item_rows", "item_adagrad", rows, grads)
+    for row, grad in zip(rows, grads):
+        stepwise._adagrad_step("item_rows", "item_adagrad", np.array([row]), grad[None])
+    for name in ("item_rows", "item_adagrad"):
+        np.testing.assert_allclose(in_order.tables()[name], stepwise.tables()[name], rtol=1e-6,
+                                   atol=1e-7, err_msg=name)
+    assert in_order.changed_rows()["item_rows"].tolist() == [3, 7, 12]
+
+
+def test_a_minibatch_keeps_the_histories_counts_and_new_rows_of_one_by_one():
+    config = TrainerConfig(negatives=4, fold_in_events=0)
+    one_by_one, batched = (SparseTrainer(_tables(), _numpy_tower(), popularity_half_life_s=60.0,
+                                         config=config) for _ in range(2))
+    events = [_event(n, 1000 + 10 * (n % 3), 500 + 7 * (n % 5), ("click", "skip", "purchase")[n % 3])
+              for n in range(1, 30)] + [_event(40, 77, 99), _event(41, 77, 500)]  # new user, item
+    for event in events:
+        one_by_one.apply(event)
+    batched.apply_many(events)
+    for name in ("user_ids", "item_ids", "user_history", "item_popularity", "user_last_at"):
+        np.testing.assert_array_equal(batched.tables()[name], one_by_one.tables()[name], err_msg=name)
+    np.testing.assert_allclose(batched.tables()["item_trend"], one_by_one.tables()["item_trend"],
+                               rtol=1e-6)
+    # shared rows: close, not equal (a later event's gradient does not see an earlier step)
+    np.testing.assert_allclose(batched.tables()["item_rows"], one_by_one.tables()["item_rows"],
+                               atol=0.05)
