@@ -146,8 +146,11 @@ class SASRecRecommender:
         # working directory when it opens and again at the end of fit (add_hparams), so it runs
         # inside the scratch folder. No validation, no checkpoint: the model of the last epoch.
         with _working_directory(workdir):
-            Trainer(config, self.model).fit(train_data, valid_data=None, saved=False, verbose=False,
-                                            show_progress=False)
+            trainer = Trainer(config, self.model)
+            trainer.fit(train_data, valid_data=None, saved=False, verbose=False, show_progress=False)
+            # its writer thread writes through that relative path: flushed and closed before we
+            # leave the folder (else a late write raised FileNotFoundError in that thread)
+            trainer.tensorboard.close()
         self.model.eval()
         tokens = dataset.field2id_token[config["ITEM_ID_FIELD"]]  # index 0 is [PAD]
         external = np.array([int(t) for t in tokens[1:]], dtype=np.int64)
