@@ -132,9 +132,11 @@ def _learning_cpu_s(status: dict) -> float:
 RETRIEVE_READ_COMMANDS = ("multi", "lrange", "hmget", "exec")
 
 
-def _retrieve_reads_cpu_s(redis_url: str) -> float:
-    """CPU s the redis-server spent in retrieve's reads (INFO commandstats): serving, not update
-    cost; with the SQLite store the same reads run inside tritonserver, which is not counted."""
+def _redis_report(redis_url: str) -> float:
+    """Print the redis-server's busiest commands over the replay (INFO commandstats) and return
+    the seconds it spent inside retrieve's read commands (time inside each command, measured by
+    Redis, not their socket I/O): serving, not update cost; with the SQLite store the same reads
+    run inside tritonserver, which is not counted."""
     from model_repository.live_history import redis_client
 
     with redis_client(redis_url) as r:
@@ -192,7 +194,7 @@ def _served_rows(repository: Path, scratch: Path, train: Interactions, test: Int
                 result.learn_cpu_s = _learning_cpu_s(online.updater.status()) - learned
                 if redis is not None:
                     result.redis_cpu_s = redis.cpu_s() - redis_started
-                    result.redis_read_cpu_s = _retrieve_reads_cpu_s(redis.url)
+                    result.redis_read_cpu_s = _redis_report(redis.url)
             finally:
                 online.close()
                 stack.stop_updaters()

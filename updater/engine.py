@@ -101,8 +101,7 @@ class Engine:
         self._idle = False  # the thread waits with nothing to do: the next notify wakes it
         self._waiting_since: float | None = None  # when untrained events were first seen waiting
         self.cpu_s = {"training": 0.0, "publishing": 0.0}  # this thread's, since start
-        # events also arrive with no notify (apps writing a Redis log): rate them as read
-        self._counts_reads = bool(getattr(feedback_log, "shared", False))
+        # a shared log (Redis): apps write it too, with no notify, so events are counted as read
 
     # -- start-up -------------------------------------------------------------------------
     def recover(self) -> None:
@@ -120,7 +119,7 @@ class Engine:
         self._notified_offset = self.log.last_offset()  # the log after the version: replayed
         log.info("recovered at retrieve %s (offset %s); %s log events to replay",
                  manifest.version, manifest.feedback_offset, max(behind, 0))
-        if getattr(self.log, "shared", False):
+        if self.log.shared:
             # a Redis log keeps the live history itself (updater.redis_log): set its intake up
             self.log.set_up(self.trainer.history_len, after_offset=manifest.feedback_offset)
         else:
@@ -163,7 +162,7 @@ class Engine:
         Wakes the thread only when it waits with nothing to do (so the publish clock starts at
         once) or a publish's worth of events is not applied yet."""
         with self._accepted_lock:
-            if accepted and not self._counts_reads:
+            if accepted and not self.log.shared:
                 self._accepted.append((time.monotonic(), accepted))
             self._notified_offset = max(self._notified_offset, last_offset)
             wake = accepted and (self._idle or self._notified_offset - self.applied_offset
@@ -234,7 +233,7 @@ class Engine:
             if not events:
                 self._read_to = max(self._read_to, notified)
                 return
-            if self._counts_reads:
+            if self.log.shared:
                 with self._accepted_lock:
                     self._accepted.append((time.monotonic(), len(events)))
             self.trainer.apply_many(events)
@@ -247,7 +246,7 @@ class Engine:
 
     def _waiting(self) -> int:
         """Durable events not trained yet (a Redis log: its newest offset, one GET)."""
-        newest = self.log.last_offset() if self._counts_reads else self._notified_offset
+        newest = self.log.last_offset() if self.log.shared else self._notified_offset
         return newest - max(self.applied_offset, self._read_to)
 
     def _train_due(self) -> bool:

@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS pending_forgets (user_id INTEGER PRIMARY KEY);
 class FeedbackLog:
     """Thread-safe: one connection, one lock (SQLite serialises writers anyway)."""
 
+    # only the updater writes it, through its intake, and the live history is a store of its own
+    # (model_repository.live_history.LiveHistory); updater.redis_log.RedisFeedbackLog is shared
+    shared = False
+
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)

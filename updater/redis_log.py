@@ -26,7 +26,6 @@ history keys are not declared to the scripts, so this needs a single Redis, not 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -178,12 +177,11 @@ def intake_keys(keys: RedisKeys) -> list[str]:
 
 
 def _text(value) -> str:
-    """A field as the script reads it: '' for missing, integers as digits, floats exactly."""
+    """A field as the script reads it: '' for missing, integers as digits, floats exactly (repr
+    round-trips; nan and inf come out as Lua's tonumber reads them)."""
     if value is None:
         return ""
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ("nan" if value != value else repr(value))
-    return str(value)
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def intake_args(rows: Iterable[Sequence], *, now: float | None = None) -> list[str]:

@@ -151,16 +151,20 @@ class _PooledTowerGrad:
         self.decay = decay
         self._weights: dict[int, np.ndarray] = {}  # by history length: they depend on nothing else
 
+    def _weights_of(self, length: int) -> np.ndarray:
+        """(length, 1) float32 recency weights of a history of ``length`` items, oldest first."""
+        weights = self._weights.get(length)
+        if weights is None:
+            weights = self._weights[length] = recency_weights(np.array([0, length]),
+                                                              decay=self.decay)[:, None]
+        return weights
+
     def forward(self, user: np.ndarray, item_rows: np.ndarray, history: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray]:
         """(query (d,), hidden pre-activation (hidden,)) for one user; ``history``: item rows,
         oldest first."""
         if history.size:
-            weights = self._weights.get(history.size)
-            if weights is None:
-                weights = self._weights[history.size] = recency_weights(
-                    np.array([0, history.size]), decay=self.decay)[:, None]
-            pooled = (weights * item_rows[history]).sum(0).astype(np.float32)
+            pooled = (self._weights_of(history.size) * item_rows[history]).sum(0).astype(np.float32)
         else:
             pooled = np.zeros(self.dim, np.float32)
         z1 = self.w1 @ np.concatenate([user, pooled]) + self.b1
@@ -178,12 +182,8 @@ class _PooledTowerGrad:
         weights = np.zeros((len(histories), width), np.float32)
         for n, history in enumerate(histories):
             if history.size:
-                w = self._weights.get(history.size)
-                if w is None:
-                    w = self._weights[history.size] = recency_weights(
-                        np.array([0, history.size]), decay=self.decay)[:, None]
                 padded[n, width - history.size:] = history
-                weights[n, width - history.size:] = w[:, 0]
+                weights[n, width - history.size:] = self._weights_of(history.size)[:, 0]
         pooled = np.einsum("tl,tld->td", weights, item_rows[padded])
         z1 = np.concatenate([users, pooled], axis=1) @ self.w1.T + self.b1
         return users + pooled + np.maximum(z1, 0.0) @ self.w2.T + self.b2, z1
