@@ -12,7 +12,9 @@ and publishes) from Status. The peer, in the same run: the training alone,
 `SparseTrainer.apply` over the same events in this process on the same version's tables. A
 replay of a rating log asks before every event, so it sends once per run of distinct users
 (about one event) over a session: that row is its cost per event (bench.quality's update cost),
-the others what an app batching its events pays.
+the others what an app batching its events pays. "app -> Redis": the app writes to the Redis log
+itself (clients.RedisEventWriter), one writer, or 8 on their own threads and connections at once
+(an app's request handlers), whose writes Redis fsyncs together.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +32,8 @@ import numpy as np
 from bench.report import machine_header, print_table
 
 BATCH_SIZES = (1, 10, 100)
+CONCURRENT_WRITERS = 8
+CONCURRENT = f"app -> Redis, {CONCURRENT_WRITERS} writers at once"
 EVENTS = 3000
 BENCH_DATA = dict(n_users=2000, n_items=1500, n_events=60_000, n_categories=12, seed=5)
 TIMESTAMP = 1.7e9
@@ -61,14 +66,21 @@ def _served_run(updater, client, events: list, batch: int, *, session: bool
             _engine_cpu_s(status) - engine)
 
 
-def _redis_run(updater, redis, writer, client, events: list, batch: int
+def _redis_run(updater, redis, writers, client, events: list, batch: int
                ) -> tuple[float, float, float, float]:
     """(wall s, updater CPU s, redis-server CPU s, engine CPU s): the app writes each send to
-    Redis itself, until the updater has applied every event."""
+    Redis itself, until the updater has applied every event. More than one writer: each on its
+    own connection and thread, every n-th send, all at once (as an app's request handlers do;
+    Redis fsyncs once for all the writes of one turn of its event loop)."""
     engine, cpu, redis_cpu = _engine_cpu_s(client.status()), updater.cpu_s(), redis.cpu_s()
-    started, last = time.perf_counter(), 0
-    for start in range(0, len(events), batch):
-        last = writer.send(events[start:start + batch]).last_offset
+    sends = [events[start:start + batch] for start in range(0, len(events), batch)]
+    started = time.perf_counter()
+
+    def write(n: int) -> int:
+        return max(writers[n].send(part).last_offset for part in sends[n::len(writers)])
+
+    with ThreadPoolExecutor(len(writers)) as pool:
+        last = max(pool.map(write, range(len(writers))))
     while (status := client.status())["applied_offset"] < last:
         time.sleep(0.005)
     return (time.perf_counter() - started, updater.cpu_s() - cpu, redis.cpu_s() - redis_cpu,
@@ -121,6 +133,7 @@ def run(events: int) -> None:
         user_ids, item_ids = np.asarray(tables[schema.USER_IDS]), np.asarray(tables[schema.ITEM_IDS])
         modes = [(batch, via) for batch in BATCH_SIZES for via in ("Send calls", "SendEach session",
                                                                    "app -> Redis")]
+        modes.insert(3, (1, CONCURRENT))
         runs = {mode: _events(user_ids, item_ids, events, tag=f"b{n}", seed=n)
                 for n, mode in enumerate(modes)}
         alone = {mode: _training_alone(version, runs[mode]) for mode in modes}
@@ -131,7 +144,7 @@ def run(events: int) -> None:
                 _served_run(stack.updater, client, _events(user_ids, item_ids, 200, tag="warm",
                                                            seed=0), 10, session=True)
                 for batch, via in modes:
-                    if via == "app -> Redis":
+                    if via.startswith("app -> Redis"):
                         continue
                     wall, cpu, engine = _served_run(stack.updater, client, runs[batch, via],
                                                     batch, session=via == "SendEach session")
@@ -142,19 +155,22 @@ def run(events: int) -> None:
             stack.stop_updaters()
             with RedisServer(log_path=scratch / "redis.log") as redis:
                 updater = stack.start_updater(args=("--redis", redis.url))
-                client, writer = UpdaterClient(updater.url), RedisEventWriter(redis.url)
+                client = UpdaterClient(updater.url)
+                writers = [RedisEventWriter(redis.url) for _ in range(CONCURRENT_WRITERS)]
                 try:
-                    _redis_run(updater, redis, writer, client,
+                    _redis_run(updater, redis, writers[:1], client,
                                _events(user_ids, item_ids, 200, tag="warm-redis", seed=0), 10)
                     for batch, via in modes:
-                        if via != "app -> Redis":
+                        if not via.startswith("app -> Redis"):
                             continue
-                        wall, cpu, redis_cpu, engine = _redis_run(updater, redis, writer, client,
-                                                                  runs[batch, via], batch)
+                        wall, cpu, redis_cpu, engine = _redis_run(
+                            updater, redis, writers if via == CONCURRENT else writers[:1], client,
+                            runs[batch, via], batch)
                         rows.append(_intake_row(batch, via, events, wall, cpu, redis_cpu, engine,
                                                 alone[batch, via]))
                 finally:
-                    writer.close()
+                    for writer in writers:
+                        writer.close()
                     client.close()
                     stack.stop_updaters()
         rows.sort(key=lambda row: (row[0], [m[1] for m in modes].index(row[1])))

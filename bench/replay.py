@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -89,7 +89,7 @@ class ReplayResult:
     cpu_s: float = 0.0
     learn_cpu_s: float = 0.0
     redis_cpu_s: float = 0.0  # freshrec with its log in Redis: the redis-server's (the intake)
-    redis_read_cpu_s: float = 0.0  # of it, retrieve's live-history reads (serving)
+    redis_ask_cpu_s: float = 0.0  # of it, while the app asked: retrieve's live-history reads
     ranks: list[int] = field(default_factory=list, repr=False)  # -1: not in the top K
 
 
@@ -305,9 +305,11 @@ class OnlineRecommender(ServedRecommender):
 
     def __init__(self, triton_url: str, updater_url: str, *, feedback_kind: str = "click",
                  shown_skips: int = 0, concurrency: int = SERVED_CONCURRENCY,
-                 redis_url: str | None = None):
+                 redis_url: str | None = None, ask_meter: Callable[[], float] | None = None):
         """``redis_url``: the updater keeps its log in this Redis (--redis), and the app writes
-        each send straight to it (clients.RedisEventWriter) instead of to the updater."""
+        each send straight to it (clients.RedisEventWriter) instead of to the updater.
+        ``ask_meter``: a CPU clock (the redis-server's) read around each ask; `ask_cpu_s` sums
+        what it ran while the app asked, i.e. while retrieve read the live histories."""
         from clients import RedisEventWriter, UpdaterClient
 
         super().__init__(triton_url, concurrency=concurrency)
@@ -319,9 +321,14 @@ class OnlineRecommender(ServedRecommender):
         self.shown: dict[int, np.ndarray] = {}  # each asked user's answer, until its event is sent
         self.sent = 0
         self.publishes = 0
+        self.ask_meter = ask_meter
+        self.ask_cpu_s = 0.0
 
     def recommend(self, user_ids, excludes, k):
+        started = self.ask_meter() if self.ask_meter is not None else 0.0
         answers = super().recommend(user_ids, excludes, k)
+        if self.ask_meter is not None:
+            self.ask_cpu_s += self.ask_meter() - started
         if self.shown_skips:
             self.shown.update(zip(user_ids.tolist(), answers))
         return answers

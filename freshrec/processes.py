@@ -205,6 +205,19 @@ class ChildProcess:
         fields = stat.rsplit(")", 1)[1].split()  # after the command name: state is field 3
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
+    def run_time_s(self) -> float:
+        """On-CPU seconds of the child's live threads, to the nanosecond (Linux's per-thread
+        schedstat): for intervals far shorter than `cpu_s`'s clock tick, such as one request.
+        Threads that have exited are not in it; use it on children whose threads live as long as
+        they do (redis-server), and `cpu_s` for totals."""
+        total_ns = 0
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            try:
+                total_ns += int((task / "schedstat").read_text().split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # the thread ended while we listed them
+        return total_ns / 1e9
+
     def log_tail(self, lines: int = 40) -> str:
         if self.log_path is None or not self.log_path.exists():
             return ""

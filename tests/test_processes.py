@@ -91,6 +91,10 @@ def test_a_childs_cpu_seconds_count_its_work_not_its_sleep(tmp_path):
         assert 0.4 <= spent < 5.0
         time.sleep(0.3)  # the child sleeps now
         assert child.cpu_s() - spent < 0.1
+        ran = child.run_time_s()  # the nanosecond clock agrees with the tick one
+        assert abs(ran - child.cpu_s()) < 0.1
+        time.sleep(0.05)
+        assert 0.0 <= child.run_time_s() - ran < 0.01
     finally:
         child.stop()
 

@@ -241,6 +241,35 @@ def test_online_sends_the_shown_items_not_taken_as_skips_before_the_event(monkey
     assert len({e["event_id"] for batch in online.updater.batches for e in batch}) == len(sent)
 
 
+def test_the_ask_meter_counts_only_while_the_app_asks(monkeypatch):
+    """bench.quality charges the redis-server's CPU to updating less what it ran during asks:
+    the meter is read around each ask and nowhere else."""
+    from bench import replay as replay_module
+
+    clock = {"now": 0.0}
+
+    def asking(self, users, excludes, k):
+        clock["now"] += 1.0  # the meter's clock runs only inside an ask
+        return [np.array([4, 9, 3])] * len(users)
+
+    monkeypatch.setattr(replay_module.ServedRecommender, "recommend", asking)
+    online = OnlineRecommender("127.0.0.1:9", "127.0.0.1:9", ask_meter=lambda: clock["now"])
+    online.updater.close()
+
+    class SlowSends(RecordingUpdater):
+        def send(self, events):
+            clock["now"] += 100.0  # a send's time is not an ask's
+            return super().send(events)
+
+    online.updater = SlowSends()
+    try:
+        result = replay(TRAIN, TEST, online, window_events=3, ks=(1,), scored_windows=[0, 1])
+    finally:
+        online.close()
+    assert result.runs > 0
+    assert online.ask_cpu_s == result.runs  # one second per ask, none of the sends' hundreds
+
+
 def test_app_history_is_what_the_app_saw_and_nothing_is_sent():
     app = AppHistoryRecommender("127.0.0.1:9", TRAIN, history_len=2)
     try:
