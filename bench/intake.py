@@ -14,7 +14,10 @@ replay of a rating log asks before every event, so it sends once per run of dist
 (about one event) over a session: that row is its cost per event (bench.quality's update cost),
 the others what an app batching its events pays. "app -> Redis": the app writes to the Redis log
 itself (clients.RedisEventWriter), one writer, or 8 on their own threads and connections at once
-(an app's request handlers), whose writes Redis fsyncs together.
+(an app's request handlers), whose writes Redis fsyncs together. A second table takes the
+redis-server alone (no updater reading it): single-event sends with `appendfsync always` and
+`everysec`, its CPU per send and the intake script's time inside Redis (INFO commandstats), so
+what the fsync before each reply costs is the difference of the two rows.
 """
 
 from __future__ import annotations
@@ -174,6 +177,8 @@ def run(events: int) -> None:
                     client.close()
                     stack.stop_updaters()
         rows.sort(key=lambda row: (row[0], [m[1] for m in modes].index(row[1])))
+        alone_rows = [_redis_alone(user_ids, item_ids, events, fsync, scratch)
+                      for fsync in ("always", "everysec")]
     print(machine_header([
         f"model: {BENCH_DATA['n_users']} users x {BENCH_DATA['n_items']} items (synthetic, "
         "trained 2 epochs), served as `freshrec serve` runs it; default publish cadence",
@@ -182,6 +187,43 @@ def run(events: int) -> None:
     print_table(["events per send", "sent as", "events", "wall us/event", "updater CPU us/event",
                  "redis-server CPU us/event", "of it engine (training, publishes)",
                  "training alone CPU us/event", "(updater + redis) / training"], rows)
+    print("\nthe redis-server alone (set up for the intake, no updater reading): single-event "
+          "sends by one app writer")
+    print_table(["appendfsync", "sends", "redis-server CPU us/send",
+                 "of it inside the intake script us/send"], alone_rows)
+
+
+def _redis_alone(user_ids: np.ndarray, item_ids: np.ndarray, events: int, appendfsync: str,
+                 scratch: Path) -> list:
+    """One row: a fresh redis-server (``appendfsync``) set up for the intake, ``events``
+    single-event sends by one RedisEventWriter, no updater reading them."""
+    from clients import RedisEventWriter
+    from freshrec.processes import RedisServer
+    from model_repository.live_history import RedisKeys, redis_client
+    from updater.redis_log import RedisFeedbackLog
+
+    with RedisServer(log_path=scratch / f"redis-alone-{appendfsync}.log",
+                     appendfsync=appendfsync) as redis:
+        RedisFeedbackLog(redis.url, history_len=20)
+        writer = RedisEventWriter(redis.url)
+        try:
+            for event in _events(user_ids, item_ids, 200, tag="warm", seed=0):
+                writer.send([event])
+            with redis_client(redis.url) as r:
+                r.config_resetstat()
+            sends = _events(user_ids, item_ids, events, tag=f"alone-{appendfsync}", seed=9)
+            cpu = redis.run_time_s()
+            for event in sends:
+                writer.send([event])
+            cpu = redis.run_time_s() - cpu
+            with redis_client(redis.url) as r:
+                script_s = r.info("commandstats").get("cmdstat_evalsha", {}).get("usec", 0) / 1e6
+                stored = r.xlen(RedisKeys().events)
+            if stored != 200 + events:
+                raise RuntimeError(f"the intake stored {stored} events of {200 + events} sent")
+        finally:
+            writer.close()
+    return [appendfsync, events, cpu / events * 1e6, script_s / events * 1e6]
 
 
 def _intake_row(batch, via, events, wall, cpu, redis_cpu, engine, alone_s) -> list:
