@@ -75,7 +75,7 @@ def _redis_run(updater, redis, writers, client, events: list, batch: int
     Redis itself, until the updater has applied every event. More than one writer: each on its
     own connection and thread, every n-th send, all at once (as an app's request handlers do;
     Redis fsyncs once for all the writes of one turn of its event loop)."""
-    engine, cpu, redis_cpu = _engine_cpu_s(client.status()), updater.cpu_s(), redis.cpu_s()
+    engine, cpu, redis_cpu = _engine_cpu_s(client.status()), updater.cpu_s(), redis.run_time_s()
     sends = [events[start:start + batch] for start in range(0, len(events), batch)]
     started = time.perf_counter()
 
@@ -86,7 +86,7 @@ def _redis_run(updater, redis, writers, client, events: list, batch: int
         last = max(pool.map(write, range(len(writers))))
     while (status := client.status())["applied_offset"] < last:
         time.sleep(0.005)
-    return (time.perf_counter() - started, updater.cpu_s() - cpu, redis.cpu_s() - redis_cpu,
+    return (time.perf_counter() - started, updater.cpu_s() - cpu, redis.run_time_s() - redis_cpu,
             _engine_cpu_s(status) - engine)
 
 
@@ -204,7 +204,7 @@ def _redis_alone(user_ids: np.ndarray, item_ids: np.ndarray, events: int, append
 
     with RedisServer(log_path=scratch / f"redis-alone-{appendfsync}.log",
                      appendfsync=appendfsync) as redis:
-        RedisFeedbackLog(redis.url, history_len=20)
+        RedisFeedbackLog(redis.url, history_len=20).close()  # sets the intake up for apps
         writer = RedisEventWriter(redis.url)
         try:
             for event in _events(user_ids, item_ids, 200, tag="warm", seed=0):
