@@ -17,7 +17,10 @@ itself (clients.RedisEventWriter), one writer, or 8 on their own threads and con
 (an app's request handlers), whose writes Redis fsyncs together. A second table takes the
 redis-server alone (no updater reading it): single-event sends with `appendfsync always` and
 `everysec`, its CPU per send and the intake script's time inside Redis (INFO commandstats), so
-what the fsync before each reply costs is the difference of the two rows.
+what the fsync before each reply costs is the difference of the two settings; and the same sends
+as the plain durable log a deployed peer keeps (bench.peers.append_to_log: an XADD in a MULTI,
+what bench.quality's ALS is charged for), so what freshrec's intake adds is the difference of
+the two writers.
 """
 
 from __future__ import annotations
@@ -177,8 +180,8 @@ def run(events: int) -> None:
                     client.close()
                     stack.stop_updaters()
         rows.sort(key=lambda row: (row[0], [m[1] for m in modes].index(row[1])))
-        alone_rows = [_redis_alone(user_ids, item_ids, events, fsync, scratch)
-                      for fsync in ("always", "everysec")]
+        alone_rows = [_redis_alone(user_ids, item_ids, events, fsync, scratch, writes=writes)
+                      for fsync in ("always", "everysec") for writes in (INTAKE_SCRIPT, PEER_LOG)]
     print(machine_header([
         f"model: {BENCH_DATA['n_users']} users x {BENCH_DATA['n_items']} items (synthetic, "
         "trained 2 epochs), served as `freshrec serve` runs it; default publish cadence",
@@ -187,16 +190,42 @@ def run(events: int) -> None:
     print_table(["events per send", "sent as", "events", "wall us/event", "updater CPU us/event",
                  "redis-server CPU us/event", "of it engine (training, publishes)",
                  "training alone CPU us/event", "(updater + redis) / training"], rows)
-    print("\nthe redis-server alone (set up for the intake, no updater reading): single-event "
-          "sends by one app writer")
-    print_table(["appendfsync", "sends", "redis-server CPU us/send",
-                 "of it inside the intake script us/send"], alone_rows)
+    print("\nthe redis-server alone (no updater reading): single-event sends by one app writer, "
+          "through freshrec's intake or as the plain log bench.quality's ALS keeps")
+    print_table(["appendfsync", "writes", "sends", "redis-server CPU us/send",
+                 "of it inside the script / XADD us/send"], alone_rows)
+
+
+INTAKE_SCRIPT = "freshrec's intake script"
+PEER_LOG = "a peer's log: XADD in a MULTI"
+
+
+class _PeerLogWriter:
+    """What bench.quality's logged ALS writes per send (bench.peers.append_to_log)."""
+
+    stream = "peer:events"
+
+    def __init__(self, url: str):
+        from model_repository.live_history import redis_client
+
+        self._redis = redis_client(url)
+
+    def send(self, events: list) -> None:
+        from bench.peers import append_to_log
+
+        append_to_log(self._redis, self.stream, [
+            (e["event_id"], e["user_id"], e["item_id"], e["kind"], e["value"], e["timestamp"])
+            for e in events])
+
+    def close(self) -> None:
+        self._redis.close()
 
 
 def _redis_alone(user_ids: np.ndarray, item_ids: np.ndarray, events: int, appendfsync: str,
-                 scratch: Path) -> list:
-    """One row: a fresh redis-server (``appendfsync``) set up for the intake, ``events``
-    single-event sends by one RedisEventWriter, no updater reading them."""
+                 scratch: Path, *, writes: str = INTAKE_SCRIPT) -> list:
+    """One row: a fresh redis-server (``appendfsync``), ``events`` single-event sends by one
+    writer, no updater reading them: freshrec's (set up for the intake, a RedisEventWriter) or,
+    ``writes`` PEER_LOG, the plain durable log a deployed peer keeps (bench.quality's ALS)."""
     from clients import RedisEventWriter
     from freshrec.processes import RedisServer
     from model_repository.live_history import RedisKeys, redis_client
@@ -204,8 +233,11 @@ def _redis_alone(user_ids: np.ndarray, item_ids: np.ndarray, events: int, append
 
     with RedisServer(log_path=scratch / f"redis-alone-{appendfsync}.log",
                      appendfsync=appendfsync) as redis:
-        RedisFeedbackLog(redis.url, history_len=20).close()  # sets the intake up for apps
-        writer = RedisEventWriter(redis.url)
+        if writes == INTAKE_SCRIPT:
+            RedisFeedbackLog(redis.url, history_len=20).close()  # sets the intake up for apps
+            writer, stream, command = RedisEventWriter(redis.url), RedisKeys().events, "evalsha"
+        else:
+            writer, stream, command = _PeerLogWriter(redis.url), _PeerLogWriter.stream, "xadd"
         try:
             for event in _events(user_ids, item_ids, 200, tag="warm", seed=0):
                 writer.send([event])
@@ -217,13 +249,13 @@ def _redis_alone(user_ids: np.ndarray, item_ids: np.ndarray, events: int, append
                 writer.send([event])
             cpu = redis.run_time_s() - cpu
             with redis_client(redis.url) as r:
-                script_s = r.info("commandstats").get("cmdstat_evalsha", {}).get("usec", 0) / 1e6
-                stored = r.xlen(RedisKeys().events)
+                inside_s = r.info("commandstats").get(f"cmdstat_{command}", {}).get("usec", 0) / 1e6
+                stored = r.xlen(stream)
             if stored != 200 + events:
-                raise RuntimeError(f"the intake stored {stored} events of {200 + events} sent")
+                raise RuntimeError(f"{writes} stored {stored} events of {200 + events} sent")
         finally:
             writer.close()
-    return [appendfsync, events, cpu / events * 1e6, script_s / events * 1e6]
+    return [appendfsync, writes, events, cpu / events * 1e6, inside_s / events * 1e6]
 
 
 def _intake_row(batch, via, events, wall, cpu, redis_cpu, engine, alone_s) -> list:

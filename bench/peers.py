@@ -8,7 +8,8 @@ counts once, as the metrics see it) and then scores user rows against every item
     scores = peer.scores(user_rows)     # (B, I) float32, higher is better
 
 Two adapters put a peer in a protocol: `RetrainedPeer` is a bench.replay recommender refitted
-on every event learned so far before it answers (prequential replay), `peer_scorer` an
+on every event learned so far before it answers (prequential replay; `LoggedPeer` also stores
+each event in a durable log as it happens, as a deployed peer must), `peer_scorer` an
 exporter.evaluate ScoreFn over the split's catalogue (`--protocol split`). Settings are picked for
 the peers, not for us; each constant says what it was picked from.
 """
@@ -264,6 +265,46 @@ class RetrainedPeer:
         for question in np.flatnonzero(self.user_ids[rows] != user_ids):
             answers[question] = self.popularity.recommend(None, [excludes[question]], k)[0]
         return answers
+
+
+def append_to_log(client, stream: str, rows: Sequence[tuple]) -> None:
+    """A deployed peer's durable log: each (event id, user, item, kind, value, timestamp) row an
+    XADD to ``stream``, all in one MULTI, so one reply (after the fsync, appendfsync always)."""
+    pipe = client.pipeline(transaction=True)
+    for event_id, user, item, kind, value, timestamp in rows:
+        pipe.xadd(stream, {"id": event_id, "u": user, "i": item, "k": kind, "v": value,
+                           "t": timestamp})
+    pipe.execute()
+
+
+class LoggedPeer(RetrainedPeer):
+    """A `RetrainedPeer` that also keeps what a deployed one needs to refit from: a durable log.
+    As a bench.replay StreamingRecommender it gets the events as freshrec online does, right
+    after their questions, one send per run of distinct users, and appends each send to a Redis
+    stream (one XADD per event, the fields an app sends, in one MULTI: one reply, after the
+    server's fsync with appendfsync always). The redis-server's CPU is the peer's intake cost, to
+    set beside freshrec's, whose intake script also dedupes and keeps live histories. Answers and
+    fits are RetrainedPeer's: asking per run instead of per window changes no answer."""
+
+    def __init__(self, peer: Peer, train: Interactions, redis_url: str, *,
+                 stream: str = "peer:events"):
+        import redis
+
+        super().__init__(peer, train)
+        self.redis = redis.Redis.from_url(redis_url)
+        self.stream = stream
+        self.sent = 0
+
+    def send(self, events: Interactions) -> None:
+        rows = [(f"replay-{self.sent + n}", user, item, "click", value, timestamp)
+                for n, (user, item, value, timestamp) in enumerate(zip(
+                    events.user_ids.tolist(), events.item_ids.tolist(), events.values.tolist(),
+                    events.timestamps.tolist()))]
+        append_to_log(self.redis, self.stream, rows)
+        self.sent += len(rows)
+
+    def close(self) -> None:
+        self.redis.close()
 
 
 def peer_scorer(peer: Peer, train: Interactions, item_ids: np.ndarray):

@@ -32,19 +32,24 @@ excluded), then learned. Rows, all on the same questions:
 then a version written and switched to), the peers' fits; "ingest s" what taking the events in
 cost: freshrec's sends, each over gRPC to another process and durable (fsynced log, live
 history) before its reply, one per run of distinct users; the peers append to a list in
-process (0). "ask s" the time spent answering (over gRPC for the served rows, in-process for
-the others). Below the table, the update cost in CPU seconds against the CPU of ALS's fits: the
-updater's learning (its engine thread's row training and publishes, Admin.Status), and its whole
-process over the replay (Linux /proc: with the intake, i.e. gRPC, the durable log and the live
-history per event, which the peers get for free); the retrieve model's switch to each new
-version, inside tritonserver, is not counted. `--intake redis`: the updater keeps its log in a
-private redis-server (appendfsync always) and the app writes each send to it
-(clients.RedisEventWriter); the intake's CPU is then the redis-server's, counted with the
-updater's, less what the redis-server ran while the app asked (its clock read around each ask:
-the app asks and sends in turn, so that is retrieve's live-history reads, which run inside
-tritonserver with the SQLite store and are not counted there either; the updater's own reads
-made meanwhile are added back, as the time inside its XRANGE and GET commands, INFO
-commandstats).
+process (0), but for ALS with `--intake redis`, which gets the same sends as freshrec and stores
+them in a durable log of its own (bench.peers.LoggedPeer: a private redis-server with the same
+appendfsync, an XADD per event, a MULTI per send), as a deployed peer must to refit from them.
+"ask s" the time spent answering (over gRPC for the served rows, in-process for the others).
+Below the table, the update cost in CPU seconds against the CPU of ALS's fits: the updater's
+learning (its engine thread's row training and publishes, Admin.Status), and its whole process
+over the replay (Linux /proc: with the intake, i.e. gRPC, the durable log and the live history
+per event, which the peers get for free); the retrieve model's switch to each new version,
+inside tritonserver, is not counted. `--intake redis`: the updater keeps its log in a private
+redis-server (appendfsync always) and the app writes each send to it
+(clients.RedisEventWriter); the intake's CPU is then the redis-server's (its threads' on-CPU
+clock), counted with the updater's, less what the redis-server ran while the app asked (the
+same clock read around each ask: the app asks and sends in turn, so that is retrieve's
+live-history reads, which run inside tritonserver with the SQLite store and are not counted
+there either; the updater's own reads made meanwhile are added back, as the time inside its
+XRANGE and GET commands, INFO commandstats). The last line sets that all-in cost beside ALS's
+fits plus its log's redis-server CPU (the same clock): like for like, each with its durable
+log of the same sends.
 
 `--protocol split` reports recall@K / NDCG@K on the latest 20 % with each user's training items
 excluded (exporter.evaluate, so the model's rows equal `freshrec build --no-text-encoder`'s)
@@ -189,13 +194,13 @@ def _served_rows(repository: Path, scratch: Path, train: Interactions, test: Int
                                        ask_meter=redis.run_time_s if redis is not None else None)
             try:
                 cpu_started, learned = updater.cpu_s(), _learning_cpu_s(online.updater.status())
-                redis_started = redis.cpu_s() if redis is not None else 0.0
+                redis_started = redis.run_time_s() if redis is not None else 0.0
                 result = replay(train, test, online, window_events=window_events,
                                 scored_windows=scored)
                 result.cpu_s = updater.cpu_s() - cpu_started
                 result.learn_cpu_s = _learning_cpu_s(online.updater.status()) - learned
                 if redis is not None:
-                    result.redis_cpu_s = redis.cpu_s() - redis_started
+                    result.redis_cpu_s = redis.run_time_s() - redis_started
                     # the app asks and sends in turn, so what redis ran while it asked is
                     # retrieve's reads (serving), but for the updater's polls then: added back
                     result.redis_ask_cpu_s = max(0.0, online.ask_cpu_s - _redis_report(redis.url))
@@ -244,11 +249,18 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
     fit_s: dict[str, float] = {}
     fit_cpu_s: dict[str, float] = {}
     notes = []
+    als_log_cpu_s = None  # with --intake redis: the redis-server CPU of ALS's own durable log
     for peer in make_peers(seed=seed):
-        retrained = RetrainedPeer(peer, train)
-        result = replay(train, test, retrained, window_events=window_events, scored_windows=scored)
+        if peer.name == "ALS" and intake == "redis":
+            result, retrained, als_log_cpu_s = _logged_replay(peer, train, test, window_events,
+                                                              scored, redis_fsync)
+        else:
+            retrained = RetrainedPeer(peer, train)
+            result = replay(train, test, retrained, window_events=window_events,
+                            scored_windows=scored)
         rows.append(_row(f"{peer.name} retrained per window ({retrained.fits} fits)", result,
-                         retrained.fit_s, result.recommend_s - retrained.fit_s))
+                         retrained.fit_s, result.recommend_s - retrained.fit_s,
+                         ingest_s=result.send_s))
         peers[peer.name] = result
         fit_s[peer.name] = retrained.fit_s
         fit_cpu_s[peer.name] = retrained.fit_cpu_s
@@ -300,6 +312,32 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
                  if intake == "redis" else
                  f"the updater's whole process (with the intake: gRPC, durable log and live "
                  f"history per event) {online.cpu_s:.1f} s: x{_ratio(online.cpu_s, fit_cpu_s['ALS'])}"))
+        if als_log_cpu_s is not None:
+            all_in = online.cpu_s + online.redis_cpu_s - online.redis_ask_cpu_s
+            print(f"like for like, each with its durable log of the same sends (appendfsync "
+                  f"{redis_fsync}): freshrec all-in {all_in:.1f} s against ALS's fits "
+                  f"{fit_cpu_s['ALS']:.1f} s + its log's redis-server {als_log_cpu_s:.1f} s (an "
+                  f"XADD per event, a MULTI per send; no dedupe, no live history): "
+                  f"x{_ratio(all_in, fit_cpu_s['ALS'] + als_log_cpu_s)}")
+
+
+def _logged_replay(peer, train: Interactions, test: Interactions, window_events: int,
+                   scored: list[int], redis_fsync: str):
+    """The peer retrained per window that also logs each send durably (bench.peers.LoggedPeer)
+    in a private redis-server: (replay result, the peer, that server's CPU seconds)."""
+    from bench.peers import LoggedPeer
+    from freshrec.processes import RedisServer
+
+    with tempfile.TemporaryDirectory(prefix="freshrec-peer-log-") as scratch, \
+            RedisServer(log_path=Path(scratch) / "redis.log", appendfsync=redis_fsync) as redis:
+        logged = LoggedPeer(peer, train, redis.url)
+        try:
+            started = redis.run_time_s()
+            result = replay(train, test, logged, window_events=window_events,
+                            scored_windows=scored)
+            return result, logged, redis.run_time_s() - started
+        finally:
+            logged.close()
 
 
 def _sasrec_row(train: Interactions, test: Interactions, *, window_events: int, scored: list[int],

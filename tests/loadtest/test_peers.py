@@ -1,6 +1,6 @@
 """bench.peers on tiny hand-made matrices: EASE against its per-column definition, the top-K and
-id mapping helpers, the retrained replay adapter and the split protocol's scorer. No quality level
-is asserted."""
+id mapping helpers, the retrained replay adapter (and its durably logged form, on a real
+redis-server) and the split protocol's scorer. No quality level is asserted."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from bench.peers import (
     EASEPeer,
+    LoggedPeer,
     RetrainedPeer,
     binary_matrix,
     columns_of,
@@ -16,7 +17,9 @@ from bench.peers import (
     peer_scorer,
     top_k_columns,
 )
+from bench.replay import replay
 from exporter.data import Interactions
+from freshrec.processes import RedisServer
 
 # 5 users x 4 items, ids offset so no id equals its row
 USER_IDS = np.array([101, 102, 103, 104, 105])
@@ -99,6 +102,26 @@ def test_retrained_peer_refits_only_after_learning_and_serves_new_users_populari
     assert again[0].tolist() == [15]
 
 
+def test_logged_peer_answers_as_retrained_and_stores_every_event_in_its_stream():
+    train = _train()
+    test = Interactions.from_arrays([101, 101, 103, 105, 102, 101], [13, 14, 11, 12, 14, 12],
+                                    [1.0, 1.0, 3.0, 1.0, 1.0, 1.0], 100 + np.arange(6))
+    windowed = replay(train, test, RetrainedPeer(EASEPeer(l2=1.0), train), window_events=3, ks=(2,))
+    with RedisServer() as server:
+        logged = LoggedPeer(EASEPeer(l2=1.0), train, server.url)
+        try:
+            streamed = replay(train, test, logged, window_events=3, ks=(2,))
+            entries = logged.redis.xrange(logged.stream)
+        finally:
+            logged.close()
+    assert streamed.ranks == windowed.ranks and logged.fits == 2
+    assert streamed.runs > windowed.runs  # asked per run of distinct users, one send each
+    got = [(int(f[b"u"]), int(f[b"i"]), float(f[b"v"]), float(f[b"t"])) for _, f in entries]
+    assert got == list(zip(test.user_ids.tolist(), test.item_ids.tolist(), test.values.tolist(),
+                           test.timestamps.tolist()))
+    assert [f[b"id"] for _, f in entries] == [f"replay-{n}".encode() for n in range(len(test))]
+
+
 def test_peer_scorer_scores_the_whole_catalogue_in_its_order():
     catalogue = np.array([11, 12, 13, 14, 20])  # item 20 has no training event
     score, fit_s = peer_scorer(EASEPeer(l2=1.0), _train(), catalogue)
@@ -114,3 +137,15 @@ def test_each_peer_fits_and_scores_every_item(peer):
     peer.fit(_matrix())
     got = peer.scores(np.array([0, 3, 4]))
     assert got.shape == (3, 4) and got.dtype == np.float32 and np.all(np.isfinite(got))
+
+
+def test_bench_quality_charges_the_logged_peer_its_redis_servers_cpu():
+    from bench.quality import _logged_replay
+
+    train = _train()
+    test = Interactions.from_arrays([101, 103, 101, 105] * 10, [13, 11, 14, 12] * 10,
+                                    np.ones(40), 100 + np.arange(40))
+    windowed = replay(train, test, RetrainedPeer(EASEPeer(l2=1.0), train), window_events=20)
+    result, logged, log_cpu_s = _logged_replay(EASEPeer(l2=1.0), train, test, 20, [0, 1], "always")
+    assert result.ranks == windowed.ranks and logged.sent == len(test)
+    assert log_cpu_s > 0.0  # 40 fsynced sends and the server's own start-up are not free
