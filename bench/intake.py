@@ -18,7 +18,7 @@ itself (clients.RedisEventWriter), one writer, or 8 on their own threads and con
 redis-server alone (no updater reading it): single-event sends with `appendfsync always` and
 `everysec`, its CPU per send and the intake script's time inside Redis (INFO commandstats), so
 what the fsync before each reply costs is the difference of the two settings; and the same sends
-as the plain durable log a deployed peer keeps (bench.peers.append_to_log: an XADD in a MULTI,
+as the plain durable log a deployed peer keeps (bench.peers.PeerLog: an XADD in a MULTI,
 what bench.quality's ALS is charged for), so what freshrec's intake adds is the difference of
 the two writers.
 """
@@ -200,32 +200,12 @@ INTAKE_SCRIPT = "freshrec's intake script"
 PEER_LOG = "a peer's log: XADD in a MULTI"
 
 
-class _PeerLogWriter:
-    """What bench.quality's logged ALS writes per send (bench.peers.append_to_log)."""
-
-    stream = "peer:events"
-
-    def __init__(self, url: str):
-        from model_repository.live_history import redis_client
-
-        self._redis = redis_client(url)
-
-    def send(self, events: list) -> None:
-        from bench.peers import append_to_log
-
-        append_to_log(self._redis, self.stream, [
-            (e["event_id"], e["user_id"], e["item_id"], e["kind"], e["value"], e["timestamp"])
-            for e in events])
-
-    def close(self) -> None:
-        self._redis.close()
-
-
 def _redis_alone(user_ids: np.ndarray, item_ids: np.ndarray, events: int, appendfsync: str,
                  scratch: Path, *, writes: str = INTAKE_SCRIPT) -> list:
     """One row: a fresh redis-server (``appendfsync``), ``events`` single-event sends by one
     writer, no updater reading them: freshrec's (set up for the intake, a RedisEventWriter) or,
     ``writes`` PEER_LOG, the plain durable log a deployed peer keeps (bench.quality's ALS)."""
+    from bench.peers import PeerLog
     from clients import RedisEventWriter
     from freshrec.processes import RedisServer
     from model_repository.live_history import RedisKeys, redis_client
@@ -237,7 +217,7 @@ def _redis_alone(user_ids: np.ndarray, item_ids: np.ndarray, events: int, append
             RedisFeedbackLog(redis.url, history_len=20).close()  # sets the intake up for apps
             writer, stream, command = RedisEventWriter(redis.url), RedisKeys().events, "evalsha"
         else:
-            writer, stream, command = _PeerLogWriter(redis.url), _PeerLogWriter.stream, "xadd"
+            writer, stream, command = PeerLog(redis.url), PeerLog.STREAM, "xadd"
         try:
             for event in _events(user_ids, item_ids, 200, tag="warm", seed=0):
                 writer.send([event])

@@ -267,44 +267,54 @@ class RetrainedPeer:
         return answers
 
 
-def append_to_log(client, stream: str, rows: Sequence[tuple]) -> None:
-    """A deployed peer's durable log: each (event id, user, item, kind, value, timestamp) row an
-    XADD to ``stream``, all in one MULTI, so one reply (after the fsync, appendfsync always)."""
-    pipe = client.pipeline(transaction=True)
-    for event_id, user, item, kind, value, timestamp in rows:
-        pipe.xadd(stream, {"id": event_id, "u": user, "i": item, "k": kind, "v": value,
-                           "t": timestamp})
-    pipe.execute()
+class PeerLog:
+    """A deployed peer's durable log in Redis: each send's events (the dicts an app sends to
+    clients.RedisEventWriter) an XADD each to STREAM, all in one MULTI, so one reply (after the
+    fsync, appendfsync always). Nothing dedupes them or keeps live histories."""
 
+    STREAM = "peer:events"
+    FIELDS = {"id": "event_id", "u": "user_id", "i": "item_id", "k": "kind", "v": "value",
+              "t": "timestamp"}
 
-class LoggedPeer(RetrainedPeer):
-    """A `RetrainedPeer` that also keeps what a deployed one needs to refit from: a durable log.
-    As a bench.replay StreamingRecommender it gets the events as freshrec online does, right
-    after their questions, one send per run of distinct users, and appends each send to a Redis
-    stream (one XADD per event, the fields an app sends, in one MULTI: one reply, after the
-    server's fsync with appendfsync always). The redis-server's CPU is the peer's intake cost, to
-    set beside freshrec's, whose intake script also dedupes and keeps live histories. Answers and
-    fits are RetrainedPeer's: asking per run instead of per window changes no answer."""
+    def __init__(self, url: str):
+        from model_repository.live_history import redis_client
 
-    def __init__(self, peer: Peer, train: Interactions, redis_url: str, *,
-                 stream: str = "peer:events"):
-        import redis
+        self.redis = redis_client(url)
 
-        super().__init__(peer, train)
-        self.redis = redis.Redis.from_url(redis_url)
-        self.stream = stream
-        self.sent = 0
-
-    def send(self, events: Interactions) -> None:
-        rows = [(f"replay-{self.sent + n}", user, item, "click", value, timestamp)
-                for n, (user, item, value, timestamp) in enumerate(zip(
-                    events.user_ids.tolist(), events.item_ids.tolist(), events.values.tolist(),
-                    events.timestamps.tolist()))]
-        append_to_log(self.redis, self.stream, rows)
-        self.sent += len(rows)
+    def send(self, events: Sequence[dict]) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        for event in events:
+            pipe.xadd(self.STREAM, {field: event[name] for field, name in self.FIELDS.items()})
+        pipe.execute()
 
     def close(self) -> None:
         self.redis.close()
+
+
+class LoggedPeer(RetrainedPeer):
+    """A `RetrainedPeer` that also keeps what a deployed one needs to refit from: a durable log
+    (`PeerLog`). As a bench.replay StreamingRecommender it gets the events as freshrec online
+    does, right after their questions, one send per run of distinct users, each send one MULTI.
+    The redis-server's CPU is the peer's intake cost, to set beside freshrec's, whose intake
+    script also dedupes and keeps live histories. Answers and fits are RetrainedPeer's: asking
+    per run instead of per window changes no answer."""
+
+    def __init__(self, peer: Peer, train: Interactions, redis_url: str):
+        super().__init__(peer, train)
+        self.log = PeerLog(redis_url)
+        self.sent = 0
+
+    def send(self, events: Interactions) -> None:
+        self.log.send([
+            dict(event_id=f"replay-{self.sent + n}", user_id=user, item_id=item, kind="click",
+                 value=value, timestamp=timestamp)
+            for n, (user, item, value, timestamp) in enumerate(zip(
+                events.user_ids.tolist(), events.item_ids.tolist(), events.values.tolist(),
+                events.timestamps.tolist()))])
+        self.sent += len(events)
+
+    def close(self) -> None:
+        self.log.close()
 
 
 def peer_scorer(peer: Peer, train: Interactions, item_ids: np.ndarray):

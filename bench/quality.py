@@ -294,6 +294,8 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
                  "ingest s", "ask s"],
                 rows)
     online = served["online"]
+    # the updater's process and, with --intake redis, the redis-server's, less what it ran on asks
+    all_in = online.cpu_s + online.redis_cpu_s - online.redis_ask_cpu_s
     best = max(peers, key=lambda name: peers[name].metrics["recall@10"])
     print(f"freshrec online vs static + app-sent history: {_ratios(online, served['app'])}")
     print(f"freshrec online vs the best peer ({best}, by recall@10): {_ratios(online, peers[best])}")
@@ -308,12 +310,11 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
                  f"{online.redis_cpu_s:.1f} s, less what it ran while the app asked, i.e. "
                  f"retrieve's live-history reads ({online.redis_ask_cpu_s:.1f} s: serving, not "
                  f"updating; the updater's reads inside commands added back): "
-                 f"x{_ratio(online.cpu_s + online.redis_cpu_s - online.redis_ask_cpu_s, fit_cpu_s['ALS'])}"
+                 f"x{_ratio(all_in, fit_cpu_s['ALS'])}"
                  if intake == "redis" else
                  f"the updater's whole process (with the intake: gRPC, durable log and live "
                  f"history per event) {online.cpu_s:.1f} s: x{_ratio(online.cpu_s, fit_cpu_s['ALS'])}"))
         if als_log_cpu_s is not None:
-            all_in = online.cpu_s + online.redis_cpu_s - online.redis_ask_cpu_s
             print(f"like for like, each with its durable log of the same sends (appendfsync "
                   f"{redis_fsync}): freshrec all-in {all_in:.1f} s against ALS's fits "
                   f"{fit_cpu_s['ALS']:.1f} s + its log's redis-server {als_log_cpu_s:.1f} s (an "
