@@ -53,7 +53,10 @@ log of the same sends.
 
 `--protocol split` reports recall@K / NDCG@K on the latest 20 % with each user's training items
 excluded (exporter.evaluate, so the model's rows equal `freshrec build --no-text-encoder`'s)
-beside popularity and the peers fitted on the same training window.
+beside popularity and the peers fitted on the same training window. With `--cuts 0.6,0.7,...`
+it runs at each cut of the log and prints one line per cut (the model against the best peer on
+each goal metric): on a log where few users span the cut, one cut's verdict is a handful of
+users'.
 """
 
 from __future__ import annotations
@@ -61,10 +64,14 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from bench.peers import RetrainedPeer, make_peers, peer_scorer
 from bench.replay import (
@@ -86,6 +93,8 @@ PROTOCOLS = ("prequential", "split")
 # the issue's measurement: the app sends the last 50 items it saw the user act on
 DEFAULT_APP_HISTORY = 50
 RATIO_KEYS = ("recall@10", "recall@50", "ndcg@10")
+TRAIN_FRACTION = 0.8  # build's cut: the earliest 80 % of events train, the rest is evaluated
+GOAL_KEYS = ("recall@10", "ndcg@10")  # the split's goal: the model at least every peer on both
 
 
 def load_events(data: Path | None, *, seed: int):
@@ -97,17 +106,18 @@ def load_events(data: Path | None, *, seed: int):
     return read_dataset(data), str(data)
 
 
-def train_on_the_cut(data: Path | None, *, seed: int, search: bool = True):
+def train_on_the_cut(data: Path | None, *, seed: int, search: bool = True,
+                     train_fraction: float = TRAIN_FRACTION):
     """(dataset, source, train, test, model, train seconds, the search's result or None): the
-    earliest 80 % trains the base model as `freshrec build` does (exporter.build.train_model:
-    settings and popularity prior chosen on a validation slice; ``search=False``: the
-    defaults)."""
+    earliest ``train_fraction`` (80 %) trains the base model as `freshrec build` does
+    (exporter.build.train_model: settings and popularity prior chosen on a validation slice;
+    ``search=False``: the defaults)."""
     from exporter.build import train_model
     from exporter.data import split_by_time
     from exporter.train import TrainConfig
 
     dataset, source = load_events(data, seed=seed)
-    train, test = split_by_time(dataset.interactions)
+    train, test = split_by_time(dataset.interactions, train_fraction=train_fraction)
     started = time.perf_counter()
     model, chosen = train_model(train, items=dataset.items, config=TrainConfig(seed=seed),
                                 search=search, progress=False)
@@ -358,56 +368,129 @@ def _sasrec_row(train: Interactions, test: Interactions, *, window_events: int, 
     return row, result, sasrec.describe()
 
 
-def run_split(*, data: Path | None, seed: int, search: bool = True) -> None:
-    from exporter.evaluate import (
-        RECENT_POPULARITY,
-        build_eval_split,
-        evaluate,
-        model_scorer,
-        paired_ratio_interval,
-        paired_users,
-        per_user_metrics,
-        popularity_scorer,
-    )
+@dataclass
+class SplitRun:
+    """One split protocol run: the model as `build` chooses it and every peer on one cut."""
 
-    started = time.perf_counter()
-    dataset, source, train, test, model, train_s, chosen = train_on_the_cut(data, seed=seed,
-                                                                           search=search)
+    dataset: object
+    source: str
+    train: Interactions
+    test: Interactions
+    model: object
+    chosen: object
+    results: dict[str, dict[str, float]]  # per scorer (exporter.evaluate.evaluate)
+    fit_s: dict[str, float]
+    notes: list[str]
+    peers: dict[str, object]  # the peers' score functions: all but the model's own two
+
+    def best_peer(self, key: str) -> str:
+        return max(self.peers, key=lambda name: self.results[name][key])
+
+
+def split_at(data: Path | None, *, seed: int, search: bool = True,
+             train_fraction: float = TRAIN_FRACTION) -> SplitRun:
+    """The model and the peers fitted on the earliest ``train_fraction``, scored on the rest."""
+    from exporter.evaluate import RECENT_POPULARITY, evaluate, popularity_scorer
+
+    dataset, source, train, test, model, train_s, chosen = train_on_the_cut(
+        data, seed=seed, search=search, train_fraction=train_fraction)
     extra, fit_s, notes = {}, {"model": train_s}, []
     for peer in make_peers(seed=seed):
         extra[peer.name], fit_s[peer.name] = peer_scorer(peer, train, model.item_ids)
         notes.append(peer.describe())
     results = evaluate(model, train, test, extra=extra)
+    # popularity with the prior's half-life ("recent popularity") counts as a peer, so a win
+    # is not the prior's alone
+    peers = {"popularity": popularity_scorer(model.item_popularity), **extra}
+    if RECENT_POPULARITY in results:
+        peers[RECENT_POPULARITY] = popularity_scorer(model.item_trend)
+    return SplitRun(dataset, source, train, test, model, chosen, results, fit_s, notes, peers)
+
+
+def run_split(*, data: Path | None, seed: int, search: bool = True) -> None:
+    from exporter.evaluate import (
+        build_eval_split,
+        model_scorer,
+        paired_ratio_interval,
+        paired_users,
+        per_user_metrics,
+    )
+
+    started = time.perf_counter()
+    run = split_at(data, seed=seed, search=search)
+    dataset, model, train, test = run.dataset, run.model, run.train, run.test
     print(machine_header([
-        f"data: {source}: {len(dataset.interactions)} events; train on the earliest {len(train)} "
-        f"(80 %), evaluate on the latest {len(test)} (exporter.evaluate: users known in training, "
-        f"their training items excluded, targets their new items; {len(model.item_ids)} items)",
-        _describe_model(model, chosen) + f" ({train_s:.0f} s with the search)",
-        f"peers: implicit {_version('implicit')}; " + "; ".join(notes) + "; binary interactions",
+        f"data: {run.source}: {len(dataset.interactions)} events; train on the earliest "
+        f"{len(train)} (80 %), evaluate on the latest {len(test)} (exporter.evaluate: users known "
+        f"in training, their training items excluded, targets their new items; "
+        f"{len(model.item_ids)} items)",
+        _describe_model(model, run.chosen) + f" ({run.fit_s['model']:.0f} s with the search)",
+        f"peers: implicit {_version('implicit')}; " + "; ".join(run.notes) + "; binary interactions",
         f"whole run {time.perf_counter() - started:.0f} s",
     ]))
     rows = [[name, m["recall@10"], m["ndcg@10"], m["recall@50"], m["ndcg@50"], int(m["users"]),
-             fit_s.get(name, 0.0)] for name, m in results.items()]
+             run.fit_s.get(name, 0.0)] for name, m in run.results.items()]
     print_table(["scorer", "recall@10", "ndcg@10", "recall@50", "ndcg@50", "users", "fit s"], rows)
-    # the peers: every scorer but the model's own two; popularity with the prior's half-life
-    # ("recent popularity") counts as one, so a win is not the prior's alone
-    peers_fn = {"popularity": popularity_scorer(model.item_popularity), **extra}
-    if RECENT_POPULARITY in results:
-        peers_fn[RECENT_POPULARITY] = popularity_scorer(model.item_trend)
-    best = max(peers_fn, key=lambda name: results[name]["recall@10"])
-    ours = results["model"]
+    best = run.best_peer("recall@10")
+    ours = run.results["model"]
     split = build_eval_split(train, test, item_ids=model.item_ids)
-    theirs_fn = peers_fn[best]
-    mine, theirs = (per_user_metrics(fn, split) for fn in (model_scorer(model), theirs_fn))
+    mine, theirs = (per_user_metrics(fn, split) for fn in (model_scorer(model), run.peers[best]))
     print(f"base model vs the best peer ({best}, by recall@10): " + ", ".join(
-        f"{k} x{_ratio(ours[k], results[best][k])} (95 % bootstrap over users "
+        f"{k} x{_ratio(ours[k], run.results[best][k])} (95 % bootstrap over users "
         "{:.2f}-{:.2f}; ".format(*paired_ratio_interval(mine[k], theirs[k], seed=seed))
         + paired_users(mine[k], theirs[k]).describe() + ")"
-        for k in ("recall@10", "ndcg@10")))
+        for k in GOAL_KEYS))
+
+
+def run_cuts(*, data: Path | None, seed: int, cuts: list[float], search: bool = True) -> None:
+    """The split protocol at several cuts of the same log: one line per cut, the model against
+    the best peer on each goal metric (the best by that metric), and how many cuts meet it."""
+    from exporter.search import describe_half_life
+
+    started = time.perf_counter()
+    rows, met, ratios = [], 0, {k: [] for k in GOAL_KEYS}
+    source = ""
+    for cut in cuts:
+        run = split_at(data, seed=seed, search=search, train_fraction=cut)
+        source, ours = run.source, run.results["model"]
+        row = [f"{cut:g}", int(ours["users"])]
+        cut_met = True
+        for key in GOAL_KEYS:
+            best = run.best_peer(key)
+            theirs = run.results[best][key]
+            ratios[key].append(ours[key] / theirs if theirs else float("inf"))
+            cut_met &= ours[key] >= theirs
+            row += [ours[key], f"{best} {theirs:.3g}", f"x{_ratio(ours[key], theirs)}"]
+        met += cut_met
+        prior = run.chosen.prior.describe() if run.chosen else "no search"
+        half_life = (describe_half_life(run.chosen.popularity_half_life_s) if run.chosen
+                     else "none")
+        rows.append(row + [f"{prior}, half-life {half_life}"])
+        print(f"cut {cut:g} done ({time.perf_counter() - started:.0f} s so far)", file=sys.stderr,
+              flush=True)
+    print(machine_header([
+        f"data: {source}: the split protocol (`freshrec build`'s) at cuts {', '.join(map(str, cuts))}"
+        " of the events by time: train on the earliest share, evaluate on the rest, peers as "
+        "`--protocol split`'s, each goal metric against the best peer by that metric",
+        f"whole run {time.perf_counter() - started:.0f} s",
+    ]))
+    print_table(["cut", "users", "model recall@10", "best peer", "vs it", "model ndcg@10",
+                 "best peer", "vs it", "prior chosen"], rows)
+    print(f"the model at least the best peer on both recall@10 and ndcg@10 at {met} of {len(cuts)} "
+          "cuts; median ratio " + ", ".join(
+              f"{k} x{float(np.median(ratios[k])):.2f}" for k in GOAL_KEYS))
 
 
 def _ratios(ours: ReplayResult, theirs: ReplayResult) -> str:
     return ", ".join(f"{k} x{_ratio(ours.metrics[k], theirs.metrics[k])}" for k in RATIO_KEYS)
+
+
+def _shares(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--cuts: {text!r} is not a comma-separated list of "
+                                         "numbers, e.g. 0.6,0.7,0.8") from None
 
 
 def _ratio(ours: float, theirs: float) -> str:
@@ -455,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sasrec-epochs", type=int, default=None,
                         help="SASRec training epochs (default: bench.sasrec's)")
     parser.add_argument("--quick", action="store_true", help="replay 20 %% of the events")
+    parser.add_argument("--cuts", type=_shares, default=None,
+                        help="with --protocol split: run it at each of these cuts (shares of the "
+                             "events by time, e.g. 0.6,0.7,0.8,0.9) and print one line per cut")
     parser.add_argument("--no-search", action="store_true",
                         help="train the base model with exporter.train's defaults instead of "
                              "`freshrec build`'s validation search")
@@ -468,6 +554,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--app-history must be >= 1")
     if args.shown_skips < 0:
         parser.error("--shown-skips must be >= 0")
+    if args.cuts is not None:
+        if args.protocol != "split":
+            parser.error("--cuts goes with --protocol split")
+        if not args.cuts or not all(0 < cut < 1 for cut in args.cuts):
+            parser.error("--cuts: shares of the events by time, each in (0, 1), e.g. 0.6,0.7,0.8")
+        run_cuts(data=args.data, seed=args.seed, cuts=args.cuts, search=not args.no_search)
+        return 0
     if args.protocol == "split":
         run_split(data=args.data, seed=args.seed, search=not args.no_search)
         return 0

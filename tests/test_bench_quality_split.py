@@ -26,3 +26,41 @@ def test_the_split_prints_each_scorer_and_how_many_users_make_the_ratio(tmp_path
     for ahead, behind, level, low, high in counts:
         assert int(ahead) + int(behind) + int(level) == users
         assert float(low) <= float(high)
+
+
+def test_the_split_at_several_cuts_prints_a_line_per_cut_and_the_count(tmp_path, capsys):
+    ratings = write_dataset(generate_synthetic(n_users=150, n_items=80, n_events=4000, seed=4,
+                                               progress=False), tmp_path / "tiny")
+    assert bench.quality.main(["--protocol", "split", "--data", str(ratings), "--no-search",
+                               "--cuts", "0.7,0.8"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1:-1] for line in out.splitlines()
+            if line.startswith("|") and not line.startswith("|--")]
+    assert [cell.strip() for cell in rows[0][:3]] == ["cut", "users", "model recall@10"]
+    body = rows[1:]
+    assert [row[0].strip() for row in body] == ["0.7", "0.8"]
+    met = 0
+    for row in body:
+        assert int(row[1]) > 0
+        ours_r, theirs_r = float(row[2]), float(row[3].split()[-1])
+        ours_n, theirs_n = float(row[5]), float(row[6].split()[-1])
+        met += ours_r >= theirs_r and ours_n >= theirs_n
+    (summary,) = [line for line in out.splitlines() if line.startswith("the model at least")]
+    assert re.search(rf"at {met} of 2 cuts; median ratio recall@10 x\d+\.\d+, ndcg@10 x\d+\.\d+",
+                     summary)
+    # the 0.8 cut is the one --protocol split prints
+    assert bench.quality.main(["--protocol", "split", "--data", str(ratings), "--no-search"]) == 0
+    single = {line.split("|")[1].strip(): line.split("|") for line in capsys.readouterr().out
+              .splitlines() if line.startswith("|") and not line.startswith("|--")}
+    assert float(single["model"][2]) == float(body[1][2])
+
+
+def test_cuts_are_checked(capsys):
+    import pytest
+
+    for bad in (["--cuts", "0.8"], ["--protocol", "split", "--cuts", "0.8,1.2"],
+                ["--protocol", "split", "--cuts", "a,b"]):
+        with pytest.raises(SystemExit) as raised:
+            bench.quality.main(bad)
+        assert raised.value.code == 2
+        assert "--cuts" in capsys.readouterr().err
