@@ -4,6 +4,7 @@
     python -m bench.quality --data PATH                  # u.data, ratings.dat or ratings.csv
     python -m bench.quality --window-events 50 --score-every 20
     python -m bench.quality --protocol split             # what `freshrec build` reports, with peers
+    python -m bench.quality --protocol split --cuts 0.6,0.7,0.8,0.9   # the same at four cuts
     python -m bench.quality --quick                      # 20 % of the replay
     python -m bench.quality --intake redis               # the app sends to the updater's Redis log
 

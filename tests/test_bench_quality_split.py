@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 import bench.quality
 from exporter.data import write_dataset
 from exporter.synthetic import generate_synthetic
@@ -40,11 +42,16 @@ def test_the_split_at_several_cuts_prints_a_line_per_cut_and_the_count(tmp_path,
     body = rows[1:]
     assert [row[0].strip() for row in body] == ["0.7", "0.8"]
     met = 0
-    for row in body:
-        assert int(row[1]) > 0
-        ours_r, theirs_r = float(row[2]), float(row[3].split()[-1])
-        ours_n, theirs_n = float(row[5]), float(row[6].split()[-1])
-        met += ours_r >= theirs_r and ours_n >= theirs_n
+    for cut, row in zip((0.7, 0.8), body, strict=True):
+        run = bench.quality.split_at(ratings, seed=0, search=False, train_fraction=cut)
+        assert int(row[1]) == int(run.results["model"]["users"]) > 0
+        cut_met = True
+        for key, peer_cell in (("recall@10", row[3]), ("ndcg@10", row[6])):
+            best = run.best_peer(key)
+            assert peer_cell.strip().startswith(best)  # the best peer by that metric
+            assert all(run.results[best][key] >= run.results[name][key] for name in run.peers)
+            cut_met &= run.results["model"][key] >= run.results[best][key]
+        met += cut_met
     (summary,) = [line for line in out.splitlines() if line.startswith("the model at least")]
     assert re.search(rf"at {met} of 2 cuts; median ratio recall@10 x\d+\.\d+, ndcg@10 x\d+\.\d+",
                      summary)
@@ -56,8 +63,6 @@ def test_the_split_at_several_cuts_prints_a_line_per_cut_and_the_count(tmp_path,
 
 
 def test_cuts_are_checked(capsys):
-    import pytest
-
     for bad in (["--cuts", "0.8"], ["--protocol", "split", "--cuts", "0.8,1.2"],
                 ["--protocol", "split", "--cuts", "a,b"]):
         with pytest.raises(SystemExit) as raised:
