@@ -445,15 +445,29 @@ def run_split(*, data: Path | None, seed: int, search: bool = True) -> None:
 
 def run_cuts(*, data: Path | None, seed: int, cuts: list[float], search: bool = True) -> None:
     """The split protocol at several cuts of the same log: one line per cut, the model against
-    the best peer on each goal metric (the best by that metric), and how many cuts meet it."""
+    the best peer on each goal metric (the best by that metric), how many cuts meet it, and the
+    cuts pooled: every (cut, user) pair's metric summed, with a bootstrap over users (each user's
+    pairs at every cut drawn together), so a log with few users per cut still gets one interval."""
+    from exporter.evaluate import (
+        build_eval_split,
+        model_scorer,
+        paired_ratio_interval,
+        paired_users,
+        per_user_metrics,
+    )
     from exporter.search import describe_half_life
 
     started = time.perf_counter()
     rows, met, ratios = [], 0, {k: [] for k in GOAL_KEYS}
+    pooled = {k: ([], []) for k in GOAL_KEYS}  # per goal metric: the model's, the best peer's
+    users = []  # the user of each pooled entry
     source = ""
     for cut in cuts:
         run = split_at(data, seed=seed, search=search, train_fraction=cut)
         source, ours = run.source, run.results["model"]
+        split = build_eval_split(run.train, run.test, item_ids=run.model.item_ids)
+        mine = per_user_metrics(model_scorer(run.model), split)
+        users.append(split.user_ids)
         row = [f"{cut:g}", int(ours["users"])]
         cut_met = True
         for key in GOAL_KEYS:
@@ -462,6 +476,8 @@ def run_cuts(*, data: Path | None, seed: int, cuts: list[float], search: bool = 
             ratios[key].append(ours[key] / theirs if theirs else float("inf"))
             cut_met &= ours[key] >= theirs
             row += [ours[key], f"{best} {theirs:.3g}", f"x{_ratio(ours[key], theirs)}"]
+            pooled[key][0].append(mine[key])
+            pooled[key][1].append(per_user_metrics(run.peers[best], split)[key])
         met += cut_met
         prior = run.chosen.prior.describe() if run.chosen else "no search"
         half_life = (describe_half_life(run.chosen.popularity_half_life_s) if run.chosen
@@ -480,6 +496,17 @@ def run_cuts(*, data: Path | None, seed: int, cuts: list[float], search: bool = 
     print(f"the model at least the best peer on both recall@10 and ndcg@10 at {met} of {len(cuts)} "
           "cuts; median ratio " + ", ".join(
               f"{k} x{float(np.median(ratios[k])):.2f}" for k in GOAL_KEYS))
+    users = np.concatenate(users)
+    parts = []
+    for key in GOAL_KEYS:
+        mine, theirs = (np.concatenate(values) for values in pooled[key])
+        low, high = paired_ratio_interval(mine, theirs, groups=users, seed=seed)
+        who = paired_users(mine, theirs)
+        parts.append(f"{key} x{_ratio(mine.sum(), theirs.sum())} (95 % bootstrap over users "
+                     f"{low:.2f}-{high:.2f}; user-cuts ahead / behind / level {who.ahead} / "
+                     f"{who.behind} / {who.level})")
+    print(f"pooled over the {len(cuts)} cuts ({len(users)} user-cuts, {len(np.unique(users))} "
+          "users), the model against each cut's best peer: " + ", ".join(parts))
 
 
 def _ratios(ours: ReplayResult, theirs: ReplayResult) -> str:

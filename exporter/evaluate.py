@@ -277,13 +277,20 @@ def next_event_metrics(split: NextEventSplit, *, queries: np.ndarray | None,
                for name, values in results.items()}, "events": float(len(split.targets))}
 
 
-def paired_ratio_interval(ours: np.ndarray, theirs: np.ndarray, *, draws: int = 2000,
-                          seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Bootstrap interval (users resampled, the same draw for both) of mean(ours) / mean(theirs),
-    two per-user metric arrays of one split."""
+def paired_ratio_interval(ours: np.ndarray, theirs: np.ndarray, *,
+                          groups: np.ndarray | None = None, draws: int = 2000, seed: int = 0,
+                          level: float = 0.95) -> tuple[float, float]:
+    """Bootstrap interval (the same draw for both) of sum(ours) / sum(theirs), two per-user metric
+    arrays: mean(ours) / mean(theirs) of one split. ``groups`` (same length): resample whole groups
+    instead of single entries (a cluster bootstrap): entries of one user at several cuts of a log
+    are not independent draws, so the user is what is resampled."""
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    if groups is not None:
+        _, group = np.unique(groups, return_inverse=True)
+        ours, theirs = np.bincount(group, weights=ours), np.bincount(group, weights=theirs)
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(ours), size=(draws, len(ours)))
-    ratios = ours[picks].mean(1) / np.maximum(theirs[picks].mean(1), 1e-12)
+    ratios = ours[picks].sum(1) / np.maximum(theirs[picks].sum(1), 1e-12)
     tail = (1.0 - level) / 2 * 100
     return float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100 - tail))
 

@@ -55,6 +55,17 @@ def test_the_split_at_several_cuts_prints_a_line_per_cut_and_the_count(tmp_path,
     (summary,) = [line for line in out.splitlines() if line.startswith("the model at least")]
     assert re.search(rf"at {met} of 2 cuts; median ratio recall@10 x\d+\.\d+, ndcg@10 x\d+\.\d+",
                      summary)
+    # the cuts pooled: every user at every cut once, against that cut's best peer by each metric
+    (pooled,) = [line for line in out.splitlines() if line.startswith("pooled over the 2 cuts")]
+    user_cuts = sum(int(row[1]) for row in body)
+    assert f"({user_cuts} user-cuts, " in pooled
+    found = re.findall(r"(recall@10|ndcg@10) x(\d+\.\d+) \(95 % bootstrap over users "
+                       r"(\d+\.\d+)-(\d+\.\d+); user-cuts ahead / behind / level "
+                       r"(\d+) / (\d+) / (\d+)\)", pooled)
+    assert [name for name, *_ in found] == ["recall@10", "ndcg@10"]
+    for _, ratio, low, high, ahead, behind, level in found:
+        assert float(low) <= float(ratio) + 0.01 and float(ratio) <= float(high) + 0.01
+        assert int(ahead) + int(behind) + int(level) == user_cuts
     # the 0.8 cut is the one --protocol split prints
     assert bench.quality.main(["--protocol", "split", "--data", str(ratings), "--no-search"]) == 0
     single = {line.split("|")[1].strip(): line.split("|") for line in capsys.readouterr().out

@@ -50,6 +50,26 @@ def test_the_paired_bootstrap_brackets_the_ratio_and_narrows_with_more_users():
     assert wide[0] < narrow[0] and narrow[1] < wide[1]
 
 
+def test_the_grouped_bootstrap_draws_each_group_whole():
+    rng = np.random.default_rng(2)
+    theirs = rng.random(60)
+    ours = theirs * 1.1 + rng.normal(0, 0.2, 60)
+    # one entry per group is the plain bootstrap, draw for draw
+    assert paired_ratio_interval(ours, theirs, groups=np.arange(60) + 12345) == \
+        paired_ratio_interval(ours, theirs)
+    # each group's entries summed first: a group of three equal copies is one draw, not three
+    # (the interval of the copies grouped equals that of one copy each, not a narrower one)
+    copies = np.tile(np.arange(60), 3)
+    grouped = paired_ratio_interval(np.tile(ours, 3), np.tile(theirs, 3), groups=copies)
+    np.testing.assert_allclose(grouped, paired_ratio_interval(ours, theirs), rtol=1e-12)
+    loose = paired_ratio_interval(np.tile(ours, 3), np.tile(theirs, 3))
+    assert grouped[1] - grouped[0] > loose[1] - loose[0]
+    # the ratio is of sums over groups of unequal size
+    low, high = paired_ratio_interval(np.array([2.0, 2.0, 4.0]), np.array([1.0, 1.0, 2.0]),
+                                      groups=np.array([7, 7, 9]))
+    assert low == high == 2.0
+
+
 def test_paired_users_count_who_is_ahead_and_how_far_one_user_moves_the_ratio():
     ours = np.array([0.0, 0.2, 0.1, 0.3, 0.0])
     theirs = np.array([0.6, 0.2, 0.1, 0.1, 0.0])  # the first user alone puts ours behind
