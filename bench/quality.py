@@ -468,6 +468,7 @@ def run_cuts(*, data: Path | None, seed: int, cuts: list[float], search: bool = 
         split = build_eval_split(run.train, run.test, item_ids=run.model.item_ids)
         mine = per_user_metrics(model_scorer(run.model), split)
         users.append(split.user_ids)
+        per_peer = {}  # a peer that is best by both metrics is scored once
         row = [f"{cut:g}", int(ours["users"])]
         cut_met = True
         for key in GOAL_KEYS:
@@ -477,7 +478,9 @@ def run_cuts(*, data: Path | None, seed: int, cuts: list[float], search: bool = 
             cut_met &= ours[key] >= theirs
             row += [ours[key], f"{best} {theirs:.3g}", f"x{_ratio(ours[key], theirs)}"]
             pooled[key][0].append(mine[key])
-            pooled[key][1].append(per_user_metrics(run.peers[best], split)[key])
+            if best not in per_peer:
+                per_peer[best] = per_user_metrics(run.peers[best], split)
+            pooled[key][1].append(per_peer[best][key])
         met += cut_met
         prior = run.chosen.prior.describe() if run.chosen else "no search"
         half_life = (describe_half_life(run.chosen.popularity_half_life_s) if run.chosen
