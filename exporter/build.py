@@ -148,7 +148,8 @@ def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = 
             recency_decay=model.config.recency_decay, user_tower_version=FIRST_VERSION,
             text_encoder_version=FIRST_VERSION if text is not None else None,
             popularity_weight=model.popularity_weight,
-            popularity_half_life_s=model.popularity_half_life_s, session_s=model.session_s,
+            popularity_half_life_s=model.popularity_half_life_s,
+            trend_min_mass=model.trend_min_mass, session_s=model.session_s,
             session_popularity_weight=model.session_popularity_weight, train=train_record,
         ).to_dict(),
     )

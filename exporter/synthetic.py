@@ -244,8 +244,13 @@ def generate_synthetic(*, n_users: int = DEFAULT_SYNTHETIC_USERS,
                        n_items: int = DEFAULT_SYNTHETIC_ITEMS,
                        n_events: int = DEFAULT_SYNTHETIC_EVENTS,
                        n_categories: int = DEFAULT_SYNTHETIC_CATEGORIES,
-                       seed: int = 0, progress: bool = False) -> Dataset:
+                       seed: int = 0, end_s: float | None = None,
+                       progress: bool = False) -> Dataset:
     """A MovieLens-like data set with known structure, deterministic for a seed.
+
+    ``end_s``: the newest event's Unix time (the demo passes the build's time, so its events end
+    near it, as a live log's would; issue 27); None: the span starts at the fixed
+    SYNTHETIC_START_S, so files are stable across runs. Only the times shift with it.
 
     - items: a category each and a 2-4 word title mostly drawn from that category's words;
       power-law (Zipf, exponent ITEM_ZIPF_EXPONENT = 1.1) popularity across and within
@@ -292,7 +297,8 @@ def generate_synthetic(*, n_users: int = DEFAULT_SYNTHETIC_USERS,
     raw = (2.6 + 1.3 * preferred + quality[item_rows]
            + rng.normal(0.0, 0.7, size=item_rows.size))
     ratings = np.clip(np.round(raw), 1, 5)
+    times = np.concatenate(time_col)
+    start = SYNTHETIC_START_S if end_s is None else int(end_s) - int(times.max())
     interactions = Interactions.from_arrays(
-        np.concatenate(user_col), items.ids[item_rows], ratings,
-        SYNTHETIC_START_S + np.concatenate(time_col))
+        np.concatenate(user_col), items.ids[item_rows], ratings, start + times)
     return Dataset(interactions=interactions, items=items)

@@ -37,7 +37,14 @@ from exporter.data import Interactions, Items
 from exporter.sequence_tower import SequenceTower, numpy_sequence_tower, sequence_inputs_torch
 from model_repository import retrieve_schema as schema
 from model_repository.pooling import DEFAULT_HISTORY_LEN, DEFAULT_RECENCY_DECAY
-from model_repository.scoring import history_ages, history_clock, session_weights, trend_counts
+from model_repository.scoring import (
+    floored_trend,
+    history_ages,
+    history_clock,
+    session_weights,
+    trend_counts,
+    trend_min_mass,
+)
 from model_repository.sequence_tower import NumpySequenceTower
 from model_repository.tower import TOWER_FILE_FORMAT, NumpyTower, read_tower_file
 
@@ -257,6 +264,7 @@ class TrainedModel:
     popularity_half_life_s: float = 0.0
     item_trend: np.ndarray | None = None
     trend_as_of: float = 0.0
+    trend_min_mass: float = 0.0  # scoring.floored_trend's, set with the trend (`set_trend`)
     user_last_at: np.ndarray | None = None
     session_s: float = 0.0
     session_popularity_weight: float = 0.0
@@ -276,21 +284,26 @@ class TrainedModel:
 
     def prior_counts(self) -> np.ndarray:
         """(I,) float32: what the prior counts, as serving's schema.prior_counts picks it."""
-        return self.item_trend if self.popularity_half_life_s > 0 else self.item_popularity
+        if self.popularity_half_life_s > 0:
+            return floored_trend(self.item_trend, self.item_popularity,
+                                 min_mass=self.trend_min_mass)
+        return self.item_popularity
 
     def set_trend(self, events: Interactions, half_life_s: float) -> None:
         """Count ``events`` (the training window) with the popularity half-life ``half_life_s``
         as of their last timestamp (model_repository.scoring.trend_counts); 0 turns it off.
-        Events of items outside the catalogue are ignored."""
+        Events of items outside the catalogue are ignored. The trend's minimum mass is set from
+        the counts as of that cut (scoring.trend_min_mass)."""
         self.popularity_half_life_s = float(half_life_s)
         if half_life_s <= 0:
-            self.item_trend, self.trend_as_of = None, 0.0
+            self.item_trend, self.trend_as_of, self.trend_min_mass = None, 0.0, 0.0
             return
         known = np.isin(events.item_ids, self.item_ids)
         self.trend_as_of = float(events.timestamps.max()) if len(events) else 0.0
         self.item_trend = trend_counts(
             np.searchsorted(self.item_ids, events.item_ids[known]), events.timestamps[known],
             len(self.item_ids), as_of=self.trend_as_of, half_life_s=half_life_s)
+        self.trend_min_mass = trend_min_mass(self.item_trend)
 
     def user_queries(self, user_index: np.ndarray | None = None, *,
                      use_user_rows: bool = True) -> np.ndarray:

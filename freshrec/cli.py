@@ -55,6 +55,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     try:
         result = build(
             args.out, data=args.data, items=args.items, synthetic=args.synthetic, force=args.force,
+            # the demo's events end now, as a live log's would (issue 27: a log that ended years
+            # ago left the trend prior to whatever the first clicks were)
+            synthetic_kwargs={"end_s": time.time()} if args.synthetic else None,
             progress=not args.quiet, text_encoder=False if args.no_text_encoder else None,
             config=config, search=not (args.no_search or given),
             search_budget_s=args.search_budget_s, popularity_weight=args.popularity_weight,

@@ -45,6 +45,7 @@ import numpy as np
 from model_repository import contract as c
 from model_repository import versions
 from model_repository.pooling import DEFAULT_RECENCY_DECAY
+from model_repository.scoring import floored_trend
 
 USER_IDS = "user_ids"
 USER_ROWS = "user_rows"
@@ -117,6 +118,8 @@ class RetrieveMeta:
     text_weight: float = c.DEFAULT_TEXT_WEIGHT  # model_repository.serving.blend_text
     popularity_weight: float = 0.0     # model_repository.scoring: the prior's weight (0: none)
     popularity_half_life_s: float = 0.0  # the prior's and the fallback's decay (0: all-time counts)
+    trend_min_mass: float = 0.0         # below this trend mass the all-time counts fill in
+                                        # (model_repository.scoring.floored_trend; 0: none)
     session_s: float = 0.0             # model_repository.scoring.session_weights (0: no sessions)
     session_popularity_weight: float = 0.0  # the prior's weight for a user in session
     train: dict | None = None          # the build's chosen settings and validation (a record)
@@ -137,8 +140,8 @@ class RetrieveMeta:
         if not 0 < self.recency_decay <= 1:
             raise SchemaError(f"retrieve meta recency_decay must be in (0, 1], "
                               f"got {self.recency_decay!r}")
-        for name in ("text_weight", "popularity_weight", "popularity_half_life_s", "session_s",
-                     "session_popularity_weight"):
+        for name in ("text_weight", "popularity_weight", "popularity_half_life_s",
+                     "trend_min_mass", "session_s", "session_popularity_weight"):
             if not (isinstance(getattr(self, name), numbers.Real)
                     and 0 <= getattr(self, name) < float("inf")):
                 raise SchemaError(f"retrieve meta {name} must be >= 0, got {getattr(self, name)!r}")
@@ -178,13 +181,16 @@ class RetrieveMeta:
 
 def prior_counts(tables: dict[str, np.ndarray], meta: RetrieveMeta) -> np.ndarray:
     """(I,) float32: the counts the popularity prior and the popularity fallback rank by: the
-    trend (time-decayed) counts when the version has a half-life, else the all-time counts."""
+    trend (time-decayed) counts when the version has a half-life, with the all-time counts under
+    them while the trend holds less than the meta's trend_min_mass (scoring.floored_trend), else
+    the all-time counts."""
     if meta.popularity_half_life_s > 0:
         if ITEM_TREND not in tables or TREND_AS_OF not in tables:
             raise SchemaError(f"retrieve meta popularity_half_life_s is "
                               f"{meta.popularity_half_life_s:g} but table {ITEM_TREND} or "
                               f"{TREND_AS_OF} is missing")
-        return tables[ITEM_TREND]
+        return floored_trend(tables[ITEM_TREND], tables[ITEM_POPULARITY],
+                             min_mass=meta.trend_min_mass)
     return tables[ITEM_POPULARITY]
 
 

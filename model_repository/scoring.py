@@ -81,6 +81,38 @@ def settle_trend(counts: np.ndarray, *, as_of: float, to: float, half_life_s: fl
     np.maximum(counts, floor, out=counts, where=warm)
 
 
+# the trend's minimum mass, as a share of the trend counts' sum at the build's cut (the mass the
+# prior's weights were validated at): below it the all-time counts fill the shortfall
+# (`floored_trend`). At the cut the floor adds nothing, so build's validation is unchanged.
+TREND_MIN_MASS_SHARE = 0.5
+
+
+def trend_min_mass(trend: np.ndarray) -> float:
+    """The minimum mass a version's trend counts (I,) carry into serving:
+    TREND_MIN_MASS_SHARE of their sum at the build's cut."""
+    return TREND_MIN_MASS_SHARE * float(np.asarray(trend, np.float64).sum())
+
+
+def floored_trend(trend: np.ndarray, all_time: np.ndarray, *, min_mass: float) -> np.ndarray:
+    """(I,) float32: the trend counts with the all-time counts under them while the trend is thin.
+
+        counts_i = trend_i + max(0, min_mass - sum(trend)) * all_time_i / sum(all_time)
+
+    The trend decays by half every half-life: after a gap in traffic (a weekend, a base built
+    from an older log, a backfill) its sum falls towards 0 and a handful of new events would
+    decide the prior alone (issue 27: one click made its item every new user's first answer).
+    With this floor the prior falls back to all-time popularity carrying ``min_mass``, and the
+    trend takes over again as new events bring its mass back to ``min_mass``; while the trend
+    holds at least ``min_mass`` (continuous traffic) the counts are the trend's own.
+    ``min_mass`` 0: the plain trend."""
+    shortfall = float(min_mass) - float(np.asarray(trend, np.float64).sum())
+    total = float(np.asarray(all_time, np.float64).sum())
+    if shortfall <= 0 or total <= 0:
+        return np.asarray(trend, np.float32)
+    return (np.asarray(trend, np.float64)
+            + shortfall * np.asarray(all_time, np.float64) / total).astype(np.float32)
+
+
 def rows_with_prior(item_rows: np.ndarray, prior: np.ndarray) -> np.ndarray:
     """(I, d + 1) float32, C-contiguous: the item rows with the prior as their last column."""
     out = np.empty((item_rows.shape[0], item_rows.shape[1] + 1), dtype=np.float32)

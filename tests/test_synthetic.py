@@ -43,6 +43,17 @@ def test_synthetic_shape_and_determinism(synthetic):
     assert not np.array_equal(other.interactions.item_ids, inter.item_ids)
 
 
+def test_the_demo_log_ends_when_asked_and_only_its_times_shift(synthetic):
+    end = 1_800_000_000
+    shifted = generate_synthetic(n_users=500, n_items=500, n_events=20_000, seed=1, end_s=end)
+    a, b = synthetic.interactions, shifted.interactions
+    assert b.timestamps.max() == end
+    np.testing.assert_array_equal(b.timestamps - a.timestamps,
+                                  np.full(len(a), end - a.timestamps.max()))
+    np.testing.assert_array_equal(b.item_ids, a.item_ids)
+    np.testing.assert_array_equal(b.values, a.values)
+
+
 def test_synthetic_popularity_is_skewed(synthetic):
     counts = np.sort(np.bincount(synthetic.interactions.item_ids))[::-1]
     top_share = counts[: len(synthetic.items) // 10].sum() / counts.sum()

@@ -15,6 +15,8 @@ from model_repository import retrieve_schema as schema
 from model_repository import versions
 from model_repository.scoring import (
     MAX_TREND_EXPONENT,
+    TREND_MIN_MASS_SHARE,
+    floored_trend,
     popularity_prior,
     settle_trend,
     trend_counts,
@@ -83,7 +85,9 @@ def test_the_model_counts_its_trend_as_of_its_last_event():
     np.testing.assert_allclose(model.item_trend, trend_counts(
         rows, log.timestamps, len(model.item_ids), as_of=float(log.timestamps.max()),
         half_life_s=5 * DAY), rtol=1e-6)
-    assert model.prior_counts() is model.item_trend
+    assert model.prior_counts() is model.item_trend  # at the cut the floor adds nothing
+    assert model.trend_min_mass == pytest.approx(
+        TREND_MIN_MASS_SHARE * float(model.item_trend.sum()), rel=1e-6)
     model.set_trend(log, 0.0)
     assert model.prior_counts() is model.item_popularity and model.item_trend is None
 
@@ -105,6 +109,42 @@ def test_serving_ranks_the_prior_and_the_fallback_by_the_trend(tmp_path):
     scores = tables["item_rows"] @ tables["user_rows"][0] + popularity_prior(trend, weight)
     np.testing.assert_array_equal(known.item_ids, 100 + np.argsort(-scores, kind="stable")[:10])
     np.testing.assert_array_equal(stranger.item_ids, 100 + np.argsort(-trend, kind="stable")[:10])
+
+
+def test_after_a_gap_the_all_time_counts_carry_the_minimum_mass_and_new_events_add_to_them():
+    all_time = np.array([500.0, 300.0, 100.0, 60.0, 40.0])  # sums to 1,000
+    trend = np.array([40.0, 30.0, 20.0, 7.0, 3.0], np.float32)  # sums to 100
+    assert floored_trend(trend, all_time, min_mass=100.0) is trend  # enough mass: the trend
+    np.testing.assert_array_equal(floored_trend(trend, all_time, min_mass=0.0), trend)
+    # a year later the trend has decayed to nothing: all-time popularity carries the mass
+    gone = np.full(5, 2.0 ** -MAX_TREND_EXPONENT, np.float32)
+    np.testing.assert_allclose(floored_trend(gone, all_time, min_mass=50.0),
+                               0.05 * all_time, rtol=1e-5)
+    # ... and 5 fresh events on the least popular item lift it without taking the top
+    clicked = gone.copy()
+    clicked[4] += 5.0
+    counts = floored_trend(clicked, all_time, min_mass=50.0)
+    np.testing.assert_allclose(counts, [22.5, 13.5, 4.5, 2.7, 6.8], rtol=1e-5)  # shortfall 45
+    assert np.argmax(counts) == 0 and counts[4] > counts[2]
+    # the plain trend (no floor) is what issue 27 found: those 5 events decide the top alone
+    assert np.argmax(floored_trend(clicked, all_time, min_mass=0.0)) == 4
+
+
+def test_serving_reads_the_floor_from_the_meta(tmp_path):
+    all_time = np.array([50.0, 30.0, 10.0, 6.0, 4.0], np.float32)
+    trend = np.array([0.0, 0.0, 0.0, 0.0, 5.0], np.float32)  # one item's fresh events, after a gap
+    tables = schema.make_tables(
+        user_ids=[1], item_ids=np.arange(5) + 100, user_rows=np.ones((1, 2)),
+        item_rows=np.ones((5, 2)), user_history=np.full((1, 3), -1), item_popularity=all_time,
+        trend=(trend, T0))
+    for min_mass, first in ((0.0, 104), (100.0, 100)):
+        meta = schema.RetrieveMeta(dim=2, history_len=3, popularity_weight=0.5,
+                                   popularity_half_life_s=DAY, trend_min_mass=min_mass)
+        path = versions.write_version(tmp_path / f"r{int(min_mass)}", 1, tables, meta=meta.to_dict())
+        (stranger,) = Retriever(path, lambda u, h: u + h).answer([Query(user_id=999, k=5)])
+        assert stranger.item_ids[0] == first, (min_mass, stranger.item_ids)
+    with pytest.raises(schema.SchemaError, match="trend_min_mass"):
+        schema.RetrieveMeta(dim=2, history_len=3, trend_min_mass=-1.0)
 
 
 def test_a_half_life_without_its_tables_or_below_zero_is_refused_by_name():
