@@ -30,7 +30,8 @@ class Command:
     parser: argparse.ArgumentParser
 
 
-def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction | None:
+def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction | None:
+    """The action holding a parser's subcommands (``.choices``: name -> parser), or None."""
     # argparse keeps no public handle on a parser's subcommands; _SubParsersAction is the one
     # documented type of the object add_subparsers() returns
     for action in parser._actions:
@@ -43,7 +44,7 @@ def walk(parser: argparse.ArgumentParser, words: tuple[str, ...] = (),
          help_text: str = "") -> Iterator[Command]:
     """Every parser of the tree, depth first, subcommands in the order they were added."""
     yield Command(words, help_text or (parser.description or ""), parser)
-    sub = _subcommands(parser)
+    sub = subcommands(parser)
     if sub is None:
         return
     helps = {choice.dest: choice.help or "" for choice in sub._choices_actions}
@@ -93,7 +94,7 @@ def usage(command: Command) -> str:
             parts.append(_flag(action))
         else:
             parts.append(f"[{_flag(action)}]")
-    sub = _subcommands(command.parser)
+    sub = subcommands(command.parser)
     if sub is not None:
         parts.append("{" + ",".join(sub.choices) + "} ...")
     return " ".join(parts)
