@@ -14,5 +14,5 @@ DATA_DIR = "data"              # DIR/data: the generated ratings and items (synt
 DEFAULT_SEARCH_BUDGET_S = 300.0
 # the user tower a build trains unless told (`freshrec build --tower`): pooled, because only it
 # takes the closed form, which won the protocol `build` prints on ml-100k and the synthetic set
-# (the trained sequence tower edged it on MovieTweetings): README, "Quality"
+# (the trained sequence tower edged it on MovieTweetings): docs/results/towers-text.md
 DEFAULT_TOWER = TOWER_POOLED

@@ -1,7 +1,7 @@
 """What `retrieve` does per batch, importable and testable without a server.
 
 Request -> rows: external user and item ids are mapped to table rows through the version's id
-maps; HISTORY ids that are not in the catalogue are ignored (documented in the README); an
+maps; HISTORY ids that are not in the catalogue are ignored (documented in docs/wire.md); an
 unknown user gets a zero user row and is served from the request's HISTORY, or from popularity
 when there is none. Rows -> query, with the tower the version carries (its meta's ``tower``): a
 pooled tower turns (user row, the history pooled with recency weights by kernels.gather_pool)

@@ -48,12 +48,13 @@ DEFAULT_MAX_STEP = 0.25
 # an item with fewer positive events than this folds its users' queries into its row (a running
 # mean, SparseTrainer.fold_in) instead of only stepping; 0 turns it off, the default. With 10:
 # replay recall@10 synthetic 0.179 -> 0.183, ml-100k 0.194 -> 0.193 (the base model of
-# 2026-11-30, before the prior's half-life). With the half-life and session gate (README
-# "Quality", online goals: every 4th window of 1,000 scored, one base model per log) it
-# costs recall everywhere: off / 10 -> ml-latest-small 2018 (a fifth of its items new after the
-# cut) 0.0906 / 0.0799, synthetic 0.2022 / 0.1984, MovieTweetings 0.2010 / 0.1991, ml-100k
-# 0.1858 / 0.1854. Likely why (not measured): the trend prior already lifts a new item its users
-# take, and a row set to one user's query pulls it towards everyone like them.
+# 2026-11-30, before the prior's half-life). With the half-life and session gate
+# (docs/results/quality-online.md, "Against the goals": every 4th window of 1,000 scored, one
+# base model per log) it costs recall everywhere: off / 10 -> ml-latest-small 2018 (a fifth of
+# its items new after the cut) 0.0906 / 0.0799, synthetic 0.2022 / 0.1984, MovieTweetings
+# 0.2010 / 0.1991, ml-100k 0.1858 / 0.1854. Likely why (not measured): the trend prior already
+# lifts a new item its users take, and a row set to one user's query pulls it towards everyone
+# like them.
 DEFAULT_FOLD_IN_EVENTS = 0
 # and, when turned on (it needs fold_in_events > 0: the history length it applies to), a user
 # with at most that many history items takes the scaled mean of their items' rows
