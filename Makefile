@@ -7,7 +7,7 @@ DEMO ?= var/demo
 GRPC_PORT ?= 8001
 UPDATER_PORT ?= 50051
 
-.PHONY: serve test lint venv clean demo bench-kernels
+.PHONY: serve test lint venv clean demo bench-kernels gpu-check
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ serve: demo
 test: $(STAMP)
 	$(BIN)/ruff check .
 	TRITON_INTERPRET=1 $(BIN)/pytest
+
+# Needs no venv: a lent GPU machine starts bare and its python3 has torch (docs/gpu-check.md).
+gpu-check:
+	$(PY) -m bench.gpu_check
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -52,7 +52,8 @@ FEEDBACK_PER_RELOAD = 20
 
 def random_model(n_items: int, n_users: int, *, dim: int | None = None, seed: int = 0):
     """A TrainedModel with random tables of the exporter's shapes and an untrained pooled tower."""
-    from exporter.train import DEFAULT_DIM, TrainConfig, TrainedModel, UserTower
+    from exporter.towers import UserTower
+    from exporter.train import DEFAULT_DIM, TrainConfig, TrainedModel
 
     dim = dim or DEFAULT_DIM
     config = TrainConfig(dim=dim, seed=seed, tower=UserTower.kind)

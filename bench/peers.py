@@ -66,9 +66,9 @@ class Peer(Protocol):
         ...
 
 
-class _FactorPeer:
-    """implicit's matrix factorisations: `_fitted` fits one on the matrix; scores are dot
-    products of its user and item factors."""
+class _Described:
+    """A peer's `settings` (its constructor's keywords, named as its library names them) and the
+    line bench tables print for it: the name, then each setting but the seed."""
 
     name = ""
     settings: dict = {}
@@ -77,6 +77,11 @@ class _FactorPeer:
         return f"{self.name} " + ", ".join(f"{key.replace('_', ' ')} {value}"
                                            for key, value in self.settings.items()
                                            if key != "random_state")
+
+
+class _FactorPeer(_Described):
+    """implicit's matrix factorisations: `_fitted` fits one on the matrix; scores are dot
+    products of its user and item factors."""
 
     def _fitted(self, matrix: sp.csr_matrix):
         raise NotImplementedError
@@ -132,7 +137,7 @@ class BPRPeer(_FactorPeer):
         return model
 
 
-class _ItemItemPeer:
+class _ItemItemPeer(_Described):
     """Item-item models: `fit` sets `weights`, an (I, I) matrix (sparse or dense); a user's
     scores are their row of the fitted matrix times it."""
 
@@ -151,15 +156,12 @@ class ItemKNNPeer(_ItemItemPeer):
     name = "item-kNN"
 
     def __init__(self, *, neighbours: int = KNN_NEIGHBOURS):
-        self.neighbours = neighbours
-
-    def describe(self) -> str:
-        return f"item-kNN cosine, {self.neighbours} neighbours"
+        self.settings = dict(neighbours=neighbours)
 
     def fit(self, matrix: sp.csr_matrix) -> None:
         from implicit.nearest_neighbours import CosineRecommender
 
-        model = CosineRecommender(K=self.neighbours)
+        model = CosineRecommender(K=self.settings["neighbours"])
         with warnings.catch_warnings():
             # implicit 0.7.3's CosineRecommender.fit hands its own normalize() result, a COO
             # matrix, to ItemItemRecommender.fit, which then warns that it expected CSR
@@ -176,13 +178,10 @@ class EASEPeer(_ItemItemPeer):
     name = "EASE"
 
     def __init__(self, *, l2: float = EASE_L2):
-        self.l2 = l2
-
-    def describe(self) -> str:
-        return f"EASE l2 {self.l2:g}"
+        self.settings = dict(l2=l2)
 
     def fit(self, matrix: sp.csr_matrix) -> None:
-        self._keep(matrix, closed_form.ease_weights(matrix, self.l2).astype(np.float32))
+        self._keep(matrix, closed_form.ease_weights(matrix, self.settings["l2"]).astype(np.float32))
 
 
 def make_peers(*, seed: int = 0) -> list[Peer]:

@@ -65,16 +65,13 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
-import sys
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from bench.peers import RetrainedPeer, make_peers, peer_scorer
+from bench.peers import RetrainedPeer, make_peers
+from bench.quality_cut import describe_model, package_version, ratio_text, train_on_the_cut
 from bench.replay import (
     DEFAULT_WINDOW_EVENTS,
     NO_AUTO_PUBLISH_ARGS,
@@ -94,43 +91,6 @@ PROTOCOLS = ("prequential", "split")
 # the issue's measurement: the app sends the last 50 items it saw the user act on
 DEFAULT_APP_HISTORY = 50
 RATIO_KEYS = ("recall@10", "recall@50", "ndcg@10")
-TRAIN_FRACTION = 0.8  # build's cut: the earliest 80 % of events train, the rest is evaluated
-GOAL_KEYS = ("recall@10", "ndcg@10")  # the split's goal: the model at least every peer on both
-
-
-def load_events(data: Path | None, *, seed: int):
-    from exporter.data import read_dataset
-    from exporter.synthetic import generate_synthetic
-
-    if data is None:
-        return generate_synthetic(seed=seed), f"synthetic (exporter.synthetic defaults, seed {seed})"
-    return read_dataset(data), str(data)
-
-
-def train_on_the_cut(data: Path | None, *, seed: int, search: bool = True,
-                     train_fraction: float = TRAIN_FRACTION):
-    """(dataset, source, train, test, model, train seconds, the search's result or None): the
-    earliest ``train_fraction`` (80 %) trains the base model as `freshrec build` does
-    (exporter.build.train_model: settings and popularity prior chosen on a validation slice;
-    ``search=False``: the defaults)."""
-    from exporter.build import train_model
-    from exporter.data import split_by_time
-    from exporter.train import TrainConfig
-
-    dataset, source = load_events(data, seed=seed)
-    train, test = split_by_time(dataset.interactions, train_fraction=train_fraction)
-    started = time.perf_counter()
-    model, chosen = train_model(train, items=dataset.items, config=TrainConfig(seed=seed),
-                                search=search, progress=False)
-    return dataset, source, train, test, model, time.perf_counter() - started, chosen
-
-
-def _describe_model(model, chosen) -> str:
-    from exporter.build import describe_choice
-
-    if chosen is None:
-        return f"base model: exporter.train defaults (d = {model.config.dim}), no search"
-    return ("base model: as `freshrec build` chooses it, " + describe_choice(chosen)).replace("\n", " ")
 
 
 def _row(name: str, result: ReplayResult, learn_s: float, ask_s: float, ingest_s: float = 0.0
@@ -287,12 +247,12 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
     print(machine_header([
         f"data: {source}: {len(dataset.interactions)} events; base model trained on the earliest "
         f"{len(train)} (80 %) in {train_s:.1f} s",
-        _describe_model(model, chosen),
+        describe_model(model, chosen),
         f"replay: {len(test)} events after the cut in {n_windows} windows of {window_events}, "
         f"{len(scored)} windows scored (every {score_every}), all learned; each event asked before "
         "it is learned, the user's seen items excluded; K = 50; "
         f"freshrec online asked in {served['online'].runs} runs of distinct users",
-        f"peers: implicit {_version('implicit')}; " + "; ".join(notes) + "; binary interactions",
+        f"peers: implicit {package_version('implicit')}; " + "; ".join(notes) + "; binary interactions",
         f"updater: {' '.join(updater_args) or 'default settings'}, publishing only when asked; "
         + (f"feedback written by the app to its Redis log (appendfsync {redis_fsync}); "
            if intake == "redis" else "feedback over gRPC; ")
@@ -312,25 +272,25 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
     print(f"freshrec online vs the best peer ({best}, by recall@10): {_ratios(online, peers[best])}")
     if "ALS" in peers:
         print(f"freshrec online vs ALS retrained per window: {_ratios(online, peers['ALS'])}; "
-              f"learn s x{_ratio(online.learn_s, fit_s['ALS'])} of ALS's fits, learn + ingest "
-              f"x{_ratio(online.learn_s + online.send_s, fit_s['ALS'])}")
+              f"learn s x{ratio_text(online.learn_s, fit_s['ALS'])} of ALS's fits, learn + ingest "
+              f"x{ratio_text(online.learn_s + online.send_s, fit_s['ALS'])}")
         print(f"update cost in CPU seconds: the updater's learning (its engine thread: row "
               f"training and publishes) {online.learn_cpu_s:.1f} s, ALS's fits "
-              f"{fit_cpu_s['ALS']:.1f} s: x{_ratio(online.learn_cpu_s, fit_cpu_s['ALS'])}; "
+              f"{fit_cpu_s['ALS']:.1f} s: x{ratio_text(online.learn_cpu_s, fit_cpu_s['ALS'])}; "
               + (f"the updater's whole process {online.cpu_s:.1f} s and the redis-server's "
                  f"{online.redis_cpu_s:.1f} s, less what it ran while the app asked, i.e. "
                  f"retrieve's live-history reads ({online.redis_ask_cpu_s:.1f} s: serving, not "
                  f"updating; the updater's reads inside commands added back): "
-                 f"x{_ratio(all_in, fit_cpu_s['ALS'])}"
+                 f"x{ratio_text(all_in, fit_cpu_s['ALS'])}"
                  if intake == "redis" else
                  f"the updater's whole process (with the intake: gRPC, durable log and live "
-                 f"history per event) {online.cpu_s:.1f} s: x{_ratio(online.cpu_s, fit_cpu_s['ALS'])}"))
+                 f"history per event) {online.cpu_s:.1f} s: x{ratio_text(online.cpu_s, fit_cpu_s['ALS'])}"))
         if als_log_cpu_s is not None:
             print(f"like for like, each with its durable log of the same sends (appendfsync "
                   f"{redis_fsync}): freshrec all-in {all_in:.1f} s against ALS's fits "
                   f"{fit_cpu_s['ALS']:.1f} s + its log's redis-server {als_log_cpu_s:.1f} s (an "
                   f"XADD per event, a MULTI per send; no dedupe, no live history): "
-                  f"x{_ratio(all_in, fit_cpu_s['ALS'] + als_log_cpu_s)}")
+                  f"x{ratio_text(all_in, fit_cpu_s['ALS'] + als_log_cpu_s)}")
 
 
 def _logged_replay(peer, train: Interactions, test: Interactions, window_events: int,
@@ -369,151 +329,8 @@ def _sasrec_row(train: Interactions, test: Interactions, *, window_events: int, 
     return row, result, sasrec.describe()
 
 
-@dataclass
-class SplitRun:
-    """One split protocol run: the model as `build` chooses it and every peer on one cut."""
-
-    dataset: object
-    source: str
-    train: Interactions
-    test: Interactions
-    model: object
-    chosen: object
-    results: dict[str, dict[str, float]]  # per scorer (exporter.evaluate.evaluate)
-    fit_s: dict[str, float]
-    notes: list[str]
-    peers: dict[str, object]  # the peers' score functions: all but the model's own two
-
-    def best_peer(self, key: str) -> str:
-        return max(self.peers, key=lambda name: self.results[name][key])
-
-
-def split_at(data: Path | None, *, seed: int, search: bool = True,
-             train_fraction: float = TRAIN_FRACTION) -> SplitRun:
-    """The model and the peers fitted on the earliest ``train_fraction``, scored on the rest."""
-    from exporter.evaluate import RECENT_POPULARITY, evaluate, popularity_scorer
-
-    dataset, source, train, test, model, train_s, chosen = train_on_the_cut(
-        data, seed=seed, search=search, train_fraction=train_fraction)
-    extra, fit_s, notes = {}, {"model": train_s}, []
-    for peer in make_peers(seed=seed):
-        extra[peer.name], fit_s[peer.name] = peer_scorer(peer, train, model.item_ids)
-        notes.append(peer.describe())
-    results = evaluate(model, train, test, extra=extra)
-    # popularity with the prior's half-life ("recent popularity") counts as a peer, so a win
-    # is not the prior's alone
-    peers = {"popularity": popularity_scorer(model.item_popularity), **extra}
-    if RECENT_POPULARITY in results:
-        peers[RECENT_POPULARITY] = popularity_scorer(model.item_trend)
-    return SplitRun(dataset, source, train, test, model, chosen, results, fit_s, notes, peers)
-
-
-def run_split(*, data: Path | None, seed: int, search: bool = True) -> None:
-    from exporter.evaluate import (
-        build_eval_split,
-        model_scorer,
-        paired_ratio_interval,
-        paired_users,
-        per_user_metrics,
-    )
-
-    started = time.perf_counter()
-    run = split_at(data, seed=seed, search=search)
-    dataset, model, train, test = run.dataset, run.model, run.train, run.test
-    print(machine_header([
-        f"data: {run.source}: {len(dataset.interactions)} events; train on the earliest "
-        f"{len(train)} (80 %), evaluate on the latest {len(test)} (exporter.evaluate: users known "
-        f"in training, their training items excluded, targets their new items; "
-        f"{len(model.item_ids)} items)",
-        _describe_model(model, run.chosen) + f" ({run.fit_s['model']:.0f} s with the search)",
-        f"peers: implicit {_version('implicit')}; " + "; ".join(run.notes) + "; binary interactions",
-        f"whole run {time.perf_counter() - started:.0f} s",
-    ]))
-    rows = [[name, m["recall@10"], m["ndcg@10"], m["recall@50"], m["ndcg@50"], int(m["users"]),
-             run.fit_s.get(name, 0.0)] for name, m in run.results.items()]
-    print_table(["scorer", "recall@10", "ndcg@10", "recall@50", "ndcg@50", "users", "fit s"], rows)
-    best = run.best_peer("recall@10")
-    ours = run.results["model"]
-    split = build_eval_split(train, test, item_ids=model.item_ids)
-    mine, theirs = (per_user_metrics(fn, split) for fn in (model_scorer(model), run.peers[best]))
-    print(f"base model vs the best peer ({best}, by recall@10): " + ", ".join(
-        f"{k} x{_ratio(ours[k], run.results[best][k])} (95 % bootstrap over users "
-        "{:.2f}-{:.2f}; ".format(*paired_ratio_interval(mine[k], theirs[k], seed=seed))
-        + paired_users(mine[k], theirs[k]).describe() + ")"
-        for k in GOAL_KEYS))
-
-
-def run_cuts(*, data: Path | None, seed: int, cuts: list[float], search: bool = True) -> None:
-    """The split protocol at several cuts of the same log: one line per cut, the model against
-    the best peer on each goal metric (the best by that metric), how many cuts meet it, and the
-    cuts pooled: every (cut, user) pair's metric summed, with a bootstrap over users (each user's
-    pairs at every cut drawn together), so a log with few users per cut still gets one interval."""
-    from exporter.evaluate import (
-        build_eval_split,
-        model_scorer,
-        paired_ratio_interval,
-        paired_users,
-        per_user_metrics,
-    )
-    from exporter.search import describe_half_life
-
-    started = time.perf_counter()
-    rows, met, ratios = [], 0, {k: [] for k in GOAL_KEYS}
-    pooled = {k: ([], []) for k in GOAL_KEYS}  # per goal metric: the model's, the best peer's
-    users = []  # the user of each pooled entry
-    source = ""
-    for cut in cuts:
-        run = split_at(data, seed=seed, search=search, train_fraction=cut)
-        source, ours = run.source, run.results["model"]
-        split = build_eval_split(run.train, run.test, item_ids=run.model.item_ids)
-        mine = per_user_metrics(model_scorer(run.model), split)
-        users.append(split.user_ids)
-        per_peer = {}  # a peer that is best by both metrics is scored once
-        row = [f"{cut:g}", int(ours["users"])]
-        cut_met = True
-        for key in GOAL_KEYS:
-            best = run.best_peer(key)
-            theirs = run.results[best][key]
-            ratios[key].append(ours[key] / theirs if theirs else float("inf"))
-            cut_met &= ours[key] >= theirs
-            row += [ours[key], f"{best} {theirs:.3g}", f"x{_ratio(ours[key], theirs)}"]
-            pooled[key][0].append(mine[key])
-            if best not in per_peer:
-                per_peer[best] = per_user_metrics(run.peers[best], split)
-            pooled[key][1].append(per_peer[best][key])
-        met += cut_met
-        prior = run.chosen.prior.describe() if run.chosen else "no search"
-        half_life = (describe_half_life(run.chosen.popularity_half_life_s) if run.chosen
-                     else "none")
-        rows.append(row + [f"{prior}, half-life {half_life}"])
-        print(f"cut {cut:g} done ({time.perf_counter() - started:.0f} s so far)", file=sys.stderr,
-              flush=True)
-    print(machine_header([
-        f"data: {source}: the split protocol (`freshrec build`'s) at cuts {', '.join(map(str, cuts))}"
-        " of the events by time: train on the earliest share, evaluate on the rest, peers as "
-        "`--protocol split`'s, each goal metric against the best peer by that metric",
-        f"whole run {time.perf_counter() - started:.0f} s",
-    ]))
-    print_table(["cut", "users", "model recall@10", "best peer", "vs it", "model ndcg@10",
-                 "best peer", "vs it", "prior chosen"], rows)
-    print(f"the model at least the best peer on both recall@10 and ndcg@10 at {met} of {len(cuts)} "
-          "cuts; median ratio " + ", ".join(
-              f"{k} x{float(np.median(ratios[k])):.2f}" for k in GOAL_KEYS))
-    users = np.concatenate(users)
-    parts = []
-    for key in GOAL_KEYS:
-        mine, theirs = (np.concatenate(values) for values in pooled[key])
-        low, high = paired_ratio_interval(mine, theirs, groups=users, seed=seed)
-        who = paired_users(mine, theirs)
-        parts.append(f"{key} x{_ratio(mine.sum(), theirs.sum())} (95 % bootstrap over users "
-                     f"{low:.2f}-{high:.2f}; user-cuts ahead / behind / level {who.ahead} / "
-                     f"{who.behind} / {who.level})")
-    print(f"pooled over the {len(cuts)} cuts ({len(users)} user-cuts, {len(np.unique(users))} "
-          "users), the model against each cut's best peer: " + ", ".join(parts))
-
-
 def _ratios(ours: ReplayResult, theirs: ReplayResult) -> str:
-    return ", ".join(f"{k} x{_ratio(ours.metrics[k], theirs.metrics[k])}" for k in RATIO_KEYS)
+    return ", ".join(f"{k} x{ratio_text(ours.metrics[k], theirs.metrics[k])}" for k in RATIO_KEYS)
 
 
 def _shares(text: str) -> list[float]:
@@ -522,16 +339,6 @@ def _shares(text: str) -> list[float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"--cuts: {text!r} is not a comma-separated list of "
                                          "numbers, e.g. 0.6,0.7,0.8") from None
-
-
-def _ratio(ours: float, theirs: float) -> str:
-    return f"{ours / theirs:.2f}" if theirs else "n/a"
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -590,9 +397,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--cuts goes with --protocol split")
         if not args.cuts or not all(0 < cut < 1 for cut in args.cuts):
             parser.error("--cuts: shares of the events by time, each in (0, 1), e.g. 0.6,0.7,0.8")
+        from bench.quality_split import run_cuts  # torch: only the split protocol needs it
+
         run_cuts(data=args.data, seed=args.seed, cuts=args.cuts, search=not args.no_search)
         return 0
     if args.protocol == "split":
+        from bench.quality_split import run_split
+
         run_split(data=args.data, seed=args.seed, search=not args.no_search)
         return 0
     from bench.sasrec import DEFAULT_EPOCHS

@@ -170,14 +170,19 @@ def machine_header(extra: Sequence[str] = ()) -> str:
     return "\n".join(lines + list(extra))
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Print rows under headers, right-aligned, as a markdown-compatible table."""
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Rows under headers, right-aligned, as a markdown-compatible table (no final newline)."""
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    print("| " + " | ".join(h.rjust(w) for h, w in zip(headers, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in cells:
-        print("| " + " | ".join(c.rjust(w) for c, w in zip(row, widths)) + " |")
+    lines = ["| " + " | ".join(h.rjust(w) for h, w in zip(headers, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.rjust(w) for c, w in zip(row, widths)) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Print rows under headers, right-aligned, as a markdown-compatible table."""
+    print(format_table(headers, rows))
 
 
 def _cell(value: Any) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import np_to_triton_dtype
 
+from clients.closing import ClosedOnExit
 from clients.updater_client import FeedbackResult, UpdaterClient
 from model_repository import contract as c
 
@@ -67,7 +68,7 @@ def recommend_inputs(
     return inputs
 
 
-class Client:
+class Client(ClosedOnExit):
     """`Client(url).recommend(user_id, k=10, history=None, exclude=None, text=None)`; a context
     manager. `Client(url).recommend(None, text="space opera")` is text search."""
 
@@ -121,9 +122,3 @@ class Client:
         self._grpc.close()
         if self._updater is not None:
             self._updater.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -74,23 +74,39 @@ class SkewedIds:
         return self._ids[rank]
 
 
+def _flag(flag: str, help_text: str) -> dict[str, str]:
+    """A LoadMix field's command-line flag and help, the one place the flag is named."""
+    return {"flag": flag, "help": help_text}
+
+
 @dataclass(frozen=True)
 class LoadMix:
-    """What the locust users send. Weights are locust task weights (0 turns a task off)."""
+    """What the locust users send. Weights are locust task weights (0 turns a task off). Each
+    field but pad_inputs is a flag of `freshrec loadtest` and of the locustfile (`_flag`)."""
 
-    n_users: int = DEFAULT_ID_USERS
-    n_items: int = DEFAULT_ID_ITEMS
-    zipf: float = DEFAULT_ZIPF
-    history_fraction: float = DEFAULT_HISTORY_FRACTION
-    max_history: int = DEFAULT_MAX_HISTORY
-    k: int = DEFAULT_K
-    recommend_weight: int = DEFAULT_RECOMMEND_WEIGHT
-    feedback_weight: int = DEFAULT_FEEDBACK_WEIGHT
-    model: str = c.RECOMMEND
+    n_users: int = field(default=DEFAULT_ID_USERS,
+                         metadata=_flag("--id-users", "user ids drawn from 1..N"))
+    n_items: int = field(default=DEFAULT_ID_ITEMS,
+                         metadata=_flag("--id-items", "item ids drawn from 1..N"))
+    zipf: float = field(default=DEFAULT_ZIPF,
+                        metadata=_flag("--zipf", "Zipf exponent of user and item draws"))
+    history_fraction: float = field(
+        default=DEFAULT_HISTORY_FRACTION,
+        metadata=_flag("--history-fraction", "share of recommend calls with a HISTORY"))
+    max_history: int = field(default=DEFAULT_MAX_HISTORY,
+                             metadata=_flag("--max-history", "HISTORY length is 1..this"))
+    k: int = field(default=DEFAULT_K, metadata=_flag("--k", "K"))
+    recommend_weight: int = field(default=DEFAULT_RECOMMEND_WEIGHT,
+                                  metadata=_flag("--recommend-weight", "task weight of recommend"))
+    feedback_weight: int = field(
+        default=DEFAULT_FEEDBACK_WEIGHT,
+        metadata=_flag("--feedback-weight", "task weight of feedback; 0 turns it off"))
+    model: str = field(default=c.RECOMMEND, metadata=_flag("--model", "the model to ask"))
     # send HISTORY and EXCLUDE on every call, empty when unused: Triton's dynamic batcher only
     # batches requests carrying the same set of inputs, and a 50/50 mix of calls with and without
     # HISTORY halved recommend's throughput at N = 1e5 (8 users: 309 vs 622-695 req/s). An empty
     # HISTORY or EXCLUDE is the same as none (model_repository.serving), answers are identical.
+    # Its flag is --unpadded, which turns it off.
     pad_inputs: bool = True
 
     def __post_init__(self):
@@ -106,32 +122,26 @@ class LoadMix:
 
     def locust_args(self) -> list[str]:
         """The locustfile's own flags for this mix (see `add_locust_arguments`)."""
-        return ["--id-users", str(self.n_users), "--id-items", str(self.n_items),
-                "--zipf", str(self.zipf), "--history-fraction", str(self.history_fraction),
-                "--max-history", str(self.max_history), "--k", str(self.k),
-                "--recommend-weight", str(self.recommend_weight),
-                "--feedback-weight", str(self.feedback_weight), "--model", self.model,
-                *([] if self.pad_inputs else ["--unpadded"])]
+        args = []
+        for f in _flagged_fields():
+            args += [f.metadata["flag"], str(getattr(self, f.name))]
+        return args + ([] if self.pad_inputs else ["--unpadded"])
+
+
+def _flagged_fields():
+    return [f for f in fields(LoadMix) if "flag" in f.metadata]
+
+
+def _dest(f) -> str:
+    """Where argparse puts a field's flag: --id-users -> id_users."""
+    return f.metadata["flag"].removeprefix("--").replace("-", "_")
 
 
 def add_mix_arguments(parser) -> None:
     """The flags of a `LoadMix`, shared by `freshrec loadtest` and the locustfile."""
-    parser.add_argument("--model", default=c.RECOMMEND, help=f"the model to ask (default {c.RECOMMEND})")
-    parser.add_argument("--id-users", type=int, default=DEFAULT_ID_USERS,
-                        help=f"user ids drawn from 1..N (default {DEFAULT_ID_USERS})")
-    parser.add_argument("--id-items", type=int, default=DEFAULT_ID_ITEMS,
-                        help=f"item ids drawn from 1..N (default {DEFAULT_ID_ITEMS})")
-    parser.add_argument("--zipf", type=float, default=DEFAULT_ZIPF,
-                        help=f"Zipf exponent of user and item draws (default {DEFAULT_ZIPF})")
-    parser.add_argument("--history-fraction", type=float, default=DEFAULT_HISTORY_FRACTION,
-                        help=f"share of recommend calls with a HISTORY (default {DEFAULT_HISTORY_FRACTION})")
-    parser.add_argument("--max-history", type=int, default=DEFAULT_MAX_HISTORY,
-                        help=f"HISTORY length is 1..this (default {DEFAULT_MAX_HISTORY})")
-    parser.add_argument("--k", type=int, default=DEFAULT_K, help=f"K (default {DEFAULT_K})")
-    parser.add_argument("--recommend-weight", type=int, default=DEFAULT_RECOMMEND_WEIGHT,
-                        help=f"task weight of recommend (default {DEFAULT_RECOMMEND_WEIGHT})")
-    parser.add_argument("--feedback-weight", type=int, default=DEFAULT_FEEDBACK_WEIGHT,
-                        help=f"task weight of feedback; 0 turns it off (default {DEFAULT_FEEDBACK_WEIGHT})")
+    for f in _flagged_fields():
+        parser.add_argument(f.metadata["flag"], type=type(f.default), default=f.default,
+                            help=f"{f.metadata['help']} (default {f.default})")
     parser.add_argument("--unpadded", action="store_true",
                         help="omit unused HISTORY / EXCLUDE instead of sending them empty (batches worse)")
 
@@ -144,10 +154,7 @@ def add_locust_arguments(parser) -> None:
 
 
 def mix_from_options(options) -> LoadMix:
-    return LoadMix(n_users=options.id_users, n_items=options.id_items, zipf=options.zipf,
-                   history_fraction=options.history_fraction, max_history=options.max_history,
-                   k=options.k, recommend_weight=options.recommend_weight,
-                   feedback_weight=options.feedback_weight, model=options.model,
+    return LoadMix(**{f.name: getattr(options, _dest(f)) for f in _flagged_fields()},
                    pad_inputs=not options.unpadded)
 
 

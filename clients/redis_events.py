@@ -17,6 +17,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping
 
+from clients.closing import ClosedOnExit
 from clients.updater_client import FeedbackResult
 from model_repository import contract as c
 from model_repository.live_history import RedisKeys, redis_client
@@ -34,7 +35,7 @@ class NotSetUp(RuntimeError):
     """No updater has set this Redis (and prefix) up: there is no intake script to run."""
 
 
-class RedisEventWriter:
+class RedisEventWriter(ClosedOnExit):
     """`send(events)`: dicts with event_id (default: a random one), user_id, item_id, kind, value
     (default 0), timestamp (default: Redis's clock). A context manager."""
 
@@ -64,9 +65,3 @@ class RedisEventWriter:
 
     def close(self) -> None:
         self._redis.close()
-
-    def __enter__(self) -> RedisEventWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

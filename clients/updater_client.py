@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from clients.closing import ClosedOnExit
 from model_repository import contract as c
 from updater.proto import freshrec_updater_pb2 as pb
 from updater.proto import freshrec_updater_pb2_grpc as pb_grpc
@@ -105,7 +106,7 @@ class FeedbackSession:
             self._replies.cancel()
 
 
-class UpdaterClient:
+class UpdaterClient(ClosedOnExit):
     """`UpdaterClient(url)`: feedback, feedback_batch, feedback_stream, feedback_session, status,
     publish, rollback, forget_user, add_items. A context manager."""
 
@@ -181,9 +182,3 @@ class UpdaterClient:
 
     def close(self) -> None:
         self._channel.close()
-
-    def __enter__(self) -> UpdaterClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

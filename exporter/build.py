@@ -28,6 +28,7 @@ from exporter.evaluate import evaluate, format_quality_table
 from exporter.onnx_export import build_tensorrt_plan, check_onnx_parity, export_user_tower
 from exporter.search import Prior, SearchResult, describe_half_life, score
 from exporter.search import search as search_settings
+from exporter.sequence_tower import SequenceTower
 from exporter.synthetic import generate_synthetic
 from exporter.text_projection import (
     apply_text_rows,
@@ -36,15 +37,8 @@ from exporter.text_projection import (
     pick_cold_items,
     titled_rows,
 )
-from exporter.train import (
-    METHOD_EASE,
-    SequenceTower,
-    TrainConfig,
-    TrainedModel,
-    numpy_tower,
-    save_tower,
-    train_base_model,
-)
+from exporter.towers import numpy_tower, save_tower
+from exporter.train import METHOD_EASE, TrainConfig, TrainedModel, train_base_model
 from model_repository import configs, templates, versions
 from model_repository import contract as c
 from model_repository import retrieve_schema as schema

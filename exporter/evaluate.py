@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from exporter.data import Interactions
-from exporter.train import TrainedModel, tower_query
+from exporter.towers import tower_query
+from exporter.train import TrainedModel
 from model_repository.scoring import history_ages, popularity_prior, trend_counts
 
 log = logging.getLogger(__name__)

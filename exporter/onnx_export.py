@@ -19,7 +19,7 @@ import onnxruntime as ort
 import torch
 
 from exporter.sequence_tower import SequenceTower
-from exporter.train import Tower
+from exporter.towers import Tower
 from model_repository.contract import (
     HISTORY_EMB,
     HISTORY_MASK,

@@ -1,11 +1,9 @@
 """Starts, watches and stops the child processes freshrec runs: NVIDIA's tritonserver, the
 updater sidecar (`python -m updater`) and, where the event log lives in Redis, a redis-server.
 
-Both live the same life, written once in ChildProcess: their own session (a terminal's Ctrl-C
-reaches the parent, which stops them in order), SIGTERM when the parent dies (die_with_parent),
-output appended to a log whose tail goes into every failure message, readiness polled under a
-deadline while checking the child is still alive, and stop = a signal, then SIGKILL after a grace
-period. start() after stop() runs a fresh child, so a supervisor can restart either one.
+All three live the same life, written once in freshrec.child_process.ChildProcess: their own
+session, SIGTERM when the parent dies, a log whose tail goes into every failure message, readiness
+polled under a deadline, stop = a signal then SIGKILL, and start() after stop() for a restart.
 
 tritonserver comes from the nvidia-pytriton wheel: the 2.51 server, the python backend and a stub
 per Python version. The stub must sit next to libtriton_python.so in a backend folder, links the
@@ -26,17 +24,18 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
-import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
+from freshrec.child_process import (
+    ChildProcess,
+    free_port,
+    listening_ports,
+    port_in_use,
+)
 from model_repository.contract import (
     DEFAULT_GRPC_PORT,
     DEFAULT_HOST,
@@ -49,7 +48,6 @@ from updater.settings import one_blas_thread
 log = logging.getLogger(__name__)
 
 DEFAULT_READY_TIMEOUT_S = 120.0
-POLL_S = 0.1
 PROBE_TIMEOUT_S = 1.0  # one readiness call; the deadline is the caller's timeout_s
 TRITON_EXIT_TIMEOUT_S = 15  # tritonserver's own wait for in-flight requests after SIGINT
 UPDATER_STOP_GRACE_S = 20.0
@@ -59,220 +57,12 @@ ADDRESS_IN_USE = "already in use"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FIX_HINT = "run `make test` or `make serve` once (they create .venv and install nvidia-pytriton)"
 
-T = TypeVar("T")
-
-
 class SetupError(RuntimeError):
     """The server cannot start on this machine; the message says how to fix it."""
 
 
 class UpdaterExited(RuntimeError):
     """The updater process ended before it was ready; the message holds its log tail."""
-
-
-def wait_until(predicate: Callable[[], T], *, timeout_s: float, what: str | Callable[[], str],
-               interval_s: float = POLL_S) -> T:
-    """Call `predicate` until it returns something truthy and return that. After `timeout_s`,
-    TimeoutError naming `what` (a callable is asked then, so it can describe the last state).
-    An exception from `predicate` ends the wait at once: a dead child fails fast."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            described = what() if callable(what) else what
-            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {described}")
-        time.sleep(interval_s)
-
-
-def die_with_parent() -> None:
-    """Popen preexec_fn: the child gets SIGTERM when the process that started it dies, so a
-    killed test run or `kill -9` of `freshrec serve` leaves no orphaned server holding ports."""
-    import ctypes
-
-    pr_set_pdeathsig = 1  # from <sys/prctl.h>
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    except OSError:  # not Linux/glibc: nothing to arm, the child is stopped explicitly anyway
-        pass
-
-
-def free_port(host: str = DEFAULT_HOST) -> int:
-    """A port nobody listens on now. Another process may take it before ours binds it: prefer a
-    child that binds port 0 itself (the updater), or retry on collision (TritonServer.start)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex((host, port)) == 0
-
-
-def listening_ports(pid: int) -> set[int] | None:
-    """The TCP ports process `pid` itself listens on, from Linux /proc; None where there is none."""
-    fd_dir = Path(f"/proc/{pid}/fd")
-    if not fd_dir.is_dir():
-        return None
-    inodes = set()
-    try:
-        fds = list(fd_dir.iterdir())
-    except OSError:  # it ended meanwhile
-        return set()
-    for fd in fds:
-        try:
-            target = os.readlink(fd)
-        except OSError:  # closed meanwhile
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:["):-1])
-    ports = set()
-    for table in ("tcp", "tcp6"):
-        try:
-            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:  # sl local_address(HEXIP:HEXPORT) rem_address st(0A: LISTEN) ... inode
-            fields = row.split()
-            if fields[3] == "0A" and fields[9] in inodes:
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
-class ChildProcess:
-    """One child at a time, its output appended to `log_path`. Subclasses set what to run
-    (start), how to tell it is ready (a probe for _wait_ready), the stop signal and grace."""
-
-    name = "child"
-    stop_signal = signal.SIGTERM
-    stop_grace_s = 20.0
-    error: type[Exception] = RuntimeError  # raised when it exits or is not ready in time
-
-    def __init__(self, *, log_path: Path | None):
-        self.log_path = Path(log_path) if log_path else None
-        self._log_in_workdir = log_path is None  # then each run logs in its own scratch folder
-        self.process: subprocess.Popen | None = None
-        self._log = None
-        self._log_start = 0  # where this run's output begins in the log
-        self._workdir: Path | None = None
-
-    def _make_workdir(self) -> Path:
-        """A fresh scratch folder for this run, removed by stop()."""
-        self._workdir = Path(tempfile.mkdtemp(prefix=f"freshrec-{self.name}-"))
-        return self._workdir
-
-    def _spawn(self, cmd: list[str], *, env: dict[str, str], cwd: Path | None = None) -> None:
-        if self._log_in_workdir:
-            self.log_path = self._workdir / f"{self.name}.log"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")
-        self._log_start = self._log.tell()
-        log.info("starting %s (log %s)", self.name, self.log_path)
-        self.process = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                        start_new_session=True, preexec_fn=die_with_parent)
-
-    def _wait_ready(self, probe: Callable[[], bool], *, timeout_s: float) -> None:
-        """Poll `probe` (False: not yet) until it passes; `error` with the log tail if the child
-        exits first or the deadline passes."""
-        def ready() -> bool:
-            if not self.alive():
-                raise self.error(f"{self.name} exited with code {self.process.returncode}:\n"
-                                 f"{self.log_tail()}")
-            return probe()
-
-        try:
-            wait_until(ready, timeout_s=timeout_s, what=f"{self.name} to be ready")
-        except TimeoutError as exc:
-            raise self.error(f"{exc}:\n{self.log_tail()}") from None
-
-    def _ready_or_stopped(self, *, timeout_s: float) -> None:
-        """Wait for the subclass's `_ready` probe; a child that fails it is stopped, then raised."""
-        try:
-            self._wait_ready(self._ready, timeout_s=timeout_s)
-        except BaseException:
-            self.stop()
-            raise
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def cpu_s(self) -> float:
-        """CPU seconds (user + system, every thread) the running child has used so far, from
-        Linux's /proc (what bench.quality charges the updater for learning)."""
-        stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        fields = stat.rsplit(")", 1)[1].split()  # after the command name: state is field 3
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
-
-    def run_time_s(self) -> float:
-        """On-CPU seconds of the child's live threads, to the nanosecond (Linux's per-thread
-        schedstat): for intervals far shorter than `cpu_s`'s clock tick, such as one request.
-        Threads that have exited are not in it; use it on children whose threads live as long as
-        they do (redis-server), and `cpu_s` for totals."""
-        total_ns = 0
-        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
-            try:
-                total_ns += int((task / "schedstat").read_text().split()[0])
-            except (FileNotFoundError, ProcessLookupError):
-                continue  # the thread ended while we listed them
-        return total_ns / 1e9
-
-    def log_tail(self, lines: int = 40) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def output_since_start(self) -> str:
-        """What this run (not an earlier one appending to the same log) has written."""
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        with open(self.log_path, "rb") as handle:
-            handle.seek(self._log_start)
-            return handle.read().decode(errors="replace")
-
-    def wait_exit(self, *, timeout_s: float = 60.0) -> int:
-        """Wait for the child to end on its own; returns its exit code (-9: SIGKILL)."""
-        return self.process.wait(timeout=timeout_s)
-
-    def kill(self) -> None:
-        """SIGKILL, as `kill -9`: no handler runs."""
-        if self.alive():
-            self.process.kill()
-            self.process.wait()
-
-    def stop(self) -> int | None:
-        """stop_signal, then SIGKILL after stop_grace_s. Returns the exit code (None: never ran)."""
-        code = None
-        if self.process is not None:
-            if self.process.poll() is None:
-                self.process.send_signal(self.stop_signal)
-                try:
-                    self.process.wait(timeout=self.stop_grace_s)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
-            code = self.process.returncode
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        self._after_exit()
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
-        return code
-
-    def _after_exit(self) -> None:
-        """What a subclass must clean up once its child has ended (before the workdir goes)."""
-
-    def start(self):
-        raise NotImplementedError
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The pooled user tower in numpy, from a retrieve version's own tables; and which tower a
 version serves with (`tower_from_tables`).
 
-    query = u + h + W2 relu(W1 [u, h] + b1) + b2        (exporter.train.UserTower)
+    query = u + h + W2 relu(W1 [u, h] + b1) + b2        (exporter.towers.UserTower)
 
 h is the recency-weighted pool of the user's history (model_repository.pooling). A version's
 meta names its tower's kind (retrieve_schema.RetrieveMeta.tower): this one, "pooled", or the
@@ -32,7 +32,7 @@ from model_repository.sequence_tower import NumpySequenceTower
 
 TOWER_FILE = "tower.pt"  # in each user_tower version: {"format", "args", "state_dict"} (torch.save)
 TOWER_FILE_FORMAT = 1
-# state-dict keys of exporter.train.UserTower's two Linear layers, in NumpyTower's argument order
+# state-dict keys of exporter.towers.UserTower's two Linear layers, in NumpyTower's argument order
 _STATE_KEYS = ("mix.0.weight", "mix.0.bias", "mix.2.weight", "mix.2.bias")
 
 
@@ -81,7 +81,7 @@ class NumpyTower:
 
     @classmethod
     def from_file(cls, path: str | Path) -> NumpyTower:
-        """The tower in a user_tower version's TOWER_FILE (written by exporter.train.save_tower).
+        """The tower in a user_tower version's TOWER_FILE (written by exporter.towers.save_tower).
         Imports torch: only for versions without tower tables, never on the serving path."""
         state = read_tower_file(path)["state_dict"]
         return cls(*(state[key].detach().cpu().numpy() for key in _STATE_KEYS))

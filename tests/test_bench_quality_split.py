@@ -7,6 +7,7 @@ import re
 import pytest
 
 import bench.quality
+import bench.quality_split
 from exporter.data import write_dataset
 from exporter.synthetic import generate_synthetic
 
@@ -43,7 +44,7 @@ def test_the_split_at_several_cuts_prints_a_line_per_cut_and_the_count(tmp_path,
     assert [row[0].strip() for row in body] == ["0.7", "0.8"]
     met = 0
     for cut, row in zip((0.7, 0.8), body, strict=True):
-        run = bench.quality.split_at(ratings, seed=0, search=False, train_fraction=cut)
+        run = bench.quality_split.split_at(ratings, seed=0, search=False, train_fraction=cut)
         assert int(row[1]) == int(run.results["model"]["users"]) > 0
         cut_met = True
         for key, peer_cell in (("recall@10", row[3]), ("ndcg@10", row[6])):

@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from clients.loadtest import add_locust_arguments, mix_from_options
+from clients.loadtest import LoadMix, add_locust_arguments, mix_from_options
 from freshrec.cli import UserError, build_parser, serving_repository
 from model_repository import contract as c
 
@@ -26,6 +26,18 @@ def test_loadtest_and_the_locustfile_take_the_same_mix_flags():
     assert mix_from_options(args) == mix_from_options(options)
     assert mix_from_options(args).max_history == 7 and not mix_from_options(args).pad_inputs
 
+
+
+@pytest.mark.parametrize("mix", [
+    LoadMix(),
+    LoadMix(n_users=7, n_items=3, zipf=1.5, history_fraction=0.25, max_history=4, k=2,
+            recommend_weight=1, feedback_weight=3, model="other", pad_inputs=False),
+], ids=["defaults", "every-field-changed"])
+def test_a_mix_passed_to_the_locustfile_as_flags_comes_back_equal(mix):
+    """freshrec loadtest hands its mix to the locust subprocess as flags (LoadMix.locust_args)."""
+    locust = argparse.ArgumentParser()
+    add_locust_arguments(locust)
+    assert mix_from_options(locust.parse_args(mix.locust_args())) == mix
 
 def test_default_endpoints_are_loopback_and_defined_once():
     args = build_parser().parse_args(["serve"])

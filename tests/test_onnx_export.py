@@ -19,7 +19,8 @@ from exporter.onnx_export import (
     export_user_tower,
 )
 from exporter.synthetic import generate_synthetic
-from exporter.train import TrainConfig, UserTower, train_base_model
+from exporter.towers import UserTower
+from exporter.train import TrainConfig, train_base_model
 from model_repository.contract import HISTORY_EMB, MAX_BATCH_SIZE, QUERY, USER_EMB
 from tests.fixtures.serving_pool import pool_numpy
 from tests.fixtures.tensorrt import needs_tensorrt

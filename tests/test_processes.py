@@ -8,7 +8,8 @@ import socket
 import pytest
 
 from freshrec import processes
-from freshrec.processes import SetupError, TritonServer, wait_until
+from freshrec.child_process import ChildProcess, free_port, listening_ports, wait_until
+from freshrec.processes import SetupError, TritonServer
 from freshrec.stack import serving_stack
 
 
@@ -48,14 +49,14 @@ def held_port():
 @pytest.mark.integration
 @pytest.mark.parametrize("taken", [0, 1, 2], ids=["grpc", "http", "metrics"])
 def test_triton_starts_on_new_ports_when_another_process_took_one(taken, held_port, tmp_path, monkeypatch):
-    picks = iter([held_port if n == taken else processes.free_port() for n in range(3)])
-    real_free_port = processes.free_port
-    monkeypatch.setattr(processes, "free_port", lambda host: next(picks, None) or real_free_port(host))
+    picks = iter([held_port if n == taken else free_port() for n in range(3)])
+    # TritonServer.start picks its ports through the name freshrec.processes imported
+    monkeypatch.setattr(processes, "free_port", lambda host: next(picks, None) or free_port(host))
     (tmp_path / "repository").mkdir()
     with TritonServer(tmp_path / "repository", grpc_port=0, http_port=0, metrics_port=0,
                       log_path=tmp_path / "tritonserver.log") as server:
         assert held_port not in server.ports
-        assert set(server.ports) <= processes.listening_ports(server.process.pid)
+        assert set(server.ports) <= listening_ports(server.process.pid)
     assert server.log_path.read_text(errors="replace").count("Started GRPCInferenceService") >= 1
 
 
@@ -81,7 +82,7 @@ def test_a_childs_cpu_seconds_count_its_work_not_its_sleep(tmp_path):
     import sys
     import time
 
-    child = processes.ChildProcess(log_path=tmp_path / "child.log")
+    child = ChildProcess(log_path=tmp_path / "child.log")
     child._make_workdir()
     busy = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass\n"
     child._spawn([sys.executable, "-c", busy + "time.sleep(30)"], env={})

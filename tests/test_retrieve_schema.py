@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from exporter.train import UserTower, load_tower, numpy_tower, save_tower
+from exporter.towers import UserTower, load_tower, numpy_tower, save_tower
 from model_repository import retrieve_schema as schema
 from model_repository import versions
 from model_repository.projection import TextProjection

@@ -19,7 +19,8 @@ from exporter.onnx_export import (
 )
 from exporter.sequence_tower import SequenceTower, sequence_inputs_torch
 from exporter.synthetic import generate_synthetic
-from exporter.train import TrainConfig, numpy_tower, train_base_model
+from exporter.towers import numpy_tower
+from exporter.train import TrainConfig, train_base_model
 from model_repository import configs, versions
 from model_repository import contract as c
 from model_repository import retrieve_schema as schema

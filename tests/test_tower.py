@@ -10,7 +10,7 @@ import torch
 
 from exporter.build import retrieve_tables
 from exporter.onnx_export import export_user_tower
-from exporter.train import numpy_tower
+from exporter.towers import numpy_tower
 from model_repository import versions
 from model_repository.contract import HISTORY_EMB, QUERY, USER_EMB
 from model_repository.serving import Query, Retriever

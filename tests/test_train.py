@@ -19,15 +19,8 @@ from exporter.evaluate import (
 )
 from exporter.onnx_export import torch_query, tower_inputs
 from exporter.synthetic import generate_synthetic
-from exporter.train import (
-    TrainConfig,
-    UserTower,
-    load_tower,
-    make_tower,
-    pool_history_torch,
-    save_tower,
-    train_base_model,
-)
+from exporter.towers import UserTower, load_tower, pool_history_torch, save_tower
+from exporter.train import TrainConfig, make_tower, train_base_model
 from model_repository import retrieve_schema as schema
 from model_repository.tower import TOWER_FILE_FORMAT
 from tests.fixtures.serving_pool import pool_numpy

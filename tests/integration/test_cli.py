@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from freshrec.processes import free_port
+from freshrec.child_process import free_port
 
 pytestmark = pytest.mark.integration
 FRESHREC = [sys.executable, "-m", "freshrec.cli"]

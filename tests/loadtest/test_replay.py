@@ -55,31 +55,6 @@ class FixedRecommender:
         self.calls.append(("learn", _pairs(events)))
 
 
-def test_replay_asks_before_learning_with_seen_items_excluded():
-    fake = FixedRecommender()
-    result = replay(TRAIN, TEST, fake, window_events=3, ks=(1, 3))
-    assert fake.calls == [
-        ("recommend", [1, 1, 2], [[1, 2], [1, 2, 3], [1]], 3),
-        ("learn", [(1, 3), (1, 4), (2, 2)]),
-        ("recommend", [3], [[]], 3),
-        ("learn", [(1, 3), (3, 5)]),
-    ]
-    # ranks: item 3 after 10 -> 1; item 4 after 10, 5 -> 2; item 2 after 10, 3 -> 2; item 5 is
-    # 4th for user 3, beyond K = 3 -> missed
-    assert result.ranks == [1, 2, 2, -1]
-    assert (result.scored, result.skipped_repeats, result.windows) == (4, 1, 2)
-    assert result.metrics["recall@1"] == 0.0
-    assert result.metrics["recall@3"] == pytest.approx(3 / 4)
-    assert result.metrics["ndcg@10"] == pytest.approx((1 / math.log2(3) + 2 / math.log2(4)) / 4)
-
-
-def test_replay_scores_only_the_chosen_windows_but_learns_all():
-    fake = FixedRecommender()
-    result = replay(TRAIN, TEST, fake, window_events=3, ks=(1, 3), scored_windows=[1])
-    assert [c[0] for c in fake.calls] == ["learn", "recommend", "learn"]
-    assert result.ranks == [-1] and result.skipped_repeats == 1
-
-
 class StreamingFixed(FixedRecommender):
     """FixedRecommender that is also sent each event after its question."""
 
@@ -87,12 +62,20 @@ class StreamingFixed(FixedRecommender):
         self.calls.append(("send", _pairs(events)))
 
 
-def test_streamed_replay_asks_each_run_then_sends_it_then_learns_the_window():
-    fake = StreamingFixed()
-    result = replay(TRAIN, TEST, fake, window_events=3, ks=(1, 3))
+# What the replay calls, in order: windowed for a recommender without `send`, streamed for one with
+# it. Both ask the same questions, so a recommender that ignores what it is sent gets the same
+# ranks: item 3 after 10 -> 1; item 4 after 10, 5 -> 2; item 2 after 10, 3 -> 2; item 5 is 4th for
+# user 3, beyond K = 3 -> missed.
+CALL_ORDERS = [
+    pytest.param(FixedRecommender, [
+        ("recommend", [1, 1, 2], [[1, 2], [1, 2, 3], [1]], 3),
+        ("learn", [(1, 3), (1, 4), (2, 2)]),
+        ("recommend", [3], [[]], 3),
+        ("learn", [(1, 3), (3, 5)]),
+    ], id="windowed"),
     # window 0 is (1, 3) (1, 4) (2, 2): user 1 twice, so two runs; the second question of user 1
     # comes after its first event was sent, and still excludes it
-    assert fake.calls == [
+    pytest.param(StreamingFixed, [
         ("recommend", [1], [[1, 2]], 3),
         ("send", [(1, 3)]),
         ("recommend", [1, 2], [[1, 2, 3], [1]], 3),
@@ -101,11 +84,37 @@ def test_streamed_replay_asks_each_run_then_sends_it_then_learns_the_window():
         ("recommend", [3], [[]], 3),  # (1, 3) again is a repeat: sent, not asked
         ("send", [(1, 3), (3, 5)]),
         ("learn", [(1, 3), (3, 5)]),
-    ]
-    # the same questions as the windowed replay, so the same ranks for a recommender that
-    # ignores what it is sent
+    ], id="streamed"),
+]
+
+
+@pytest.mark.parametrize("recommender, calls", CALL_ORDERS)
+def test_replay_asks_before_learning_with_seen_items_excluded(recommender, calls):
+    fake = recommender()
+    result = replay(TRAIN, TEST, fake, window_events=3, ks=(1, 3))
+    assert fake.calls == calls
     assert result.ranks == [1, 2, 2, -1]
-    assert (result.scored, result.skipped_repeats, result.runs) == (4, 1, 3)
+    assert (result.scored, result.skipped_repeats) == (4, 1)
+
+
+def test_windowed_replay_counts_windows_and_scores_the_ranks():
+    result = replay(TRAIN, TEST, FixedRecommender(), window_events=3, ks=(1, 3))
+    assert result.windows == 2
+    assert result.metrics["recall@1"] == 0.0
+    assert result.metrics["recall@3"] == pytest.approx(3 / 4)
+    assert result.metrics["ndcg@10"] == pytest.approx((1 / math.log2(3) + 2 / math.log2(4)) / 4)
+
+
+def test_streamed_replay_asks_once_per_run_of_distinct_users():
+    result = replay(TRAIN, TEST, StreamingFixed(), window_events=3, ks=(1, 3))
+    assert result.runs == 3
+
+
+def test_replay_scores_only_the_chosen_windows_but_learns_all():
+    fake = FixedRecommender()
+    result = replay(TRAIN, TEST, fake, window_events=3, ks=(1, 3), scored_windows=[1])
+    assert [c[0] for c in fake.calls] == ["learn", "recommend", "learn"]
+    assert result.ranks == [-1] and result.skipped_repeats == 1
 
 
 def test_streamed_replay_sends_unscored_windows_without_asking():

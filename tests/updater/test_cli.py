@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from clients import Client, UpdaterClient
-from freshrec.processes import PROJECT_ROOT, free_port, wait_until
+from freshrec.child_process import free_port, wait_until
+from freshrec.processes import PROJECT_ROOT
 from tests.fixtures.builds import UPDATER
 
 pytestmark = pytest.mark.integration

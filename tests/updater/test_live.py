@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from clients import Client, UpdaterClient
-from freshrec.processes import wait_until
+from freshrec.child_process import wait_until
 from model_repository import contract as c
 from model_repository import versions
 from updater import faults

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from clients import Client, RedisEventWriter, UpdaterClient
-from freshrec.processes import RedisServer, wait_until
+from freshrec.child_process import wait_until
+from freshrec.processes import RedisServer
 from model_repository import contract as c
 from model_repository import versions
 from model_repository.live_history import RedisLiveHistoryReader, history_path

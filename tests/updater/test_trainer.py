@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from exporter.sequence_tower import SequenceTower
-from exporter.train import UserTower, numpy_tower, tower_query
+from exporter.towers import UserTower, numpy_tower, tower_query
 from updater.events import validate
 from updater.settings import TrainerConfig
 from updater.trainer import SparseTrainer, draw_negatives, draw_negatives_many
