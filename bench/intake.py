@@ -208,7 +208,7 @@ def _redis_alone(user_ids: np.ndarray, item_ids: np.ndarray, events: int, append
     from bench.peers import PeerLog
     from clients import RedisEventWriter
     from freshrec.processes import RedisServer
-    from model_repository.live_history import RedisKeys, redis_client
+    from model_repository.redis_layout import RedisKeys, redis_client
     from updater.redis_log import RedisFeedbackLog
 
     with RedisServer(log_path=scratch / f"redis-alone-{appendfsync}.log",

@@ -14,16 +14,24 @@ from clients.redis_events import NotSetUp
 from freshrec.processes import RedisServer
 from model_repository.live_history import (
     LiveStoreReader,
-    RedisKeys,
     RedisLiveHistoryReader,
     history_path,
     write_store_choice,
 )
+from model_repository.redis_layout import RedisKeys
 from updater.events import EventError, label, validate
 from updater.redis_log import RedisFeedbackLog
 
 NOW = 1_790_000_000.0
 GOOD = dict(event_id="e1", user_id=1, item_id=2, kind="click", value=0.0, timestamp=NOW - 5)
+CATALOGUE = np.arange(1000)  # the item ids these tests' events may name
+
+
+def _open(url, **options) -> RedisFeedbackLog:
+    """A log set up as the updater sets it up: a history length and the catalogue."""
+    feedback_log = RedisFeedbackLog(url, **{"history_len": 3, **options})
+    feedback_log.set_catalogue(CATALOGUE, grows=False)
+    return feedback_log
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +43,7 @@ def redis_server():
 @pytest.fixture
 def log(redis_server):
     """A fresh prefix per test: its own log in the module's server."""
-    feedback_log = RedisFeedbackLog(redis_server.url, prefix=f"t{uuid.uuid4().hex[:12]}", history_len=3)
+    feedback_log = _open(redis_server.url, prefix=f"t{uuid.uuid4().hex[:12]}")
     yield feedback_log
     feedback_log.close()
 
@@ -109,8 +117,8 @@ def test_a_history_keeps_the_model_s_length_and_an_older_event_keeps_the_newest_
 
 
 def test_set_up_continues_after_the_serving_version_s_offset(log):
-    log.set_up(3, after_offset=500)
-    log.set_up(3, after_offset=20)  # never lowered
+    log.open_intake(history_len=3, after_offset=500)
+    log.open_intake(history_len=3, after_offset=20)  # never lowered
     (outcome,) = log.take([_row()], now=NOW)
     assert outcome.offset == 501
 
@@ -118,7 +126,7 @@ def test_set_up_continues_after_the_serving_version_s_offset(log):
 def test_nothing_acknowledged_is_lost_when_redis_is_killed(tmp_path):
     server = RedisServer(data_dir=tmp_path / "data").start()
     try:
-        log = RedisFeedbackLog(server.url, history_len=4)
+        log = _open(server.url, history_len=4)
         for n in range(50):
             assert log.take([_row(event_id=f"k{n}", item_id=n)], now=NOW)[0].offset == n + 1
         log.close()
@@ -136,7 +144,7 @@ def test_nothing_acknowledged_is_lost_when_redis_is_killed(tmp_path):
 def test_forget_deletes_the_user_s_events_ids_and_history_from_memory_and_the_file(tmp_path):
     server = RedisServer(data_dir=tmp_path / "data").start()
     try:
-        log = RedisFeedbackLog(server.url, history_len=4)
+        log = _open(server.url, history_len=4)
         marker = f"forget-me-{uuid.uuid4().hex}"
         log.take([_row(event_id=f"{marker}-{n}", user_id=5) for n in range(3)]
                  + [_row(event_id="other", user_id=6)], now=NOW)
@@ -160,7 +168,7 @@ def test_the_app_writer_needs_an_updater_s_set_up_then_answers_like_feedback(red
     prefix = f"w{uuid.uuid4().hex[:12]}"
     with pytest.raises(NotSetUp, match="--redis"):
         RedisEventWriter(redis_server.url, prefix=prefix)
-    RedisFeedbackLog(redis_server.url, prefix=prefix, history_len=2).close()
+    _open(redis_server.url, prefix=prefix, history_len=2).close()
     with RedisEventWriter(redis_server.url, prefix=prefix) as writer:
         result = writer.send([dict(event_id="a", user_id=3, item_id=9, kind="click"),
                               dict(event_id="a", user_id=3, item_id=9, kind="click"),
@@ -178,7 +186,7 @@ def test_the_app_writer_needs_an_updater_s_set_up_then_answers_like_feedback(red
 def test_retrieve_s_reader_follows_the_store_the_updater_chose(tmp_path, redis_server):
     model_dir = tmp_path / "retrieve"
     prefix = f"r{uuid.uuid4().hex[:12]}"
-    log = RedisFeedbackLog(redis_server.url, prefix=prefix, history_len=3)
+    log = _open(redis_server.url, prefix=prefix)
     log.take([_row(user_id=4, item_id=11)], now=NOW)
     reader = LiveStoreReader(model_dir)
     assert reader.recent([4]) == {}  # no choice written: the (absent) SQLite store
