@@ -12,13 +12,15 @@ import pytest
 from clients import RedisEventWriter
 from clients.redis_events import NotSetUp
 from freshrec.processes import RedisServer
+from model_repository import redis_layout as layout
 from model_repository.live_history import (
     LiveStoreReader,
     RedisLiveHistoryReader,
     history_path,
     write_store_choice,
 )
-from model_repository.redis_layout import RedisKeys
+from model_repository.redis_layout import STREAM_FIELDS, RedisKeys, redis_client
+from updater.admission import not_found_reason
 from updater.events import EventError, label, validate
 from updater.redis_log import RedisFeedbackLog
 
@@ -223,3 +225,48 @@ def test_the_updater_config_names_a_bad_redis_setting(tmp_path, change, name):
 
     with pytest.raises(ValueError, match=name):
         UpdaterConfig(repository=tmp_path, **{"redis_url": "redis://127.0.0.1:6379", **change})
+
+
+def test_a_stream_entry_holds_the_layout_s_fields_in_its_order(log):
+    """The intake script is generated from model_repository.redis_layout: what it writes is what
+    RedisKeys and STREAM_FIELDS say, read raw, with no freshrec code in between."""
+    (outcome,) = log.take([_row(event_id="raw", user_id="0012", item_id=5, value=1.5)], now=NOW)
+    raw = redis_client(log.url, decode_responses=True)
+    ((entry_id, fields),) = raw.xrange(log.keys.events)
+    assert entry_id == f"0-{outcome.offset}"
+    assert list(fields) == [field for field, _ in STREAM_FIELDS]
+    assert layout.event_fields(fields) == {"event_id": "raw", "user_id": "12", "item_id": "5",
+                                           "kind": "click", "value": "1.5",
+                                           "timestamp": repr(NOW - 5)}
+    assert raw.lrange(log.keys.history(12), 0, -1) == ["5"]
+    assert raw.get(log.keys.offset) == str(outcome.offset)
+    raw.close()
+
+
+def test_an_item_outside_the_catalogue_is_not_found_and_leaves_no_trace(log):
+    unknown, known, again = log.take([_row(event_id="u1", item_id=999_999_999),
+                                      _row(event_id="k1", item_id=7),
+                                      _row(event_id="u1", item_id=7)], now=NOW)
+    assert (unknown.code, unknown.field) == (layout.NOT_FOUND, "item_id")
+    assert unknown.reason == not_found_reason(999_999_999) and not unknown.offset
+    # refused before the dedup: its event_id is still free, and nothing else moved
+    assert known.offset == 1 and again.offset == 2
+    assert [e.item_id for e in log.read_after(0)] == [7, 7]
+    assert RedisLiveHistoryReader(log.url, log.keys.prefix).recent([1])[1].tolist() == [7, 7]
+    log.set_catalogue(np.array([7, 999_999_999]), grows=False)  # items add: the set is replaced
+    assert log.take([_row(event_id="u2", item_id=999_999_999)], now=NOW)[0].offset == 3
+    assert log.take([_row(event_id="u3", item_id=2)], now=NOW)[0].code == layout.NOT_FOUND
+    log.set_catalogue(np.array([7]), grows=True)
+    assert log.take([_row(event_id="u4", item_id=123_456)], now=NOW)[0].offset == 4
+
+
+def test_the_app_writer_reports_an_unknown_item_as_not_found(redis_server):
+    prefix = f"n{uuid.uuid4().hex[:12]}"
+    _open(redis_server.url, prefix=prefix).close()
+    with RedisEventWriter(redis_server.url, prefix=prefix) as writer:
+        result = writer.send([dict(user_id=1, item_id=999_999_999, kind="purchase"),
+                              dict(user_id=1, item_id=3, kind="purchase")])
+    assert result.accepted == 1
+    assert [(r["index"], r["code"], r["field"]) for r in result.rejected] == [
+        (0, "NOT_FOUND", "item_id")]
+    assert RedisLiveHistoryReader(redis_server.url, prefix).recent([1])[1].tolist() == [3]
