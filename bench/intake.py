@@ -214,7 +214,9 @@ def _redis_alone(user_ids: np.ndarray, item_ids: np.ndarray, events: int, append
     with RedisServer(log_path=scratch / f"redis-alone-{appendfsync}.log",
                      appendfsync=appendfsync) as redis:
         if writes == INTAKE_SCRIPT:
-            RedisFeedbackLog(redis.url, history_len=20).close()  # sets the intake up for apps
+            intake = RedisFeedbackLog(redis.url, history_len=20)  # sets the intake up for apps,
+            intake.set_catalogue(item_ids, grows=False)  # as the updater does at start
+            intake.close()
             writer, stream, command = RedisEventWriter(redis.url), RedisKeys().events, "evalsha"
         else:
             writer, stream, command = PeerLog(redis.url), PeerLog.STREAM, "xadd"

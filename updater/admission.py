@@ -14,9 +14,9 @@ event of a user with no row once the minute's budget is spent is still durable a
 live history (so their next answer reflects it: a new user's row starts at zero and is served from
 the history anyway), but trains nothing: no row for the user, no step or count for the item, so a
 flood of made-up user ids grows no table and moves no shared row. The user's row comes with their
-first event once the window allows. Not RESOURCE_EXHAUSTED at intake: that would drop a real
-user's acknowledged-worthy event in a burst of sign-ups, and the Redis intake, which apps call
-straight, would need every user id mirrored into Redis to tell a new user from a known one. The
+first event once the window allows. Not RESOURCE_EXHAUSTED at intake: that would refuse real
+users' events in a burst of sign-ups, and the Redis intake, which apps call straight, would need
+every user id mirrored into Redis to tell a new user from a known one. The
 window is the engine's clock, so a replay after a crash may defer other users than the run it
 replays did (none of that run's unpublished rows were ever served).
 """
