@@ -61,7 +61,7 @@ def _intake_lua() -> str:
     keys = ", ".join(f"{name}_key" for name in layout.INTAKE_KEYS)
     head = ", ".join(f"{name}_arg" for name in layout.INTAKE_ARGV_HEAD)
     head_argv = ", ".join(f"ARGV[{n + 1}]" for n in range(len(layout.INTAKE_ARGV_HEAD)))
-    fields = ", ".join(layout.EVENT_FIELDS)
+    fields = ", ".join(layout.EVENT_FIELDS)  # each event's locals, and check()'s parameters
     field_argv = ", ".join(f"ARGV[b + {n}]" for n in range(len(layout.EVENT_FIELDS)))
     stream = ", ".join(f"{_lua_string(field)}, {attribute}"
                        for field, attribute in layout.STREAM_FIELDS)
@@ -94,24 +94,24 @@ local function id_field(name, s)  -- the id as canonical digits, or an error
     return nil, name .. '\\tmust be below 2^63, got ' .. s end
   return digits
 end
-local function check(id, u, i, kind, v, ts)  -- nil, nil, error or user, item
-  if id == '' then return nil, nil, 'event_id\\tis required' end
-  if chars(id) > {ev.MAX_EVENT_ID_LEN} then
+local function check({fields})  -- nil, nil, error or user, item
+  if event_id == '' then return nil, nil, 'event_id\\tis required' end
+  if chars(event_id) > {ev.MAX_EVENT_ID_LEN} then
     return nil, nil, 'event_id\\tlonger than {ev.MAX_EVENT_ID_LEN} characters' end
-  local user, err = id_field('user_id', u); if err then return nil, nil, err end
+  local user, err = id_field('user_id', user_id); if err then return nil, nil, err end
   local item
-  item, err = id_field('item_id', i); if err then return nil, nil, err end
+  item, err = id_field('item_id', item_id); if err then return nil, nil, err end
   if not KINDS[kind] then return nil, nil, "kind\\tunknown kind '" .. kind .. "'; known: " .. {known} end
-  local value = tonumber(v)
-  if value == nil then return nil, nil, 'value\\tmust be a number, got ' .. v end
+  local number = tonumber(value)
+  if number == nil then return nil, nil, 'value\\tmust be a number, got ' .. value end
   if kind == {_lua_string(ev.RATED_KIND)} and
-     not (value >= {ev.RATING_MIN!r} and value <= {ev.RATING_MAX!r}) then
-    return nil, nil, 'value\\ta rating must be in [{ev.RATING_MIN:g}, {ev.RATING_MAX:g}], got ' .. v end
-  if value ~= value then return nil, nil, 'value\\tis NaN' end
-  if ts ~= '' then
-    local t = tonumber(ts)
+     not (number >= {ev.RATING_MIN!r} and number <= {ev.RATING_MAX!r}) then
+    return nil, nil, 'value\\ta rating must be in [{ev.RATING_MIN:g}, {ev.RATING_MAX:g}], got ' .. value end
+  if number ~= number then return nil, nil, 'value\\tis NaN' end
+  if timestamp ~= '' then
+    local t = tonumber(timestamp)
     if t == nil or not (t >= {ev.MIN_TIMESTAMP!r} and t <= now + {ev.MAX_FUTURE_S!r}) then
-      return nil, nil, 'timestamp\\t' .. ts .. ' is not a plausible Unix time in seconds ' ..
+      return nil, nil, 'timestamp\\t' .. timestamp .. ' is not a plausible Unix time in seconds ' ..
              '(>= 0 and at most {ev.MAX_FUTURE_S:g} s ahead)' end
   end
   return user, item
