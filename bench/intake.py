@@ -208,13 +208,15 @@ def _redis_alone(user_ids: np.ndarray, item_ids: np.ndarray, events: int, append
     from bench.peers import PeerLog
     from clients import RedisEventWriter
     from freshrec.processes import RedisServer
-    from model_repository.live_history import RedisKeys, redis_client
+    from model_repository.redis_layout import RedisKeys, redis_client
     from updater.redis_log import RedisFeedbackLog
 
     with RedisServer(log_path=scratch / f"redis-alone-{appendfsync}.log",
                      appendfsync=appendfsync) as redis:
         if writes == INTAKE_SCRIPT:
-            RedisFeedbackLog(redis.url, history_len=20).close()  # sets the intake up for apps
+            intake = RedisFeedbackLog(redis.url, history_len=20)  # sets the intake up for apps,
+            intake.set_catalogue(item_ids, grows=False)  # as the updater does at start
+            intake.close()
             writer, stream, command = RedisEventWriter(redis.url), RedisKeys().events, "evalsha"
         else:
             writer, stream, command = PeerLog(redis.url), PeerLog.STREAM, "xadd"

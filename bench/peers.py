@@ -272,18 +272,18 @@ class PeerLog:
     fsync, appendfsync always). Nothing dedupes them or keeps live histories."""
 
     STREAM = "peer:events"
-    FIELDS = {"id": "event_id", "u": "user_id", "i": "item_id", "k": "kind", "v": "value",
-              "t": "timestamp"}
 
     def __init__(self, url: str):
-        from model_repository.live_history import redis_client
+        from model_repository.redis_layout import redis_client
 
         self.redis = redis_client(url)
 
     def send(self, events: Sequence[dict]) -> None:
+        from model_repository.redis_layout import STREAM_FIELDS  # freshrec's stream fields
+
         pipe = self.redis.pipeline(transaction=True)
         for event in events:
-            pipe.xadd(self.STREAM, {field: event[name] for field, name in self.FIELDS.items()})
+            pipe.xadd(self.STREAM, {field: event[name] for field, name in STREAM_FIELDS})
         pipe.execute()
 
     def close(self) -> None:

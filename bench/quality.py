@@ -114,7 +114,7 @@ def _redis_report(redis_url: str) -> float:
     """Print the redis-server's busiest commands over the replay (INFO commandstats) and return
     the seconds it spent inside the updater's read commands (time inside each command, measured
     by Redis; the intake script's own GETs are in it too, so it overstates)."""
-    from model_repository.live_history import redis_client
+    from model_repository.redis_layout import redis_client
 
     with redis_client(redis_url) as r:
         stats = r.info("commandstats")

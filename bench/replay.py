@@ -47,8 +47,12 @@ DEFAULT_KS = (10, 50)
 NDCG_K = 10
 SERVED_CONCURRENCY = 8
 FEEDBACK_CHUNK = 500
-# the updater publishes only when asked (Admin.Publish once per window), never on its own clock
-NO_AUTO_PUBLISH_ARGS = ("--publish-every-s", "1e9", "--publish-every-events", str(10**9))
+# the updater publishes only when asked (Admin.Publish once per window), never on its own clock;
+# and it takes the replayed log as it happened, as every replay table so far was measured: items
+# new after the cut grow the catalogue from their first event (updater.admission refuses them by
+# default), and new users are not rate-bounded (a replay sends days of sign-ups in seconds)
+NO_AUTO_PUBLISH_ARGS = ("--publish-every-s", "1e9", "--publish-every-events", str(10**9),
+                        "--grow-catalogue-from-feedback", "--max-new-users-per-min", str(10**9))
 
 
 class Recommender(Protocol):

@@ -34,7 +34,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # updater.service.MAX_MESSAGE_BYTES
 class FeedbackResult:
     accepted: int
     duplicate_event_ids: list[str]
-    rejected: list[dict] = field(default_factory=list)  # {index, event_id, field, reason}
+    rejected: list[dict] = field(default_factory=list)  # {index, event_id, field, reason, code}
     last_offset: int = 0
 
 
@@ -52,8 +52,8 @@ def _event(event: Mapping) -> pb.Event:
 def _result(reply: pb.SendReply) -> FeedbackResult:
     return FeedbackResult(
         accepted=reply.accepted, duplicate_event_ids=list(reply.duplicate_event_ids),
-        rejected=[{"index": r.index, "event_id": r.event_id, "field": r.field, "reason": r.reason}
-                  for r in reply.rejected],
+        rejected=[{"index": r.index, "event_id": r.event_id, "field": r.field, "reason": r.reason,
+                   "code": r.code} for r in reply.rejected],
         last_offset=reply.last_offset)
 
 

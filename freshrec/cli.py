@@ -109,7 +109,7 @@ def serving_repository(path: Path) -> Path:
 def cmd_serve(args: argparse.Namespace) -> int:
     from freshrec.processes import SetupError, TritonServer, UpdaterExited, UpdaterProcess
     from freshrec.supervisor import CHECK_EVERY_S, Supervisor
-    from updater.main import UpdaterConfig
+    from updater.main import UpdaterConfig, intake_flags
 
     repository = serving_repository(Path(args.repository))
     log_path = Path(args.log) if args.log else repository.parent / "tritonserver.log"
@@ -121,7 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           log_path=log_path)
 
     redis_args = (("--redis", args.redis, "--redis-prefix", args.redis_prefix) if args.redis
-                  else ())
+                  else ()) + intake_flags(args)
 
     def make_updater():
         return UpdaterProcess(repository, server.grpc_url, host=args.host, port=args.updater_port,
@@ -196,8 +196,9 @@ def cmd_updater(args: argparse.Namespace) -> int:
 def cmd_feedback(args: argparse.Namespace) -> int:
     result = _updater_call(args, "feedback", args.user, args.item, args.kind, value=args.value,
                            event_id=args.event_id, timestamp=args.timestamp)
-    if result.rejected:
-        raise UserError(f"rejected: {result.rejected[0]['field']}: {result.rejected[0]['reason']}")
+    if result.rejected:  # (a call whose only event is refused fails in _updater_call instead)
+        first = result.rejected[0]
+        raise UserError(f"rejected ({first['code']}): {first['field']}: {first['reason']}")
     print(json.dumps({"accepted": result.accepted, "duplicate": bool(result.duplicate_event_ids),
                       "offset": result.last_offset}))
     return 0
@@ -341,9 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "appendfsync always); apps may send events straight to it. Default: SQLite")
     p.add_argument("--redis-prefix", default=c.DEFAULT_REDIS_PREFIX,
                    help=f"prefix of freshrec's Redis keys (default {c.DEFAULT_REDIS_PREFIX})")
-    p.set_defaults(func=cmd_serve)
-
     from updater.main import add_arguments as add_updater_arguments  # argparse only: light
+    from updater.main import add_intake_arguments
+
+    add_intake_arguments(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("updater", help="run the updater sidecar alone (next to a running Triton)")
     add_updater_arguments(p)

@@ -112,3 +112,19 @@ def test_a_negative_prior_by_hand_is_refused_naming_the_flag(tmp_path, flag):
     args = build_parser().parse_args(["build", "--synthetic", "--out", str(tmp_path), flag, "-1"])
     with pytest.raises(UserError, match=f"{flag} must be >= 0"):
         args.func(args)
+
+
+def test_serve_hands_the_intake_settings_to_its_updater_and_a_bad_one_is_named():
+    from updater.main import config_from_args, intake_flags
+    from updater.settings import DEFAULT_MAX_NEW_USERS_PER_MIN, IntakePolicy
+
+    default = build_parser().parse_args(["updater"])
+    assert config_from_args(default).intake == IntakePolicy(
+        grow_catalogue=False, max_new_users_per_min=DEFAULT_MAX_NEW_USERS_PER_MIN)
+    serve = build_parser().parse_args(["serve", "--grow-catalogue-from-feedback",
+                                       "--max-new-users-per-min", "5"])
+    updater = build_parser().parse_args(["updater", *intake_flags(serve)])
+    assert config_from_args(updater).intake == IntakePolicy(grow_catalogue=True,
+                                                            max_new_users_per_min=5)
+    with pytest.raises(ValueError, match="max_new_users_per_min"):
+        config_from_args(build_parser().parse_args(["updater", "--max-new-users-per-min", "-1"]))

@@ -1,15 +1,21 @@
 """The updater's one worker thread: log -> trainer -> publisher, plus admin commands.
 
 Everything that touches trainer state or publishes runs on this thread, in order, so a publish
-never sees a half-applied event and admin commands (publish now, rollback, forget) never race the
-trainer. gRPC handlers only append to the durable log and tell the thread (`notify`); it wakes
-for that only when it has nothing to do or a publish's worth of events waits, and otherwise
-looks on its next tick (every IDLE_WAIT_S, or when a publish is due; events apps write straight
-to a Redis log, with no notify, are seen there too) and trains what arrived in batches
-(`_train_due`: TRAIN_BATCH events, a publish due, or TRAIN_WAIT_S of waiting): a stream of
-events costs one wake-up per tick, not one per Send (per single-event Send that wake-up cost
-about a quarter of the updater's CPU), and row updates keep their publish cadence. The thread's
-CPU is counted as training and publishing (`snapshot`), apart from the intake's.
+never sees a half-applied event and admin commands (publish now, rollback, forget) never race
+the trainer. gRPC handlers only append to the durable log and tell the thread (`notify`); it
+wakes for that only when it has nothing to do or a publish's worth of events waits, and
+otherwise looks on its next tick (every IDLE_WAIT_S, or when a publish is due: it asks the log
+for its newest offset, so events apps write straight to a Redis log, with no notify, are seen
+there too) and trains what arrived in batches (`_train_due`: TRAIN_BATCH events, a publish due,
+or TRAIN_WAIT_S of waiting): a stream of events costs one wake-up per tick, not one per Send
+(per single-event Send that wake-up cost about a quarter of the updater's CPU), and row updates
+keep their publish cadence. The thread's CPU is counted as training and publishing (`snapshot`),
+apart from the intake's.
+
+The log writes the live history itself (updater.feedback_log.EventLog), for either store, so the
+engine neither writes it nor asks which log it has. It keeps what feedback may enter
+(updater.admission): the catalogue, which the intake checks and the log mirrors where apps write
+straight to it, and the budget of new user rows a minute.
 
 Exactly-once: the trainer's state is always "tables of the current version + events with offset
 > its feedback_offset, applied in offset order". After a crash, recovery reloads the newest good
@@ -31,16 +37,14 @@ import numpy as np
 
 from model_repository import contract as c
 from model_repository import retrieve_schema as schema
-from model_repository.live_history import LiveHistory, history_path
 from model_repository.projection import TextProjection, rows_from_text
 from model_repository.sequence_tower import NumpySequenceTower
 from model_repository.tower import TOWER_FILE, NumpyTower, tower_from_tables
 from updater import faults
-from updater.events import positives
-from updater.feedback_log import FeedbackLog
+from updater.admission import Catalogue, NewUserBudget
+from updater.feedback_log import EventLog
 from updater.publisher import Publisher, PublishError
-from updater.redis_log import RedisFeedbackLog
-from updater.settings import PublishPolicy, TrainerConfig
+from updater.settings import IntakePolicy, PublishPolicy, TrainerConfig
 from updater.trainer import SparseTrainer
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,7 @@ TRAIN_BATCH = 256  # events that train at once on a tick (below: when a publish 
 TRAIN_WAIT_S = 1.0
 FAILURE_BACKOFF_S = 2.0
 RATE_WINDOW_S = 10.0
+RATE_SAMPLE_S = 0.5  # how often the log's newest offset is kept for events_per_s
 
 
 class CommandError(RuntimeError):
@@ -77,12 +82,15 @@ def version_tower(tables: dict[str, np.ndarray], repository: Path, meta: schema.
 
 
 class Engine:
-    def __init__(self, feedback_log: FeedbackLog | RedisFeedbackLog, publisher: Publisher, *,
-                 policy: PublishPolicy | None = None, trainer_config: TrainerConfig | None = None):
+    def __init__(self, feedback_log: EventLog, publisher: Publisher, *,
+                 policy: PublishPolicy | None = None, trainer_config: TrainerConfig | None = None,
+                 intake: IntakePolicy | None = None):
         self.log = feedback_log
         self.publisher = publisher
-        self.live_history: LiveHistory | None = None  # opened by recover()
         self.policy = policy or PublishPolicy()
+        self.intake = intake or IntakePolicy()
+        self.catalogue = Catalogue(grows=self.intake.grow_catalogue)  # filled by recover()
+        self.new_users = NewUserBudget(self.intake.max_new_users_per_min)
         self.trainer_config = trainer_config or TrainerConfig()
         self.trainer: SparseTrainer | None = None
         self.applied_offset = 0
@@ -94,14 +102,13 @@ class Engine:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="updater-engine", daemon=True)
-        self._accepted: deque[tuple[float, int]] = deque()
-        self._accepted_lock = threading.Lock()  # also guards the two below
+        self._offsets: deque[tuple[float, int]] = deque()  # (monotonic s, the log's newest offset)
+        self._lock = threading.Lock()  # also guards the two below
         self._notified_offset = 0  # the newest durable offset the intake told of
         self._read_to = 0  # the log read to here: every event up to it applied (or deleted)
         self._idle = False  # the thread waits with nothing to do: the next notify wakes it
         self._waiting_since: float | None = None  # when untrained events were first seen waiting
         self.cpu_s = {"training": 0.0, "publishing": 0.0}  # this thread's, since start
-        # a shared log (Redis): apps write it too, with no notify, so events are counted as read
 
     # -- start-up -------------------------------------------------------------------------
     def recover(self) -> None:
@@ -119,35 +126,19 @@ class Engine:
         self._notified_offset = self.log.last_offset()  # the log after the version: replayed
         log.info("recovered at retrieve %s (offset %s); %s log events to replay",
                  manifest.version, manifest.feedback_offset, max(behind, 0))
-        if self.log.shared:
-            # a Redis log keeps the live history itself (updater.redis_log): set its intake up
-            self.log.set_up(self.trainer.history_len, after_offset=manifest.feedback_offset)
-        else:
-            self.live_history = LiveHistory(history_path(self.publisher.model_dir),
-                                            history_len=self.trainer.history_len)
-            self._catch_up_live_history()
+        self.log.open_intake(history_len=self.trainer.history_len,
+                             after_offset=manifest.feedback_offset)
+        self._catalogue_changed()
         for user_id in self.log.pending_forgets():
             log.warning("redoing the forget of a user interrupted by a crash")
             self._forget(user_id, deleted=0)
 
-    def _catch_up_live_history(self) -> None:
-        """Apply the log events the live history has not seen (a crash between the log's commit
-        and the history's, or a store deleted by hand): it is rebuilt from the log."""
-        caught_up = 0
-        while True:
-            events = self.log.read_after(self.live_history.applied_offset(), limit=READ_BATCH)
-            if not events:
-                break
-            self.live_history.append(positives(events), offset=events[-1].offset)
-            caught_up += len(events)
-        if caught_up:
-            log.warning("live history caught up with %d log events", caught_up)
-
-    def record_live(self, events: list) -> None:
-        """The intake's step after each durable append: the users' live histories move at once,
-        before Feedback.Send replies (read-your-writes), whatever the publish cadence."""
-        if events and self.live_history is not None:
-            self.live_history.append(positives(events), offset=events[-1].offset)
+    def _catalogue_changed(self) -> None:
+        """The trainer's items are the catalogue now (recovered, items added, rolled back): the
+        log's copy first, so an event the intake lets through its script takes too."""
+        item_ids = self.trainer.t[schema.ITEM_IDS].live
+        self.log.set_catalogue(item_ids, grows=self.catalogue.grows)
+        self.catalogue.replace(item_ids)
 
     def start(self) -> None:
         self._thread.start()
@@ -161,21 +152,31 @@ class Engine:
         """Called by the intake after a durable append (``last_offset``: its newest event's).
         Wakes the thread only when it waits with nothing to do (so the publish clock starts at
         once) or a publish's worth of events is not applied yet."""
-        with self._accepted_lock:
-            if accepted and not self.log.shared:
-                self._accepted.append((time.monotonic(), accepted))
+        with self._lock:
             self._notified_offset = max(self._notified_offset, last_offset)
             wake = accepted and (self._idle or self._notified_offset - self.applied_offset
                                  >= self.policy.every_events)
         if wake:
             self._wake.set()
 
-    def events_per_s(self) -> float:
+    def _newest_offset(self) -> int:
+        """The log's newest offset (a query, or a GET in Redis), sampled for events_per_s: both
+        logs hand offsets only to stored events, so offsets count what every writer stored."""
+        newest = self.log.last_offset()
         now = time.monotonic()
-        with self._accepted_lock:
-            while self._accepted and self._accepted[0][0] < now - RATE_WINDOW_S:
-                self._accepted.popleft()
-            return sum(n for _, n in self._accepted) / RATE_WINDOW_S
+        with self._lock:
+            if not self._offsets or now - self._offsets[-1][0] >= RATE_SAMPLE_S:
+                self._offsets.append((now, newest))
+            # keep the newest sample at or before the window's start: the rate's base
+            while len(self._offsets) > 1 and self._offsets[1][0] <= now - RATE_WINDOW_S:
+                self._offsets.popleft()
+        return newest
+
+    def events_per_s(self) -> float:
+        """Events stored in the last RATE_WINDOW_S, by any writer, per second."""
+        newest = self._newest_offset()
+        with self._lock:
+            return (newest - self._offsets[0][1]) / RATE_WINDOW_S
 
     def submit(self, fn, *args) -> Future:
         """Run fn(*args) on the engine thread; the future holds its result or exception."""
@@ -189,7 +190,7 @@ class Engine:
         while not self._stop.is_set():
             self._wake.wait(self._wait_s())
             self._wake.clear()
-            with self._accepted_lock:
+            with self._lock:
                 self._idle = False
             try:
                 self._run_commands()
@@ -228,15 +229,12 @@ class Engine:
 
     def _apply_log(self) -> None:
         while not self._stop.is_set():
-            notified = self._notified_offset
+            newest = self._newest_offset()
             events = self.log.read_after(self.applied_offset, limit=READ_BATCH)
             if not events:
-                self._read_to = max(self._read_to, notified)
+                self._read_to = max(self._read_to, newest)
                 return
-            if self.log.shared:
-                with self._accepted_lock:
-                    self._accepted.append((time.monotonic(), len(events)))
-            self.trainer.apply_many(events)
+            self.trainer.apply_many(self._admitted(events))
             if len(events) > 1:
                 faults.crash_point("mid_batch")  # trained, the offset not recorded yet
             self.applied_offset = events[-1].offset
@@ -244,10 +242,24 @@ class Engine:
             if self._events_since_publish >= self.policy.every_events:
                 return  # publish before reading more
 
+    def _admitted(self, events: list) -> list:
+        """The events that train: all but those of users with no row once the minute's new user
+        rows are spent (updater.admission: they stay in the log and the live history)."""
+        index, new, admitted = self.trainer.user_index, set(), []
+        for e in events:
+            if e.user_id in index or e.user_id in new:
+                admitted.append(e)
+            elif self.new_users.take():
+                new.add(e.user_id)
+                admitted.append(e)
+            else:
+                self.new_users.deferred_events += 1
+        return admitted
+
     def _waiting(self) -> int:
-        """Durable events not trained yet (a Redis log: its newest offset, one GET)."""
-        newest = self.log.last_offset() if self.log.shared else self._notified_offset
-        return newest - max(self.applied_offset, self._read_to)
+        """Durable events not trained yet, by the log's newest offset (apps may write a Redis
+        log with no notify)."""
+        return self._newest_offset() - max(self.applied_offset, self._read_to)
 
     def _train_due(self) -> bool:
         """Whether this tick trains what waits: a batch's worth (TRAIN_BATCH), a publish due,
@@ -271,7 +283,7 @@ class Engine:
         """How long the loop may sleep: until the next publish is due when events wait for one
         (so an event is served within every_s of the last publish, not a poll tick later).
         With nothing to do it marks itself idle, so the next notify wakes it."""
-        with self._accepted_lock:
+        with self._lock:
             read_to = max(self.applied_offset, self._read_to)
             self._idle = (self.trainer is None
                           or self._notified_offset <= read_to and not self._pending())
@@ -338,6 +350,7 @@ class Engine:
             kind="rollback", parent=target)
         _, published = self.publisher.load_tables(version)
         self.trainer.reset({name: np.asarray(t) for name, t in published.items()})
+        self._catalogue_changed()
         self.published_offset = self.applied_offset
         self._last_publish = time.monotonic()
         self._events_since_publish = 0
@@ -349,8 +362,6 @@ class Engine:
         return self._forget(user_id, deleted=deleted)
 
     def _forget(self, user_id: int, *, deleted: int) -> tuple[int, int, list[int]]:
-        if self.live_history is not None:  # (a Redis log forgot the history with the events)
-            self.live_history.forget(user_id)
         self._consume()  # the user's events are gone from the log; everyone else's go in
         had_row = self.trainer.forget_user(user_id)
         if had_row or self._pending():
@@ -396,6 +407,7 @@ class Engine:
         except BaseException:
             self.trainer.drop_last_items(len(item_ids))
             raise
+        self._catalogue_changed()
         return version, time.perf_counter() - started
 
     # -- status ---------------------------------------------------------------------------
@@ -416,5 +428,10 @@ class Engine:
             "recent_publishes": list(self.publisher.records),
             "training_cpu_s": self.cpu_s["training"],
             "publishing_cpu_s": self.cpu_s["publishing"],
+            "catalogue_items": len(self.catalogue),
+            "catalogue_grows": self.catalogue.grows,
+            "new_users_last_min": self.new_users.last_min(),
+            "max_new_users_per_min": self.new_users.per_min,
+            "deferred_new_user_events": self.new_users.deferred_events,
         }
 

@@ -18,8 +18,14 @@ MAX_EVENT_ID_LEN = 200
 MIN_TIMESTAMP = 0.0
 MAX_FUTURE_S = 86_400.0
 RATING_MIN, RATING_MAX = 1.0, 5.0
+# The label rule, as data: `label` reads it, and the Redis intake script's test of what enters a
+# history is generated from it (updater.redis_log), so the two cannot drift.
 # a skip's weight: measured on replays (updater/settings.py, DEFAULT_SKIP_WEIGHT)
 LABEL_WEIGHTS = {"click": 1.0, "purchase": 3.0, "skip": 0.1}
+NEGATIVE_KINDS = ("skip",)  # the label is -skip_weight
+RATED_KIND = "rating"  # the label is value - RATING_NEUTRAL at or past the two thresholds, else 0
+RATING_NEUTRAL, RATING_POSITIVE_MIN, RATING_NEGATIVE_MAX = 3.0, 4.0, 2.0
+POSITIVE_KINDS = tuple(k for k in KINDS if k != RATED_KIND and k not in NEGATIVE_KINDS)
 
 
 class EventError(ValueError):
@@ -57,7 +63,7 @@ def validate(event_id: str, user_id: int | None, item_id: int | None, kind: str,
             raise EventError(name, f"must be >= 0, got {value_}")
     if kind not in KINDS:
         raise EventError("kind", f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
-    if kind == "rating" and not RATING_MIN <= value <= RATING_MAX:
+    if kind == RATED_KIND and not RATING_MIN <= value <= RATING_MAX:
         raise EventError("value", f"a rating must be in [{RATING_MIN:g}, {RATING_MAX:g}], got {value}")
     if value != value:  # NaN
         raise EventError("value", "is NaN")
@@ -72,13 +78,11 @@ def validate(event_id: str, user_id: int | None, item_id: int | None, kind: str,
 def label(event: Event, *, skip_weight: float = LABEL_WEIGHTS["skip"]) -> float:
     """Signed training weight: > 0 pulls the item towards the user, < 0 pushes it away, 0 none
     (``skip_weight``: how hard a skip pushes; updater.settings.TrainerConfig.skip_weight)."""
-    if event.kind == "rating":
-        if event.value >= 4:
-            return event.value - 3.0
-        if event.value <= 2:
-            return event.value - 3.0
+    if event.kind == RATED_KIND:
+        if event.value >= RATING_POSITIVE_MIN or event.value <= RATING_NEGATIVE_MAX:
+            return event.value - RATING_NEUTRAL
         return 0.0
-    if event.kind == "skip":
+    if event.kind in NEGATIVE_KINDS:
         return -skip_weight
     return LABEL_WEIGHTS[event.kind]
 

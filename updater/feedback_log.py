@@ -8,6 +8,13 @@ never reused, even after deletes. Forgetting a user deletes their events with
 
 Pending forgets are recorded in the same transaction that deletes the events, and cleared only
 once a version without the user is published: a crash in between redoes the forget on restart.
+
+`EventLog` is the interface the engine and the intake use, and both logs implement it: this one
+and updater.redis_log.RedisFeedbackLog. Each log also writes the live history
+(model_repository.live_history): here, the embedded SQLite store, written after each durable
+commit under the log's lock (so the history's order is the log's) and caught up from the log when
+the intake opens; in Redis, the intake script writes both at once. So the engine never writes or
+branches on the live history, and an app writing straight to Redis keeps it current too.
 """
 
 from __future__ import annotations
@@ -17,8 +24,12 @@ import sqlite3
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
-from updater.events import Event
+import numpy as np
+
+from model_repository.live_history import LiveHistory
+from updater.events import Event, positives
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +48,52 @@ CREATE TABLE IF NOT EXISTS pending_forgets (user_id INTEGER PRIMARY KEY);
 """
 
 
+READ_BATCH = 2000  # events read at once when the live history catches up
+
+
+class EventLog(Protocol):
+    """The feedback log as the engine and the intake use it. Offsets are handed out only to
+    stored events, in order, and never reused."""
+
+    def open_intake(self, *, history_len: int, after_offset: int = 0) -> None:
+        """Ready the intake once the model is recovered: the live history's length, offsets after
+        ``after_offset`` (the serving version's), the live history caught up with the log."""
+
+    def set_catalogue(self, item_ids: np.ndarray, *, grows: bool) -> None:
+        """The items events may name, where an intake outside the updater needs them."""
+
+    def append(self, events: Iterable[Event]) -> tuple[list[Event], list[str]]:
+        """Store events durably and put their positives in their users' live histories, before
+        returning. Returns (stored events with their offsets, event_ids already in the log)."""
+
+    def read_after(self, offset: int, *, limit: int = 10_000) -> list[Event]: ...
+
+    def last_offset(self) -> int:
+        """The newest offset ever handed out (0 when none); deletes never lower it."""
+
+    def count(self, *, user_id: int | None = None) -> int: ...
+
+    def count_after(self, offset: int) -> int: ...
+
+    def forget_user(self, user_id: int) -> int:
+        """Delete a user's events and live history, record the pending forget; returns how many
+        events were deleted."""
+
+    def pending_forgets(self) -> list[int]: ...
+
+    def clear_forget(self, user_id: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class FeedbackLog:
-    """Thread-safe: one connection, one lock (SQLite serialises writers anyway)."""
+    """EventLog in SQLite, with the embedded live-history store at ``live_history`` (None: the
+    log alone, for tests of the log). Thread-safe: one connection, one lock (SQLite serialises
+    writers anyway)."""
 
-    # only the updater writes it, through its intake, and the live history is a store of its own
-    # (model_repository.live_history.LiveHistory); updater.redis_log.RedisFeedbackLog is shared
-    shared = False
-
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, live_history: Path | None = None):
+        self.live_history_path = live_history
+        self._live: LiveHistory | None = None  # opened by open_intake
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -54,9 +103,33 @@ class FeedbackLog:
         self._db.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten with zeros
         self._db.executescript(_SCHEMA)
 
+    def open_intake(self, *, history_len: int, after_offset: int = 0) -> None:
+        """Open the live history and apply the log events it has not seen (a crash between the
+        log's commit and the history's, or a store deleted by hand: it is rebuilt from the log),
+        and redo the history's part of forgets a crash interrupted. ``after_offset``: SQLite's
+        AUTOINCREMENT never reuses an offset, so nothing to do."""
+        if self.live_history_path is None:
+            return
+        live = LiveHistory(self.live_history_path, history_len=history_len)
+        caught_up = 0
+        while events := self.read_after(live.applied_offset(), limit=READ_BATCH):
+            live.append(positives(events), offset=events[-1].offset)
+            caught_up += len(events)
+        if caught_up:
+            log.warning("live history caught up with %d log events", caught_up)
+        for user_id in self.pending_forgets():
+            live.forget(user_id)
+        with self._lock:
+            self._live = live
+
+    def set_catalogue(self, item_ids: np.ndarray, *, grows: bool) -> None:
+        """Nothing to keep: only the updater's intake writes this log, and it checks the
+        catalogue itself (updater.admission)."""
+
     def append(self, events: Iterable[Event]) -> tuple[list[Event], list[str]]:
-        """Store events in one durable transaction. Returns (stored events with their offsets,
-        event_ids that were already in the log)."""
+        """Store events in one durable transaction, then their positives in the live history,
+        under one lock: two appends never interleave, so the history's order is the log's.
+        Returns (stored events with their offsets, event_ids that were already in the log)."""
         stored, duplicates = [], []
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -78,6 +151,8 @@ class FeedbackLog:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            if stored and self._live is not None:  # read-your-writes before the reply
+                self._live.append(positives(stored), offset=stored[-1].offset)
         return stored, duplicates
 
     def read_after(self, offset: int, *, limit: int = 10_000) -> list[Event]:
@@ -109,7 +184,8 @@ class FeedbackLog:
 
     def forget_user(self, user_id: int) -> int:
         """Delete a user's events and record the pending forget, in one transaction; then truncate
-        the WAL so the deleted bytes leave it too. Returns how many events were deleted."""
+        the WAL so the deleted bytes leave it too, and delete their live history (a crash before
+        that: `open_intake` redoes it). Returns how many events were deleted."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -121,6 +197,8 @@ class FeedbackLog:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if self._live is not None:
+                self._live.forget(user_id)
         log.info("forgot user %s: %d events deleted", user_id, deleted)
         return int(deleted)
 
@@ -136,3 +214,5 @@ class FeedbackLog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._live is not None:
+                self._live.close()

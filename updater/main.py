@@ -16,18 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_repository import contract as c
-from model_repository.live_history import RedisKeys, write_store_choice
+from model_repository.live_history import history_path, write_store_choice
+from model_repository.redis_layout import RedisKeys
 from updater.settings import (
     DEFAULT_FOLD_IN_EVENTS,
     DEFAULT_FOLD_IN_USERS,
     DEFAULT_KEEP_VERSIONS,
     DEFAULT_LR,
+    DEFAULT_MAX_NEW_USERS_PER_MIN,
     DEFAULT_MAX_STEP,
     DEFAULT_NEGATIVES,
     DEFAULT_PUBLISH_EVERY_EVENTS,
     DEFAULT_PUBLISH_EVERY_S,
     DEFAULT_SHARD_KIB,
     DEFAULT_SKIP_WEIGHT,
+    IntakePolicy,
     PublishPolicy,
     TrainerConfig,
 )
@@ -49,6 +52,7 @@ class UpdaterConfig:
     port_file: Path | None = None  # where to write the port listened on, once ready
     policy: PublishPolicy = field(default_factory=PublishPolicy)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    intake: IntakePolicy = field(default_factory=IntakePolicy)
     redis_url: str | None = None  # the event log and live history in Redis (updater.redis_log)
     redis_prefix: str = c.DEFAULT_REDIS_PREFIX
 
@@ -110,10 +114,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-weight", type=float, default=DEFAULT_SKIP_WEIGHT,
                         help=f"how hard a skip pushes the item away, against a click's 1 "
                              f"(default {DEFAULT_SKIP_WEIGHT:g}; 0: skips train nothing)")
+    add_intake_arguments(parser)
     parser.add_argument("--fold-in-users", action="store_true", default=DEFAULT_FOLD_IN_USERS,
                         help="users with at most --fold-in-events history items take the scaled "
                              "mean of their items' rows as their row (off by default; needs "
                              "--fold-in-events > 0)")
+
+
+def add_intake_arguments(parser: argparse.ArgumentParser) -> None:
+    """What feedback may enter (updater.admission); `freshrec serve` passes them on too."""
+    parser.add_argument("--grow-catalogue-from-feedback", action="store_true",
+                        help="take events naming any item id, and give a new one a row (off by "
+                             "default: an item the serving version does not know is NOT_FOUND; "
+                             "`freshrec items add` adds items)")
+    parser.add_argument("--max-new-users-per-min", type=int, default=DEFAULT_MAX_NEW_USERS_PER_MIN,
+                        help=f"new user rows a minute (default {DEFAULT_MAX_NEW_USERS_PER_MIN}); "
+                             "past it a new user's events are logged and in their live history "
+                             "but train nothing until the minute allows a row")
+
+
+def intake_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    """The intake flags of ``args`` as updater arguments (for `freshrec serve`)."""
+    grow = ("--grow-catalogue-from-feedback",) if args.grow_catalogue_from_feedback else ()
+    return (*grow, "--max-new-users-per-min", str(args.max_new_users_per_min))
 
 
 def config_from_args(args: argparse.Namespace) -> UpdaterConfig:
@@ -121,6 +144,8 @@ def config_from_args(args: argparse.Namespace) -> UpdaterConfig:
         repository=args.repository, triton_url=args.triton, host=args.host, port=args.port,
         state_dir=args.state_dir, port_file=args.port_file, redis_url=args.redis,
         redis_prefix=args.redis_prefix,
+        intake=IntakePolicy(grow_catalogue=args.grow_catalogue_from_feedback,
+                            max_new_users_per_min=args.max_new_users_per_min),
         policy=PublishPolicy(every_s=args.publish_every_s, every_events=args.publish_every_events,
                              keep_versions=args.keep_versions, shard_kib=args.shard_kib),
         trainer=TrainerConfig(lr=args.lr, negatives=args.negatives, max_step=args.max_step,
@@ -145,11 +170,13 @@ def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -
 
         feedback_log = RedisFeedbackLog(config.redis_url, prefix=config.redis_prefix)
     else:
-        feedback_log = FeedbackLog(config.log_path)
+        feedback_log = FeedbackLog(config.log_path,
+                                   live_history=history_path(Path(config.repository) / c.RETRIEVE))
     triton = TritonControl(config.triton_url)
     publisher = Publisher(config.repository, triton, keep_versions=config.policy.keep_versions,
                           shard_bytes=config.policy.shard_kib * 1024)
-    engine = Engine(feedback_log, publisher, policy=config.policy, trainer_config=config.trainer)
+    engine = Engine(feedback_log, publisher, policy=config.policy, trainer_config=config.trainer,
+                    intake=config.intake)
     engine.recover()
     write_store_choice(publisher.model_dir, config.redis_url, config.redis_prefix)  # tell retrieve
     engine.start()
@@ -165,8 +192,6 @@ def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -
     finally:
         server.stop(grace=2).wait()
         engine.stop()
-        if engine.live_history is not None:
-            engine.live_history.close()
         feedback_log.close()
         triton.close()
         log.warning("updater stopped")

@@ -3,24 +3,26 @@
 The SQLite log (updater.feedback_log) takes every event through the updater's gRPC intake, whose
 Python costs ~0.5 ms of CPU per send (the gRPC message, the fsynced commit, the live-history
 commit, thread hand-offs): more than the learning it feeds. Here an event is taken by one
-server-side Lua script (`INTAKE_LUA`, generated from updater.events so the rules have one owner),
-atomically: validate each event (a rejection names the field, as `validate` does), drop a re-sent
-event_id as a duplicate, hand out the next offset (INCR), append it to a stream (entry id
-``0-<offset>``), and, for a positive event, push the item onto the user's history list (trimmed
-to the model's history length) and move the user's newest time and the clock. Apps send straight
-to Redis (clients.RedisEventWriter runs the script; its source is kept in Redis by the updater),
-the updater's gRPC Feedback calls keep working (they run the same script), and the engine reads
-the stream in offset order as it reads the SQLite log. Retrieve reads the histories
+server-side Lua script (`INTAKE_LUA`, generated from model_repository.redis_layout's keys and
+fields and updater.events' checks and label rule, so each has one owner), atomically: validate
+each event (a rejection names the field, as `validate` does), refuse an item the serving
+catalogue does not know (NOT_FOUND, as the gRPC intake does: updater.admission; the engine keeps
+the catalogue's ids in a set here, `set_catalogue`), drop a re-sent event_id as a duplicate,
+hand out the next offset (INCR), append it to a stream (entry id ``0-<offset>``), and, for a
+positive event, push the item onto the user's history list (trimmed to the model's history
+length) and move the user's newest time and the clock. Apps send straight to Redis
+(clients.RedisEventWriter runs the script; its source is kept in Redis by the updater), the
+updater's gRPC Feedback calls keep working (they run the same script), and the engine reads the
+stream in offset order as it reads the SQLite log. Retrieve reads the histories
 (model_repository.live_history.RedisLiveHistoryReader), so an acknowledged event is in its
 user's next answer with no updater hop.
 
 Durability is Redis's: run it with ``appendonly yes`` and ``appendfsync always`` (an event is
-fsynced before its reply; freshrec.processes.RedisServer starts it so); the updater warns at start
-when the server is set otherwise. Forgetting a user deletes their stream entries, event ids,
-history and times in one script (it scans the stream: O(log), blocking Redis while it runs; a
-rare admin call) and then rewrites the append-only file so the deleted events leave the disk's
-current file too. Keys are those of model_repository.live_history.RedisKeys; the per-user
-history keys are not declared to the scripts, so this needs a single Redis, not a cluster.
+fsynced before its reply; freshrec.processes.RedisServer starts it so); the updater warns at
+start when the server is set otherwise. Forgetting a user deletes their stream entries, event
+ids, history and times in one script (it scans the stream: O(log), blocking Redis while it runs;
+a rare admin call) and then rewrites the append-only file so the deleted events leave the disk's
+current file too. Every key and field is model_repository.redis_layout's.
 """
 
 from __future__ import annotations
@@ -29,38 +31,56 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
+import numpy as np
+
+from model_repository import redis_layout as layout
 from model_repository.contract import DEFAULT_REDIS_PREFIX
-from model_repository.live_history import RedisKeys, redis_client
+from model_repository.redis_layout import IntakeOutcome, RedisKeys, redis_client
 from updater import events as ev
+from updater.admission import not_found_reason
 from updater.events import Event
 
 log = logging.getLogger(__name__)
 
-EVENT_FIELDS = ("event_id", "user_id", "item_id", "kind", "value", "timestamp")
 AOF_REWRITE_TIMEOUT_S = 60.0
-# the script's KEYS, in order; ARGV: now-or-empty, then 6 strings per event (EVENT_FIELDS)
-_KEY_NAMES = ("events", "offset", "event_ids", "last_at", "clock", "history_len")
+CATALOGUE_CHUNK = 10_000  # item ids per SADD when the catalogue is written
 
 
 def _lua_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def _lua_set(names) -> str:
+    return "{" + ", ".join(f"[{_lua_string(n)}] = true" for n in names) + "}"
+
+
 def _intake_lua() -> str:
-    kinds = ", ".join(f"[{_lua_string(k)}] = true" for k in ev.KINDS)
+    """The intake script, generated: its KEYS, ARGV and stream fields from
+    model_repository.redis_layout, its checks and what enters a history from updater.events."""
+    keys = ", ".join(f"{name}_key" for name in layout.INTAKE_KEYS)
+    head = ", ".join(f"{name}_arg" for name in layout.INTAKE_ARGV_HEAD)
+    head_argv = ", ".join(f"ARGV[{n + 1}]" for n in range(len(layout.INTAKE_ARGV_HEAD)))
+    fields = ", ".join(layout.EVENT_FIELDS)  # each event's locals, and check()'s parameters
+    field_argv = ", ".join(f"ARGV[b + {n}]" for n in range(len(layout.EVENT_FIELDS)))
+    stream = ", ".join(f"{_lua_string(field)}, {attribute}"
+                       for field, attribute in layout.STREAM_FIELDS)
+    missing_before, missing_after = (_lua_string(part)
+                                     for part in not_found_reason("\0").split("\0"))
     known = _lua_string(", ".join(ev.KINDS))
-    return f"""-- freshrec intake (generated by updater/redis_log.py from updater/events.py)
+    return f"""-- freshrec intake (generated by updater/redis_log.py from model_repository/redis_layout.py
+-- and updater/events.py)
 if redis.replicate_commands then redis.replicate_commands() end
-local events, offset_key, ids, last_at, clock_key, len_key = unpack(KEYS)
-local history_len = tonumber(redis.call('GET', len_key))
+local {keys} = unpack(KEYS)
+local {head} = {head_argv}
+local history_len = tonumber(redis.call('GET', history_len_key))
 if not history_len then return redis.error_reply('freshrec: no updater has set up this Redis') end
-local history_prefix = string.sub(events, 1, -8) .. ':history:'
+local grows = redis.call('GET', catalogue_grows_key) == '1'
 local now
-if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
+if now_arg ~= '' then now = tonumber(now_arg) else
   local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1e6 end
-local KINDS = {{{kinds}}}
+local KINDS = {_lua_set(ev.KINDS)}
+local POSITIVE_KINDS = {_lua_set(ev.POSITIVE_KINDS)}
 local function chars(s) local _, n = string.gsub(s, '[^\\128-\\191]', ''); return n end
 local function id_field(name, s)  -- the id as canonical digits, or an error
   if s == '' then return nil, name .. '\\tis required' end
@@ -74,49 +94,53 @@ local function id_field(name, s)  -- the id as canonical digits, or an error
     return nil, name .. '\\tmust be below 2^63, got ' .. s end
   return digits
 end
-local function check(id, u, i, kind, v, ts)  -- nil, nil, error or user, item
-  if id == '' then return nil, nil, 'event_id\\tis required' end
-  if chars(id) > {ev.MAX_EVENT_ID_LEN} then
+local function check({fields})  -- nil, nil, error or user, item
+  if event_id == '' then return nil, nil, 'event_id\\tis required' end
+  if chars(event_id) > {ev.MAX_EVENT_ID_LEN} then
     return nil, nil, 'event_id\\tlonger than {ev.MAX_EVENT_ID_LEN} characters' end
-  local user, err = id_field('user_id', u); if err then return nil, nil, err end
+  local user, err = id_field('user_id', user_id); if err then return nil, nil, err end
   local item
-  item, err = id_field('item_id', i); if err then return nil, nil, err end
+  item, err = id_field('item_id', item_id); if err then return nil, nil, err end
   if not KINDS[kind] then return nil, nil, "kind\\tunknown kind '" .. kind .. "'; known: " .. {known} end
-  local value = tonumber(v)
-  if value == nil then return nil, nil, 'value\\tmust be a number, got ' .. v end
-  if kind == 'rating' and not (value >= {ev.RATING_MIN!r} and value <= {ev.RATING_MAX!r}) then
-    return nil, nil, 'value\\ta rating must be in [{ev.RATING_MIN:g}, {ev.RATING_MAX:g}], got ' .. v end
-  if value ~= value then return nil, nil, 'value\\tis NaN' end
-  if ts ~= '' then
-    local t = tonumber(ts)
+  local number = tonumber(value)
+  if number == nil then return nil, nil, 'value\\tmust be a number, got ' .. value end
+  if kind == {_lua_string(ev.RATED_KIND)} and
+     not (number >= {ev.RATING_MIN!r} and number <= {ev.RATING_MAX!r}) then
+    return nil, nil, 'value\\ta rating must be in [{ev.RATING_MIN:g}, {ev.RATING_MAX:g}], got ' .. value end
+  if number ~= number then return nil, nil, 'value\\tis NaN' end
+  if timestamp ~= '' then
+    local t = tonumber(timestamp)
     if t == nil or not (t >= {ev.MIN_TIMESTAMP!r} and t <= now + {ev.MAX_FUTURE_S!r}) then
-      return nil, nil, 'timestamp\\t' .. ts .. ' is not a plausible Unix time in seconds ' ..
+      return nil, nil, 'timestamp\\t' .. timestamp .. ' is not a plausible Unix time in seconds ' ..
              '(>= 0 and at most {ev.MAX_FUTURE_S:g} s ahead)' end
   end
   return user, item
 end
 local function positive(kind, value)  -- updater.events.label(e) > 0
-  if kind == 'rating' then return value >= 4 end
-  return kind ~= 'skip'
+  if kind == {_lua_string(ev.RATED_KIND)} then return value >= {ev.RATING_POSITIVE_MIN!r} end
+  return POSITIVE_KINDS[kind] == true
 end
 local out = {{}}
 local newest_clock = nil
-for b = 2, #ARGV, 6 do
-  local id, u, i, kind, v, ts = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
-  local user, item, err = check(id, u, i, kind, v, ts)
-  if err then out[#out + 1] = err
-  elseif redis.call('SADD', ids, id) == 0 then out[#out + 1] = 0
+for b = {len(layout.INTAKE_ARGV_HEAD) + 1}, #ARGV, {len(layout.EVENT_FIELDS)} do
+  local {fields} = {field_argv}
+  local user, item, err = check({fields})
+  if err then out[#out + 1] = '{layout.INVALID_ARGUMENT}\\t' .. err
+  elseif not grows and redis.call('SISMEMBER', items_key, item) == 0 then
+    out[#out + 1] = '{layout.NOT_FOUND}\\titem_id\\t' .. {missing_before} .. item .. {missing_after}
+  elseif redis.call('SADD', event_ids_key, event_id) == 0 then out[#out + 1] = 0
   else
-    if ts == '' then ts = string.format('%.17g', now) end
+    if timestamp == '' then timestamp = string.format('%.17g', now) end
+    user_id, item_id = user, item
     local off = redis.call('INCR', offset_key)
-    redis.call('XADD', events, '0-' .. off, 'id', id, 'u', user, 'i', item, 'k', kind, 'v', v, 't', ts)
-    local t = tonumber(ts)
-    if positive(kind, tonumber(v)) then
-      local key = history_prefix .. user
+    redis.call('XADD', events_key, '0-' .. off, {stream})
+    local t = tonumber(timestamp)
+    if positive(kind, tonumber(value)) then
+      local key = history_prefix_arg .. user
       redis.call('RPUSH', key, item)
       redis.call('LTRIM', key, -history_len, -1)
-      local old = tonumber(redis.call('HGET', last_at, user))
-      if old == nil or t > old then redis.call('HSET', last_at, user, ts) end
+      local old = tonumber(redis.call('HGET', last_at_key, user))
+      if old == nil or t > old then redis.call('HSET', last_at_key, user, timestamp) end
       if newest_clock == nil or t > newest_clock then newest_clock = t end
     end
     out[#out + 1] = off
@@ -133,9 +157,10 @@ return out
 
 INTAKE_LUA = _intake_lua()
 
-# ARGV: user id, history key. Deletes the user's entries, ids, history and time; records the
-# pending forget; returns how many events were deleted.
-_FORGET_LUA = """
+# KEYS: events, event_ids, last_at, pending_forgets; ARGV: user id, history key. Deletes the
+# user's entries, ids, history and time; records the pending forget; returns how many events
+# were deleted. The fields are found by their layout names, not their positions.
+_FORGET_LUA = f"""
 local events, ids, last_at, pending = unpack(KEYS)
 local user, history = ARGV[1], ARGV[2]
 local deleted, start = 0, '-'
@@ -143,9 +168,12 @@ while true do
   local batch = redis.call('XRANGE', events, start, '+', 'COUNT', 1000)
   if #batch == 0 then break end
   for _, entry in ipairs(batch) do
-    local f = entry[2]  -- id, <event_id>, u, <user>, ...
-    if f[4] == user then
-      redis.call('XDEL', events, entry[1]); redis.call('SREM', ids, f[2]); deleted = deleted + 1
+    local f, fields = entry[2], {{}}
+    for n = 1, #f, 2 do fields[f[n]] = f[n + 1] end
+    if fields[{_lua_string(layout.STREAM_FIELD["user_id"])}] == user then
+      redis.call('XDEL', events, entry[1])
+      redis.call('SREM', ids, fields[{_lua_string(layout.STREAM_FIELD["event_id"])}])
+      deleted = deleted + 1
     end
   end
   start = '(' .. batch[#batch][1]
@@ -162,57 +190,13 @@ return math.max(have, tonumber(ARGV[1]))
 """
 
 
-@dataclass(frozen=True)
-class IntakeOutcome:
-    """One event's fate in the intake script: its offset (stored), a duplicate, or rejected."""
-
-    offset: int = 0
-    duplicate: bool = False
-    field: str = ""
-    reason: str = ""
-
-
-def intake_keys(keys: RedisKeys) -> list[str]:
-    return [getattr(keys, name) for name in _KEY_NAMES]
-
-
-def _text(value) -> str:
-    """A field as the script reads it: '' for missing, integers as digits, floats exactly (repr
-    round-trips; nan and inf come out as Lua's tonumber reads them)."""
-    if value is None:
-        return ""
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def intake_args(rows: Iterable[Sequence], *, now: float | None = None) -> list[str]:
-    """The script's ARGV for (event_id, user_id, item_id, kind, value, timestamp) rows; None
-    marks a missing field (a missing timestamp is Redis's clock, or ``now`` when given)."""
-    args = ["" if now is None else repr(float(now))]
-    for row in rows:
-        args.extend(_text(v) for v in row)
-    return args
-
-
-def parse_outcomes(replies: Sequence) -> list[IntakeOutcome]:
-    out = []
-    for reply in replies:
-        if isinstance(reply, int):
-            out.append(IntakeOutcome(offset=reply, duplicate=reply == 0))
-        else:
-            text = reply.decode() if isinstance(reply, bytes) else str(reply)
-            field, _, reason = text.partition("\t")
-            out.append(IntakeOutcome(field=field, reason=reason))
-    return out
-
-
 class RedisFeedbackLog:
-    """updater.feedback_log.FeedbackLog's interface on Redis. Thread-safe: redis-py's pool."""
-
-    shared = True  # other processes (apps) write it, and it keeps the live history itself
+    """updater.feedback_log.EventLog on Redis: `append` (the intake script) writes the live
+    history in the same atomic step as the log. Thread-safe: redis-py's pool."""
 
     def __init__(self, url: str, *, prefix: str = DEFAULT_REDIS_PREFIX, history_len: int | None = None):
         """``history_len``: the model's, set for the intake script (the updater sets it once it
-        has recovered its model; until then the script refuses events)."""
+        has recovered its model, `open_intake`; until then the script refuses events)."""
         self.url = url
         self.keys = RedisKeys(prefix)
         self._redis = redis_client(url, decode_responses=True)
@@ -227,7 +211,7 @@ class RedisFeedbackLog:
         self._lock = threading.Lock()
         self._warn_if_not_durable()
         if history_len is not None:
-            self.set_up(history_len)
+            self.open_intake(history_len=history_len)
 
     def _warn_if_not_durable(self) -> None:
         try:
@@ -241,33 +225,57 @@ class RedisFeedbackLog:
                         "may be lost in a crash (use appendonly yes, appendfsync always)", self.url,
                         config.get("appendonly"), config.get("appendfsync"))
 
-    def set_up(self, history_len: int, *, after_offset: int = 0) -> None:
+    def open_intake(self, *, history_len: int, after_offset: int = 0) -> None:
         """Ready the intake for apps: the history length the lists keep, the script's source
         (clients.RedisEventWriter runs it from there), and offsets after ``after_offset`` (the
         serving version's: a log started after a version was published must not hand out the
-        offsets that version already holds)."""
+        offsets that version already holds). The live history needs no catching up: the script
+        wrote it with each event."""
         if history_len < 1:
             raise ValueError(f"history_len must be >= 1, got {history_len!r}")
         self._redis.mset({self.keys.history_len: int(history_len), self.keys.intake_script: INTAKE_LUA})
         self._raise_offset(keys=[self.keys.offset], args=[int(after_offset)])
 
+    def set_catalogue(self, item_ids: np.ndarray, *, grows: bool) -> None:
+        """The items events may name, for the intake script (apps call it straight): written to a
+        scratch key and renamed over the set, so the script sees the old set or the new one;
+        ``grows``: any item is taken."""
+        scratch = f"{self.keys.items}:writing"
+        ids = np.asarray(item_ids, np.int64).tolist()
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.delete(scratch)
+        for start in range(0, len(ids), CATALOGUE_CHUNK):
+            pipe.sadd(scratch, *ids[start:start + CATALOGUE_CHUNK])
+        pipe.execute()
+        pipe = self._redis.pipeline(transaction=True)
+        if ids:
+            pipe.rename(scratch, self.keys.items)
+        else:
+            pipe.delete(self.keys.items)
+        pipe.set(self.keys.catalogue_grows, "1" if grows else "0")
+        pipe.execute()
+
     def take(self, rows: Iterable[Sequence], *, now: float | None = None) -> list[IntakeOutcome]:
-        """Run the intake script on (event_id, user_id, item_id, kind, value, timestamp) rows."""
-        return parse_outcomes(self._intake(keys=intake_keys(self.keys), args=intake_args(rows, now=now)))
+        """Run the intake script on rows of redis_layout.EVENT_FIELDS."""
+        return layout.parse_outcomes(self._intake(keys=layout.intake_keys(self.keys),
+                                                  args=layout.intake_args(self.keys, rows, now=now)))
 
     def append(self, events: Iterable[Event]) -> tuple[list[Event], list[str]]:
-        """Store validated events (FeedbackLog.append's contract); returns (stored events with
-        their offsets, event_ids already in the log)."""
+        """Store validated events of known items, and their positives in the live history
+        (EventLog.append's contract); returns (stored events with their offsets, event_ids
+        already in the log)."""
         events = list(events)
         if not events:
             return [], []
-        outcomes = self.take([(e.event_id, e.user_id, e.item_id, e.kind, e.value, e.timestamp)
+        outcomes = self.take([tuple(getattr(e, name) for name in layout.EVENT_FIELDS)
                               for e in events])
         stored, duplicates = [], []
         for e, outcome in zip(events, outcomes):
-            if outcome.field:  # validate() passed it: the two rule sets disagree
-                raise ValueError(f"the redis intake refused a validated event: {outcome.field}: "
-                                 f"{outcome.reason}")
+            # validate() and the catalogue passed it: the two rule sets disagree (or a rollback
+            # shrank the catalogue between the intake's check and this script)
+            if outcome.code:
+                raise ValueError(f"the redis intake refused an event the updater took: "
+                                 f"{outcome.code}: {outcome.field}: {outcome.reason}")
             if outcome.duplicate:
                 duplicates.append(e.event_id)
             else:
@@ -277,8 +285,10 @@ class RedisFeedbackLog:
 
     @staticmethod
     def _event(entry) -> Event:
-        entry_id, f = entry
-        return Event(f["id"], int(f["u"]), int(f["i"]), f["k"], float(f["v"]), float(f["t"]),
+        entry_id, fields = entry
+        f = layout.event_fields(fields)
+        return Event(f["event_id"], int(f["user_id"]), int(f["item_id"]), f["kind"],
+                     float(f["value"]), float(f["timestamp"]),
                      offset=int(entry_id.split("-", 1)[1]))
 
     def read_after(self, offset: int, *, limit: int = 10_000) -> list[Event]:

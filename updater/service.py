@@ -1,11 +1,13 @@
 """The updater's gRPC face: Feedback.Send / SendStream / SendEach (durable intake) and Admin.
 
-Intake validates each event (INVALID_ARGUMENT naming the field), appends the valid ones to the
-durable log in one transaction, and only then replies. A call whose every event is bad fails as
-a whole with INVALID_ARGUMENT; otherwise the reply lists the rejected events and the rest are
-taken. A SendEach session replies to each request so (its rejected events listed, the stream
-going on); each open session holds a worker thread, so at most ``max_sessions`` are open. Admin
-calls run on the engine thread and wait for it.
+Intake validates each event (INVALID_ARGUMENT naming the field), refuses one naming an item the
+serving catalogue does not know (NOT_FOUND naming item_id; updater.admission), appends the rest
+to the durable log (which writes their users' live histories too) in one transaction, and only
+then replies. A call whose every event is refused fails as a whole, with the first refusal's
+code; otherwise the reply lists the rejected events, each with its code, and the rest are taken.
+A SendEach session replies to each request so (its rejected events listed, the stream going on);
+each open session holds a worker thread, so at most ``max_sessions`` are open. Admin calls run
+on the engine thread and wait for it.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import grpc
 import numpy as np
 
 from model_repository import contract as c
+from model_repository.redis_layout import INVALID_ARGUMENT, NOT_FOUND
 from model_repository.serving import RequestError, decode_text
+from updater.admission import not_found_reason
 from updater.engine import CommandError, Engine
 from updater.events import EventError, validate
-from updater.feedback_log import FeedbackLog
+from updater.feedback_log import EventLog
 from updater.proto import freshrec_updater_pb2 as pb
 from updater.proto import freshrec_updater_pb2_grpc as pb_grpc
 from updater.publisher import PublishError
@@ -45,28 +49,30 @@ def _optional(message, name):
 
 
 class FeedbackService(pb_grpc.FeedbackServicer):
-    def __init__(self, feedback_log: FeedbackLog, engine: Engine, *, max_sessions: int = 4):
+    def __init__(self, feedback_log: EventLog, engine: Engine, *, max_sessions: int = 4):
         """``max_sessions``: SendEach streams open at once (each holds a gRPC worker thread)."""
         self.log = feedback_log
         self.engine = engine
-        # the log's order is the live history's order: two Sends must not interleave between
-        # their log append and their history append
-        self._intake = threading.Lock()
         self._sessions = threading.BoundedSemaphore(max_sessions)
         self.max_sessions = max_sessions
 
     def _take(self, events, first_index: int, reply: pb.SendReply) -> None:
-        valid = []
+        valid, indexes, rejected = [], [], []
         for index, e in enumerate(events, start=first_index):
             try:
                 valid.append(validate(e.event_id, _optional(e, "user_id"), _optional(e, "item_id"),
                                       e.kind, e.value, _optional(e, "timestamp")))
+                indexes.append(index)
             except EventError as exc:
-                reply.rejected.add(index=index, event_id=e.event_id, field=exc.field,
-                                   reason=exc.reason)
-        with self._intake:
-            stored, duplicates = self.log.append(valid) if valid else ([], [])
-            self.engine.record_live(stored)
+                rejected.append(pb.Rejected(index=index, event_id=e.event_id, field=exc.field,
+                                            reason=exc.reason, code=INVALID_ARGUMENT))
+        unknown = self.engine.catalogue.unknown([e.item_id for e in valid])
+        rejected.extend(pb.Rejected(index=index, event_id=e.event_id, field="item_id",
+                                    reason=not_found_reason(e.item_id), code=NOT_FOUND)
+                        for index, e, bad in zip(indexes, valid, unknown) if bad)
+        reply.rejected.extend(sorted(rejected, key=lambda r: r.index))
+        valid = [e for e, bad in zip(valid, unknown) if not bad]
+        stored, duplicates = self.log.append(valid) if valid else ([], [])
         reply.accepted += len(stored)
         reply.duplicate_event_ids.extend(duplicates)
         if stored:
@@ -78,7 +84,7 @@ class FeedbackService(pb_grpc.FeedbackServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "events: no events sent")
         if len(reply.rejected) == total:
             first = reply.rejected[0]
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+            context.abort(getattr(grpc.StatusCode, first.code),
                           f"every event rejected; event {first.index}: {first.field}: {first.reason}")
         return reply
 
@@ -138,7 +144,10 @@ class AdminService(pb_grpc.AdminServicer):
             log_offset=snap["log_offset"], applied_offset=snap["applied_offset"],
             queue_depth=snap["queue_depth"], events_per_s=snap["events_per_s"],
             kept_versions=snap["kept_versions"], users=snap["users"], items=snap["items"],
-            training_cpu_s=snap["training_cpu_s"], publishing_cpu_s=snap["publishing_cpu_s"])
+            training_cpu_s=snap["training_cpu_s"], publishing_cpu_s=snap["publishing_cpu_s"],
+            **{name: snap[name] for name in ("catalogue_items", "catalogue_grows",
+                                             "new_users_last_min", "max_new_users_per_min",
+                                             "deferred_new_user_events")})
         loaded = self.triton.serving_versions(SERVING_MODELS)
         reply.loaded_versions.update(loaded)
         reply.serving_versions.update(loaded)
@@ -251,7 +260,7 @@ class AdminService(pb_grpc.AdminServicer):
         return np.concatenate(out)
 
 
-def grpc_server(address: str, feedback_log: FeedbackLog, engine: Engine, triton: TritonControl,
+def grpc_server(address: str, feedback_log: EventLog, engine: Engine, triton: TritonControl,
                 *, workers: int = 8, state_dir: Path | None = None) -> tuple[grpc.Server, int]:
     """A started grpcio server on `address` (host:port; port 0 picks one). Returns (server, port).
     ``state_dir``: where the supervisor's state file is read from (updater.supervision)."""

@@ -70,6 +70,25 @@ DEFAULT_FOLD_IN_USERS = False
 # logs an item shown and not taken now is often taken later, so a skip weighs little; an app
 # whose skips are explicit dismissals may raise it (--skip-weight).
 DEFAULT_SKIP_WEIGHT = LABEL_WEIGHTS["skip"]
+# What feedback may enter (updater.admission). Growing the catalogue from feedback is off: an event
+# naming an unknown item is NOT_FOUND (`freshrec items add` adds items; the flag lets feedback).
+DEFAULT_GROW_CATALOGUE = False
+# New user rows a minute. Made-up user ids, one per event, would otherwise grow the user tables at
+# the intake's pace: 294 us an event with 8 apps writing to Redis (README, bench.intake, AMD EPYC
+# VM, 2026-12-03), ~3,400 events/s, ~200,000 rows a minute; 1,000 a minute (1.4 million sign-ups
+# a day) holds that to 1/200, about 0.4 MB of rows a minute at d = 64, 20 history items.
+DEFAULT_MAX_NEW_USERS_PER_MIN = 1000
+
+
+@dataclass(frozen=True)
+class IntakePolicy:
+    grow_catalogue: bool = DEFAULT_GROW_CATALOGUE
+    max_new_users_per_min: int = DEFAULT_MAX_NEW_USERS_PER_MIN
+
+    def __post_init__(self):
+        if self.max_new_users_per_min < 0:
+            raise ValueError(f"IntakePolicy.max_new_users_per_min must be >= 0, "
+                             f"got {self.max_new_users_per_min!r}")
 
 
 @dataclass(frozen=True)

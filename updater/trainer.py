@@ -22,15 +22,9 @@ rather than after hundreds of tiny steps away from its random start. With ``fold
 items takes the scaled mean of those items' rows (`fold_in_user`), which for the closed-form
 model (exporter.closed_form) is its user row's exact direction.
 
-Negatives are a hash (splitmix64) of (seed, event offset, draw): replaying the same events from
-the same tables gives the same tables, which is what crash recovery relies on, and drawing them
-costs a few microseconds where seeding a numpy generator per event cost 35.
-
-The step is numpy with the gradients written out: the history is held constant (its item rows
-move only as scored items), so the user row's gradient goes through the pooled tower's fixed
-two-layer MLP (`_PooledTowerGrad`), and through a sequence tower, query = u + Seq(history), it is
-the query's gradient itself (`_SequenceTowerGrad`). Per event that costs a fraction of torch
-autograd's overhead, and tests/updater/test_trainer.py checks both against autograd.
+Negatives are a hash of (seed, event offset, draw) (updater.negatives), so replaying the same
+events from the same tables gives the same tables, which is what crash recovery relies on. The
+step is numpy with the gradients written out (updater.tower_grads).
 
 Tables live in arrays with headroom (capacity doubles) so new users and items cost amortised
 O(1); `tables()` hands out views with the real row counts. Tables the trainer does not train
@@ -44,12 +38,14 @@ import logging
 import numpy as np
 
 from model_repository import retrieve_schema as schema
-from model_repository.pooling import DEFAULT_RECENCY_DECAY, recency_weights
+from model_repository.pooling import DEFAULT_RECENCY_DECAY
 from model_repository.scoring import MAX_TREND_EXPONENT, settle_trend, trend_weights
 from model_repository.sequence_tower import NumpySequenceTower
 from model_repository.tower import NumpyTower
 from updater.events import Event, label
+from updater.negatives import draw_negatives, draw_negatives_many
 from updater.settings import TrainerConfig
+from updater.tower_grads import tower_grad
 
 log = logging.getLogger(__name__)
 
@@ -60,48 +56,6 @@ FOLD_IN_SAMPLE = 256  # users whose queries set the fold-in scale
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|
-
-
-_MASK64 = (1 << 64) - 1
-_SPLITMIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
-
-
-def _splitmix64(x: int) -> int:
-    """Steele et al.'s finaliser on a 64-bit unsigned int (Python ints, wrapped to 64 bits):
-    a handful of negatives per event costs less as ints than as numpy calls."""
-    z = (x + _SPLITMIX[0]) & _MASK64
-    z = ((z ^ (z >> 30)) * _SPLITMIX[1]) & _MASK64
-    z = ((z ^ (z >> 27)) * _SPLITMIX[2]) & _MASK64
-    return z ^ (z >> 31)
-
-
-def draw_negatives(seed: int, offset: int, count: int, n_items: int, item_row: int) -> np.ndarray:
-    """``count`` draws of item rows in [0, n_items) other than ``item_row``, deduplicated and
-    sorted: a pure function of (seed, offset), so a replay draws the same ones."""
-    key = (offset * 1024 ^ seed * 0xD1B54A32D192ED03) & _MASK64
-    draws = {_splitmix64((key + j) & _MASK64) % (n_items - 1) for j in range(count)}
-    return np.array(sorted(d + (d >= item_row) for d in draws), np.int64)  # never the event's item
-
-
-def _splitmix64_many(x: np.ndarray) -> np.ndarray:
-    """`_splitmix64` on a uint64 array (numpy's uint64 arithmetic wraps as the masks do)."""
-    z = x + np.uint64(_SPLITMIX[0])
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(_SPLITMIX[1])
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(_SPLITMIX[2])
-    return z ^ (z >> np.uint64(31))
-
-
-def draw_negatives_many(seed: int, offsets: np.ndarray, count: int, n_items: np.ndarray,
-                        item_rows: np.ndarray) -> np.ndarray:
-    """`draw_negatives` for T events at once: (T, count) int64, each row sorted, a draw that
-    repeats an earlier one of its row -1 (what `draw_negatives` deduplicates away)."""
-    key = ((offsets.astype(np.uint64) * np.uint64(1024))
-           ^ np.uint64((seed * 0xD1B54A32D192ED03) & _MASK64))
-    draws = _splitmix64_many(key[:, None] + np.arange(count, dtype=np.uint64)[None, :])
-    draws = (draws % (n_items.astype(np.uint64) - np.uint64(1))[:, None]).astype(np.int64)
-    draws = np.sort(draws + (draws >= item_rows[:, None]), axis=1)
-    draws[:, 1:][draws[:, 1:] == draws[:, :-1]] = -1
-    return draws
 
 
 class _Grown:
@@ -136,94 +90,6 @@ class _Grown:
         return self.data[: self.n]
 
 
-class _PooledTowerGrad:
-    """For one user: the pooled tower's forward with its hidden pre-activation kept, and the
-    gradient of a loss through it w.r.t. the user row (numpy, float32; model_repository.tower)."""
-
-    def __init__(self, tower: NumpyTower, decay: float):
-        self.w1, self.b1, self.w2, self.b2 = tower.w1, tower.b1, tower.w2, tower.b2
-        self.dim = tower.dim
-        # the backward's matrices in float64, laid out as it reads them: multiplying the float32
-        # ones by a float64 gradient cast them anew on every event (3x the backward's cost; the
-        # same products to the bit, tests/updater/test_trainer.py)
-        self._w1_user_t = np.ascontiguousarray(tower.w1[:, : self.dim].T, dtype=np.float64)
-        self._w2_t = np.ascontiguousarray(tower.w2.T, dtype=np.float64)
-        self.decay = decay
-        self._weights: dict[int, np.ndarray] = {}  # by history length: they depend on nothing else
-
-    def _weights_of(self, length: int) -> np.ndarray:
-        """(length, 1) float32 recency weights of a history of ``length`` items, oldest first."""
-        weights = self._weights.get(length)
-        if weights is None:
-            weights = self._weights[length] = recency_weights(np.array([0, length]),
-                                                              decay=self.decay)[:, None]
-        return weights
-
-    def forward(self, user: np.ndarray, item_rows: np.ndarray, history: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
-        """(query (d,), hidden pre-activation (hidden,)) for one user; ``history``: item rows,
-        oldest first."""
-        if history.size:
-            pooled = (self._weights_of(history.size) * item_rows[history]).sum(0).astype(np.float32)
-        else:
-            pooled = np.zeros(self.dim, np.float32)
-        z1 = self.w1 @ np.concatenate([user, pooled]) + self.b1
-        return user + pooled + self.w2 @ np.maximum(z1, 0.0) + self.b2, z1
-
-    def user_grad(self, query_grad: np.ndarray, z1: np.ndarray) -> np.ndarray:
-        """dL/du from dL/dquery (the pooled history is held constant)."""
-        return query_grad + self._w1_user_t @ ((self._w2_t @ query_grad) * (z1 > 0))
-
-    def forward_many(self, users: np.ndarray, item_rows: np.ndarray, histories: list[np.ndarray]
-                     ) -> tuple[np.ndarray, np.ndarray]:
-        """`forward` for T users at once: users (T, d), histories oldest first; (T, d), (T, hidden)."""
-        width = max(1, max(h.size for h in histories))
-        padded = np.zeros((len(histories), width), np.int64)
-        weights = np.zeros((len(histories), width), np.float32)
-        for n, history in enumerate(histories):
-            if history.size:
-                padded[n, width - history.size:] = history
-                weights[n, width - history.size:] = self._weights_of(history.size)[:, 0]
-        pooled = np.einsum("tl,tld->td", weights, item_rows[padded])
-        z1 = np.concatenate([users, pooled], axis=1) @ self.w1.T + self.b1
-        return users + pooled + np.maximum(z1, 0.0) @ self.w2.T + self.b2, z1
-
-    def user_grad_many(self, query_grads: np.ndarray, z1: np.ndarray) -> np.ndarray:
-        """`user_grad` for T users at once: (T, d) float64."""
-        return query_grads + ((query_grads @ self._w2_t.T) * (z1 > 0)) @ self._w1_user_t.T
-
-
-class _SequenceTowerGrad:
-    """For one user: query = u + Seq(history) (model_repository.sequence_tower); with the
-    history held constant d(query)/du is the identity, so dL/du is dL/dquery."""
-
-    def __init__(self, tower: NumpySequenceTower):
-        self.tower = tower
-
-    def forward(self, user: np.ndarray, item_rows: np.ndarray, history: np.ndarray
-                ) -> tuple[np.ndarray, None]:
-        rows, mask = self.tower.history_inputs(item_rows, [history])
-        return self.tower(user[None], rows, mask)[0], None
-
-    def user_grad(self, query_grad: np.ndarray, _context: None) -> np.ndarray:
-        return query_grad
-
-    def forward_many(self, users: np.ndarray, item_rows: np.ndarray, histories: list[np.ndarray]
-                     ) -> tuple[np.ndarray, None]:
-        rows, mask = self.tower.history_inputs(item_rows, histories)
-        return self.tower(users, rows, mask), None
-
-    def user_grad_many(self, query_grads: np.ndarray, _context: None) -> np.ndarray:
-        return query_grads.astype(np.float64)
-
-
-def _tower_grad(tower: NumpyTower | NumpySequenceTower, decay: float
-                ) -> _PooledTowerGrad | _SequenceTowerGrad:
-    if isinstance(tower, NumpySequenceTower):
-        return _SequenceTowerGrad(tower)
-    return _PooledTowerGrad(tower, decay)
-
-
 class SparseTrainer:
     """Trainer state: the retrieve tables of one version plus what changed since it."""
 
@@ -234,7 +100,7 @@ class SparseTrainer:
         """``tower``: the version's user tower, frozen (only rows train); ``recency_decay``:
         the pooled tower's (a sequence tower does not pool); ``popularity_half_life_s``: the
         version's (meta), > 0 to keep its trend counts."""
-        self._tower = _tower_grad(tower, recency_decay)
+        self._tower = tower_grad(tower, recency_decay)
         self.decay = recency_decay
         self.half_life_s = float(popularity_half_life_s)
         self.item_tables = tuple(name for name in schema.ITEM_TABLES

@@ -17,6 +17,7 @@ from clients import Client, UpdaterClient
 from freshrec.child_process import free_port, wait_until
 from freshrec.processes import PROJECT_ROOT
 from tests.fixtures.builds import UPDATER
+from updater.settings import DEFAULT_MAX_NEW_USERS_PER_MIN
 
 pytestmark = pytest.mark.integration
 READY_S = 120.0
@@ -81,10 +82,18 @@ def test_serve_runs_triton_and_the_updater_and_the_commands_reach_them(builds, t
         bad = freshrec("feedback", "--user", "1", "--item", "3", "--kind", "like", "--updater",
                        updater, check=False)
         assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr and "kind" in bad.stderr
+        # an item the serving catalogue does not know: refused, and no trace of it (issue 27)
+        unknown = freshrec("feedback", "--user", "1", "--item", "999999999", "--kind", "purchase",
+                           "--updater", updater, check=False)
+        assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr, unknown.stderr
+        assert "item_id: item 999999999 is not in the serving catalogue" in unknown.stderr
         published = json.loads(freshrec("publish", "--updater", updater).stdout)
         status = json.loads(freshrec("status", "--updater", updater).stdout)
         assert status["last_published_offset"] >= sent["offset"]
         assert status["serving_versions"]["retrieve"] == status["published_version"] >= 2
+        assert status["items"] == status["catalogue_items"] and not status["catalogue_grows"]
+        assert status["max_new_users_per_min"] == DEFAULT_MAX_NEW_USERS_PER_MIN
+        assert status["new_users_last_min"] == 1  # user_id's row
         assert published["version"] <= status["published_version"]
         rolled = json.loads(freshrec("rollback", "--to", "1", "--updater", updater).stdout)
         with Client(f"127.0.0.1:{grpc_port}") as client:

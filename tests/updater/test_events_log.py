@@ -4,6 +4,7 @@ import sqlite3
 
 import pytest
 
+from model_repository.live_history import LiveHistoryReader
 from updater.events import EventError, label, validate
 from updater.feedback_log import FeedbackLog
 
@@ -90,4 +91,30 @@ def test_forget_deletes_the_bytes_and_keeps_offsets_increasing(tmp_path):
     assert log.pending_forgets() == []
     stored, _ = log.append(_events(1, user_id=9, prefix="new"))
     assert stored[0].offset == 6  # offsets are never reused
+    log.close()
+
+
+def test_the_log_writes_the_live_history_catches_it_up_and_forgets_it(tmp_path):
+    """EventLog's contract for the SQLite log: append puts positives in the live history before
+    it returns, open_intake rebuilds what the history missed (here: all of it, deleted) and redoes
+    a forget a crash interrupted, forget_user deletes the history with the events."""
+    live_path = tmp_path / "live" / "history.sqlite"
+    log = FeedbackLog(tmp_path / "log.sqlite", live_history=live_path)
+    log.open_intake(history_len=3)
+    log.append(_events(4, user_id=7) + [validate("s", 8, 300, "skip", 0.0, NOW, now=NOW),
+                                         validate("p", 8, 301, "purchase", 0.0, NOW, now=NOW)])
+    reader = LiveHistoryReader(live_path)
+    assert {u: h.tolist() for u, h in reader.recent([7, 8]).items()} == {7: [101, 102, 103],
+                                                                          8: [301]}
+    log.close()
+    for path in live_path.parent.iterdir():
+        path.unlink()
+    with sqlite3.connect(tmp_path / "log.sqlite") as db:  # a forget whose history part was lost
+        db.execute("INSERT INTO pending_forgets (user_id) VALUES (8)")
+    log = FeedbackLog(tmp_path / "log.sqlite", live_history=live_path)
+    log.open_intake(history_len=3)
+    assert {u: h.tolist() for u, h in reader.recent([7, 8]).items()} == {7: [101, 102, 103]}
+    log.forget_user(7)
+    assert reader.recent([7, 8]) == {}
+    reader.close()
     log.close()

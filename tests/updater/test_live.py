@@ -136,7 +136,7 @@ def test_a_session_replies_per_send_and_goes_on_past_rejected_events(repository,
         assert first.accepted == 2 and first.last_offset > 0
         assert bad.accepted == 1 and bad.last_offset > first.last_offset
         assert bad.rejected == [dict(index=0, event_id="x", field="kind", reason=bad.rejected[0][
-            "reason"])]
+            "reason"], code="INVALID_ARGUMENT")]
         assert only_bad.accepted == 0 and only_bad.rejected[0]["field"] == "user_id"
         assert again.accepted == 0 and len(again.duplicate_event_ids) == 2
         with up.feedback_session() as session, pytest.raises(grpc.RpcError) as empty:

@@ -137,6 +137,14 @@ def test_a_redis_log_is_learned_forgotten_and_survives_an_updater_restart(stack,
     with UpdaterClient(restarted.url) as up, Client(stack.grpc_url) as client:
         wait_until(lambda: up.status()["applied_offset"] >= late.last_offset, timeout_s=60,
                    what="the restarted updater to read the event sent while it was down")
+        # an item the serving version does not know: NOT_FOUND in the app's own write too, and
+        # no trace of it in the user's history
+        with RedisEventWriter(redis_server.url, prefix=prefix) as writer:
+            refused = writer.send([dict(user_id=new_user, item_id=999_999_999, kind="purchase")])
+        assert refused.accepted == 0
+        assert [(r["code"], r["field"]) for r in refused.rejected] == [("NOT_FOUND", "item_id")]
+        assert 999_999_999 not in RedisLiveHistoryReader(redis_server.url, prefix).recent(
+            [new_user])[new_user]
         reply = up.forget_user(new_user)
         assert reply["deleted_events"] == 2
         assert RedisLiveHistoryReader(redis_server.url, prefix).recent([new_user]) == {}

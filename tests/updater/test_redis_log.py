@@ -12,18 +12,28 @@ import pytest
 from clients import RedisEventWriter
 from clients.redis_events import NotSetUp
 from freshrec.processes import RedisServer
+from model_repository import redis_layout as layout
 from model_repository.live_history import (
     LiveStoreReader,
-    RedisKeys,
     RedisLiveHistoryReader,
     history_path,
     write_store_choice,
 )
+from model_repository.redis_layout import STREAM_FIELDS, RedisKeys, redis_client
+from updater.admission import not_found_reason
 from updater.events import EventError, label, validate
 from updater.redis_log import RedisFeedbackLog
 
 NOW = 1_790_000_000.0
 GOOD = dict(event_id="e1", user_id=1, item_id=2, kind="click", value=0.0, timestamp=NOW - 5)
+CATALOGUE = np.arange(1000)  # the item ids these tests' events may name
+
+
+def _open(url, **options) -> RedisFeedbackLog:
+    """A log set up as the updater sets it up: a history length and the catalogue."""
+    feedback_log = RedisFeedbackLog(url, **{"history_len": 3, **options})
+    feedback_log.set_catalogue(CATALOGUE, grows=False)
+    return feedback_log
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +45,7 @@ def redis_server():
 @pytest.fixture
 def log(redis_server):
     """A fresh prefix per test: its own log in the module's server."""
-    feedback_log = RedisFeedbackLog(redis_server.url, prefix=f"t{uuid.uuid4().hex[:12]}", history_len=3)
+    feedback_log = _open(redis_server.url, prefix=f"t{uuid.uuid4().hex[:12]}")
     yield feedback_log
     feedback_log.close()
 
@@ -109,8 +119,8 @@ def test_a_history_keeps_the_model_s_length_and_an_older_event_keeps_the_newest_
 
 
 def test_set_up_continues_after_the_serving_version_s_offset(log):
-    log.set_up(3, after_offset=500)
-    log.set_up(3, after_offset=20)  # never lowered
+    log.open_intake(history_len=3, after_offset=500)
+    log.open_intake(history_len=3, after_offset=20)  # never lowered
     (outcome,) = log.take([_row()], now=NOW)
     assert outcome.offset == 501
 
@@ -118,7 +128,7 @@ def test_set_up_continues_after_the_serving_version_s_offset(log):
 def test_nothing_acknowledged_is_lost_when_redis_is_killed(tmp_path):
     server = RedisServer(data_dir=tmp_path / "data").start()
     try:
-        log = RedisFeedbackLog(server.url, history_len=4)
+        log = _open(server.url, history_len=4)
         for n in range(50):
             assert log.take([_row(event_id=f"k{n}", item_id=n)], now=NOW)[0].offset == n + 1
         log.close()
@@ -136,7 +146,7 @@ def test_nothing_acknowledged_is_lost_when_redis_is_killed(tmp_path):
 def test_forget_deletes_the_user_s_events_ids_and_history_from_memory_and_the_file(tmp_path):
     server = RedisServer(data_dir=tmp_path / "data").start()
     try:
-        log = RedisFeedbackLog(server.url, history_len=4)
+        log = _open(server.url, history_len=4)
         marker = f"forget-me-{uuid.uuid4().hex}"
         log.take([_row(event_id=f"{marker}-{n}", user_id=5) for n in range(3)]
                  + [_row(event_id="other", user_id=6)], now=NOW)
@@ -160,7 +170,7 @@ def test_the_app_writer_needs_an_updater_s_set_up_then_answers_like_feedback(red
     prefix = f"w{uuid.uuid4().hex[:12]}"
     with pytest.raises(NotSetUp, match="--redis"):
         RedisEventWriter(redis_server.url, prefix=prefix)
-    RedisFeedbackLog(redis_server.url, prefix=prefix, history_len=2).close()
+    _open(redis_server.url, prefix=prefix, history_len=2).close()
     with RedisEventWriter(redis_server.url, prefix=prefix) as writer:
         result = writer.send([dict(event_id="a", user_id=3, item_id=9, kind="click"),
                               dict(event_id="a", user_id=3, item_id=9, kind="click"),
@@ -178,7 +188,7 @@ def test_the_app_writer_needs_an_updater_s_set_up_then_answers_like_feedback(red
 def test_retrieve_s_reader_follows_the_store_the_updater_chose(tmp_path, redis_server):
     model_dir = tmp_path / "retrieve"
     prefix = f"r{uuid.uuid4().hex[:12]}"
-    log = RedisFeedbackLog(redis_server.url, prefix=prefix, history_len=3)
+    log = _open(redis_server.url, prefix=prefix)
     log.take([_row(user_id=4, item_id=11)], now=NOW)
     reader = LiveStoreReader(model_dir)
     assert reader.recent([4]) == {}  # no choice written: the (absent) SQLite store
@@ -215,3 +225,48 @@ def test_the_updater_config_names_a_bad_redis_setting(tmp_path, change, name):
 
     with pytest.raises(ValueError, match=name):
         UpdaterConfig(repository=tmp_path, **{"redis_url": "redis://127.0.0.1:6379", **change})
+
+
+def test_a_stream_entry_holds_the_layout_s_fields_in_its_order(log):
+    """The intake script is generated from model_repository.redis_layout: what it writes is what
+    RedisKeys and STREAM_FIELDS say, read raw, with no freshrec code in between."""
+    (outcome,) = log.take([_row(event_id="raw", user_id="0012", item_id=5, value=1.5)], now=NOW)
+    raw = redis_client(log.url, decode_responses=True)
+    ((entry_id, fields),) = raw.xrange(log.keys.events)
+    assert entry_id == f"0-{outcome.offset}"
+    assert list(fields) == [field for field, _ in STREAM_FIELDS]
+    assert layout.event_fields(fields) == {"event_id": "raw", "user_id": "12", "item_id": "5",
+                                           "kind": "click", "value": "1.5",
+                                           "timestamp": repr(NOW - 5)}
+    assert raw.lrange(log.keys.history(12), 0, -1) == ["5"]
+    assert raw.get(log.keys.offset) == str(outcome.offset)
+    raw.close()
+
+
+def test_an_item_outside_the_catalogue_is_not_found_and_leaves_no_trace(log):
+    unknown, known, again = log.take([_row(event_id="u1", item_id=999_999_999),
+                                      _row(event_id="k1", item_id=7),
+                                      _row(event_id="u1", item_id=7)], now=NOW)
+    assert (unknown.code, unknown.field) == (layout.NOT_FOUND, "item_id")
+    assert unknown.reason == not_found_reason(999_999_999) and not unknown.offset
+    # refused before the dedup: its event_id is still free, and nothing else moved
+    assert known.offset == 1 and again.offset == 2
+    assert [e.item_id for e in log.read_after(0)] == [7, 7]
+    assert RedisLiveHistoryReader(log.url, log.keys.prefix).recent([1])[1].tolist() == [7, 7]
+    log.set_catalogue(np.array([7, 999_999_999]), grows=False)  # items add: the set is replaced
+    assert log.take([_row(event_id="u2", item_id=999_999_999)], now=NOW)[0].offset == 3
+    assert log.take([_row(event_id="u3", item_id=2)], now=NOW)[0].code == layout.NOT_FOUND
+    log.set_catalogue(np.array([7]), grows=True)
+    assert log.take([_row(event_id="u4", item_id=123_456)], now=NOW)[0].offset == 4
+
+
+def test_the_app_writer_reports_an_unknown_item_as_not_found(redis_server):
+    prefix = f"n{uuid.uuid4().hex[:12]}"
+    _open(redis_server.url, prefix=prefix).close()
+    with RedisEventWriter(redis_server.url, prefix=prefix) as writer:
+        result = writer.send([dict(user_id=1, item_id=999_999_999, kind="purchase"),
+                              dict(user_id=1, item_id=3, kind="purchase")])
+    assert result.accepted == 1
+    assert [(r["index"], r["code"], r["field"]) for r in result.rejected] == [
+        (0, "NOT_FOUND", "item_id")]
+    assert RedisLiveHistoryReader(redis_server.url, prefix).recent([1])[1].tolist() == [3]

@@ -7,8 +7,9 @@ import torch
 from exporter.sequence_tower import SequenceTower
 from exporter.towers import UserTower, numpy_tower, tower_query
 from updater.events import validate
+from updater.negatives import draw_negatives, draw_negatives_many
 from updater.settings import TrainerConfig
-from updater.trainer import SparseTrainer, draw_negatives, draw_negatives_many
+from updater.trainer import SparseTrainer
 
 DIM, USERS, ITEMS, HISTORY = 8, 6, 40, 5
 NOW = 1_790_000_000.0

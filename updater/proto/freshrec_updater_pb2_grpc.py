@@ -55,8 +55,9 @@ class FeedbackServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Send(self, request, context):
-        """A batch in one call. If every event of the call is rejected the call fails with
-        INVALID_ARGUMENT naming the field; otherwise the reply lists the rejected ones.
+        """A batch in one call. If every event of the call is rejected the call fails with the first
+        rejection's code (INVALID_ARGUMENT or NOT_FOUND) naming the field; otherwise the reply lists
+        the rejected ones.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
