@@ -67,16 +67,15 @@ import logging
 import shlex
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
+from bench.ablation import DEFAULT_RETRAIN_EVERY, ablation_rows
+from bench.online import online_replay
 from bench.peers import RetrainedPeer, make_peers
 from bench.quality_cut import describe_model, package_version, ratio_text, train_on_the_cut
 from bench.replay import (
     DEFAULT_WINDOW_EVENTS,
-    NO_AUTO_PUBLISH_ARGS,
     AppHistoryRecommender,
-    OnlineRecommender,
     PopularityRecommender,
     ReplayResult,
     ServedRecommender,
@@ -100,38 +99,10 @@ def _row(name: str, result: ReplayResult, learn_s: float, ask_s: float, ingest_s
             ask_s]
 
 
-def _learning_cpu_s(status: dict) -> float:
-    """The updater's engine thread so far: row training and publishes (Admin.Status)."""
-    return status["training_cpu_s"] + status["publishing_cpu_s"]
-
-
-# the updater's own reads of the log (the engine's stream reads and its offset polls); any of
-# them made while the app asked is added back to the update cost
-UPDATER_READ_COMMANDS = ("xrange", "get")
-
-
-def _redis_report(redis_url: str) -> float:
-    """Print the redis-server's busiest commands over the replay (INFO commandstats) and return
-    the seconds it spent inside the updater's read commands (time inside each command, measured
-    by Redis; the intake script's own GETs are in it too, so it overstates)."""
-    from model_repository.redis_layout import redis_client
-
-    with redis_client(redis_url) as r:
-        stats = r.info("commandstats")
-        totals = r.info("stats")
-    busiest = sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:8]
-    print("redis-server over the online replay: " + ", ".join(
-        f"{name.removeprefix('cmdstat_')} {v['calls']} calls {v['usec'] / 1e6:.2f} s" for name, v in busiest)
-        + f"; {totals.get('total_connections_received')} connections, "
-          f"{totals.get('total_commands_processed')} commands")
-    return sum(stats.get(f"cmdstat_{name}", {}).get("usec", 0) for name in UPDATER_READ_COMMANDS) / 1e6
-
-
 def _served_rows(repository: Path, scratch: Path, train: Interactions, test: Interactions, *,
                  window_events: int, scored: list[int], app_history: int,
                  updater_args: tuple[str, ...], shown_skips: int = 0, intake: str = "grpc",
                  redis_fsync: str = "always") -> tuple[list, dict[str, ReplayResult]]:
-    from freshrec.processes import RedisServer
     from freshrec.stack import serving_stack
     from model_repository import contract as c
 
@@ -155,32 +126,13 @@ def _served_rows(repository: Path, scratch: Path, train: Interactions, test: Int
             app.close()
         rows.append(_row(f"static + app-sent history (last {app_history})", results["app"], 0.0,
                          results["app"].recommend_s))
-        redis_server = (RedisServer(log_path=scratch / "redis.log", appendfsync=redis_fsync)
-                        if intake == "redis" else nullcontext())
-        with redis_server as redis:
-            redis_args = ("--redis", redis.url) if redis is not None else ()
-            updater = stack.start_updater(args=NO_AUTO_PUBLISH_ARGS + redis_args + updater_args)
-            online = OnlineRecommender(stack.grpc_url, updater.url, shown_skips=shown_skips,
-                                       redis_url=redis.url if redis is not None else None,
-                                       ask_meter=redis.run_time_s if redis is not None else None)
-            try:
-                cpu_started, learned = updater.cpu_s(), _learning_cpu_s(online.updater.status())
-                redis_started = redis.run_time_s() if redis is not None else 0.0
-                result = replay(train, test, online, window_events=window_events,
-                                scored_windows=scored)
-                result.cpu_s = updater.cpu_s() - cpu_started
-                result.learn_cpu_s = _learning_cpu_s(online.updater.status()) - learned
-                if redis is not None:
-                    result.redis_cpu_s = redis.run_time_s() - redis_started
-                    # the app asks and sends in turn, so what redis ran while it asked is
-                    # retrieve's reads (serving), but for the updater's polls then: added back
-                    result.redis_ask_cpu_s = max(0.0, online.ask_cpu_s - _redis_report(redis.url))
-            finally:
-                online.close()
-                stack.stop_updaters()
+        result, publishes = online_replay(stack, train, test, window_events=window_events,
+                                          scored=scored, updater_args=updater_args,
+                                          shown_skips=shown_skips, intake=intake,
+                                          redis_fsync=redis_fsync, scratch=scratch)
         results["online"] = result
         via = "to Redis" if intake == "redis" else "streamed"
-        rows.append(_row(f"freshrec online ({via} feedback, {online.publishes} publishes)", result,
+        rows.append(_row(f"freshrec online ({via} feedback, {publishes} publishes)", result,
                          result.learn_s, result.recommend_s, ingest_s=result.send_s))
     return rows, results
 
@@ -188,8 +140,8 @@ def _served_rows(repository: Path, scratch: Path, train: Interactions, test: Int
 def run_prequential(*, data: Path | None, window_events: int, replay_fraction: float,
                     score_every: int, app_history: int, seed: int, sasrec: bool, sasrec_epochs: int,
                     updater_args: tuple[str, ...] = (), search: bool = True,
-                    shown_skips: int = 0, intake: str = "grpc", redis_fsync: str = "always"
-                    ) -> None:
+                    shown_skips: int = 0, intake: str = "grpc", redis_fsync: str = "always",
+                    ablation: bool = False, retrain_every: int = DEFAULT_RETRAIN_EVERY) -> None:
     from exporter.build import write_repository
 
     started = time.perf_counter()
@@ -199,6 +151,7 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
     n_windows = -(-len(test) // window_events)
     scored = list(range(0, n_windows, score_every))
     rows: list = []
+    ablation_lines: list[str] = []
     popularity = PopularityRecommender(train)
     result = replay(train, test, popularity, window_events=window_events, scored_windows=scored)
     rows.append(_row("popularity (recounted per window)", result, result.learn_s, result.recommend_s))
@@ -216,7 +169,15 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
                                            app_history=app_history, updater_args=updater_args,
                                            shown_skips=shown_skips, intake=intake,
                                            redis_fsync=redis_fsync)
-    rows += served_rows
+        rows += served_rows
+        if ablation:
+            extra, ablation_lines = ablation_rows(
+                repository, train, test, dataset.items, model, served,
+                window_events=window_events, scored=scored, updater_args=updater_args,
+                intake=intake, redis_fsync=redis_fsync, retrain_every=retrain_every,
+                app_history=app_history)
+            rows += [_row(name, result, result.learn_s, result.recommend_s,
+                          ingest_s=result.send_s) for name, result in extra]
     fit_s: dict[str, float] = {}
     fit_cpu_s: dict[str, float] = {}
     notes = []
@@ -264,6 +225,8 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
     print_table(["recommender", "recall@10", "recall@50", "ndcg@10", "events", "learn s",
                  "ingest s", "ask s"],
                 rows)
+    for line in ablation_lines:
+        print(line)
     online = served["online"]
     # the updater's process and, with --intake redis, the redis-server's, less what it ran on asks
     all_in = online.cpu_s + online.redis_cpu_s - online.redis_ask_cpu_s
@@ -382,6 +345,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-search", action="store_true",
                         help="train the base model with exporter.train's defaults instead of "
                              "`freshrec build`'s validation search")
+    parser.add_argument("--ablation", action="store_true",
+                        help="with --protocol prequential: add online with publishing off, with "
+                             "row updates only, with counts and trend only (each a replay of its "
+                             "own) and full retraining, each against publishing off with its "
+                             "interval (bench.ablation)")
+    parser.add_argument("--retrain-every", type=int, default=DEFAULT_RETRAIN_EVERY,
+                        help="with --ablation: refit the base model every N windows (default "
+                             f"{DEFAULT_RETRAIN_EVERY})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.quick:
@@ -392,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--app-history must be >= 1")
     if args.shown_skips < 0:
         parser.error("--shown-skips must be >= 0")
+    if args.retrain_every < 1:
+        parser.error("--retrain-every must be >= 1")
     if args.cuts is not None:
         if args.protocol != "split":
             parser.error("--cuts goes with --protocol split")
@@ -414,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
                     sasrec_epochs=args.sasrec_epochs or DEFAULT_EPOCHS,
                     updater_args=tuple(shlex.split(args.updater_args)),
                     search=not args.no_search, shown_skips=args.shown_skips, intake=args.intake,
-                    redis_fsync=args.redis_fsync)
+                    redis_fsync=args.redis_fsync, ablation=args.ablation,
+                    retrain_every=args.retrain_every)
     return 0
 
 

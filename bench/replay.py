@@ -95,6 +95,12 @@ class ReplayResult:
     redis_cpu_s: float = 0.0  # freshrec with its log in Redis: the redis-server's (the intake)
     redis_ask_cpu_s: float = 0.0  # of it, while the app asked: retrieve's live-history reads
     ranks: list[int] = field(default_factory=list, repr=False)  # -1: not in the top K
+    users: list[int] = field(default_factory=list, repr=False)  # who asked, one per rank
+
+    def hits(self, k: int) -> np.ndarray:
+        """(scored,) float64: 1 where the event's item was in the top ``k``, per asked event."""
+        ranks = np.asarray(self.ranks, np.int64)
+        return ((ranks >= 0) & (ranks < k)).astype(np.float64)
 
 
 def windows_of(events: Interactions, window_events: int) -> list[Interactions]:
@@ -173,6 +179,7 @@ def replay(train: Interactions, test: Interactions, recommender: Recommender, *,
     scored_set = set(range(len(windows))) if scored_windows is None else set(scored_windows)
     streaming = isinstance(recommender, StreamingRecommender)
     ranks: list[int] = []
+    asked: list[int] = []
     skipped = runs = 0
     recommend_s = learn_s = send_s = 0.0
     for index, window in enumerate(windows):
@@ -199,6 +206,7 @@ def replay(train: Interactions, test: Interactions, recommender: Recommender, *,
                 for answer, target in zip(answers, targets):
                     hit = np.flatnonzero(np.asarray(answer)[:k_max] == target)
                     ranks.append(int(hit[0]) if hit.size else -1)
+                asked.extend(users)
             if streaming:
                 started = time.perf_counter()
                 recommender.send(part)
@@ -209,7 +217,7 @@ def replay(train: Interactions, test: Interactions, recommender: Recommender, *,
         log.info("window %d/%d: %d scored", index + 1, len(windows), len(ranks) - n_scored)
     return ReplayResult(metrics=metrics_from_ranks(ranks, ks=ks), scored=len(ranks),
                         skipped_repeats=skipped, windows=len(windows), recommend_s=recommend_s,
-                        learn_s=learn_s, send_s=send_s, runs=runs, ranks=ranks)
+                        learn_s=learn_s, send_s=send_s, runs=runs, ranks=ranks, users=asked)
 
 
 def top_k_excluding(ranking: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
@@ -309,8 +317,11 @@ class OnlineRecommender(ServedRecommender):
 
     def __init__(self, triton_url: str, updater_url: str, *, feedback_kind: str = "click",
                  shown_skips: int = 0, concurrency: int = SERVED_CONCURRENCY,
-                 redis_url: str | None = None, ask_meter: Callable[[], float] | None = None):
-        """``redis_url``: the updater keeps its log in this Redis (--redis), and the app writes
+                 redis_url: str | None = None, ask_meter: Callable[[], float] | None = None,
+                 publish: bool = True):
+        """``publish`` False: `learn` publishes nothing, so the server answers from the base
+        version and the live history alone (issue 33's "publishing off").
+        ``redis_url``: the updater keeps its log in this Redis (--redis), and the app writes
         each send straight to it (clients.RedisEventWriter) instead of to the updater.
         ``ask_meter``: a CPU clock (the redis-server's) read around each ask; `ask_cpu_s` sums
         what it ran while the app asked, i.e. while retrieve read the live histories."""
@@ -327,6 +338,7 @@ class OnlineRecommender(ServedRecommender):
         self.publishes = 0
         self.ask_meter = ask_meter
         self.ask_cpu_s = 0.0
+        self.publish = publish
 
     def recommend(self, user_ids, excludes, k):
         started = self.ask_meter() if self.ask_meter is not None else 0.0
@@ -362,8 +374,9 @@ class OnlineRecommender(ServedRecommender):
                 raise RuntimeError(f"the updater rejected replayed events: {reply.rejected[:3]}")
 
     def learn(self, events: Interactions) -> None:
-        self.updater.publish()
-        self.publishes += 1
+        if self.publish:
+            self.updater.publish()
+            self.publishes += 1
 
     def close(self) -> None:
         super().close()

@@ -114,6 +114,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-weight", type=float, default=DEFAULT_SKIP_WEIGHT,
                         help=f"how hard a skip pushes the item away, against a click's 1 "
                              f"(default {DEFAULT_SKIP_WEIGHT:g}; 0: skips train nothing)")
+    parser.add_argument("--no-row-updates", action="store_true",
+                        help="events train no row (user, item, negatives): publishes carry only "
+                             "the counts and histories (an ablation, bench.ablation)")
+    parser.add_argument("--no-count-updates", action="store_true",
+                        help="events move no popularity or trend count: publishes carry only the "
+                             "rows and histories (an ablation, bench.ablation)")
     add_intake_arguments(parser)
     parser.add_argument("--fold-in-users", action="store_true", default=DEFAULT_FOLD_IN_USERS,
                         help="users with at most --fold-in-events history items take the scaled "
@@ -150,7 +156,9 @@ def config_from_args(args: argparse.Namespace) -> UpdaterConfig:
                              keep_versions=args.keep_versions, shard_kib=args.shard_kib),
         trainer=TrainerConfig(lr=args.lr, negatives=args.negatives, max_step=args.max_step,
                               fold_in_events=args.fold_in_events,
-                              fold_in_users=args.fold_in_users, skip_weight=args.skip_weight))
+                              fold_in_users=args.fold_in_users, skip_weight=args.skip_weight,
+                              row_updates=not args.no_row_updates,
+                              count_updates=not args.no_count_updates))
 
 
 def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -> None:

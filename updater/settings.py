@@ -118,6 +118,11 @@ class TrainerConfig:
     fold_in_events: int = DEFAULT_FOLD_IN_EVENTS
     fold_in_users: bool = DEFAULT_FOLD_IN_USERS
     skip_weight: float = DEFAULT_SKIP_WEIGHT
+    # what an event teaches, for bench.ablation's rows (issue 33): the rows (user, item,
+    # negatives, fold-ins) and the counts (all-time popularity and the trend); the user's history
+    # moves either way, as the live history does
+    row_updates: bool = True
+    count_updates: bool = True
     seed: int = 0
 
     def __post_init__(self):
@@ -132,6 +137,9 @@ class TrainerConfig:
         if self.fold_in_events < 0:
             raise ValueError(f"TrainerConfig.fold_in_events must be >= 0, "
                              f"got {self.fold_in_events!r}")
+        if self.fold_in_events and not self.row_updates:
+            raise ValueError("TrainerConfig.fold_in_events must be 0 without row_updates (a fold-in "
+                             f"sets rows), got {self.fold_in_events!r}")
         if self.fold_in_users and not self.fold_in_events:
             raise ValueError("TrainerConfig.fold_in_users needs fold_in_events > 0 (the history "
                              "length it applies to), got fold_in_events 0")

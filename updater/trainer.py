@@ -3,8 +3,8 @@
 Per event only the touched rows move: the user's row, the event's item row and a few sampled
 negative item rows. The query is the version's frozen user tower applied to the user row and the
 stored history (recency-pooled, or the last L rows for a sequence tower), exactly as serving
-computes it; the loss is BPR of the event item against the
-negatives, signed by the event's label (a skip wants the negatives above the item). Rows step
+computes it; the loss is BPR of the event item against the negatives, signed by the event's
+label (a skip wants the negatives above the item). Rows step
 with row-wise Adagrad (one accumulator per row, the mean squared gradient, as FBGEMM's
 rowwise_adagrad), and each row's step is clipped to ``max_step`` in L2 norm, so one event
 cannot throw a row far. A positive event appends its item to the user's stored history
@@ -23,12 +23,12 @@ items takes the scaled mean of those items' rows (`fold_in_user`), which for the
 model (exporter.closed_form) is its user row's exact direction.
 
 Negatives are a hash of (seed, event offset, draw) (updater.negatives), so replaying the same
-events from the same tables gives the same tables, which is what crash recovery relies on. The
-step is numpy with the gradients written out (updater.tower_grads).
+events from the same tables gives the same tables (crash recovery relies on it). The step is
+numpy with the gradients written out (updater.tower_grads).
 
-Tables live in arrays with headroom (capacity doubles) so new users and items cost amortised
-O(1); `tables()` hands out views with the real row counts. Tables the trainer does not train
-(the text projection, ...) are carried unchanged into every version it publishes.
+Tables live in arrays with headroom (capacity doubles): new users and items cost amortised O(1);
+`tables()` hands out views with the real row counts. Tables it does not train (the text
+projection, ...) are carried unchanged into every version it publishes.
 """
 
 from __future__ import annotations
@@ -94,8 +94,7 @@ class SparseTrainer:
     """Trainer state: the retrieve tables of one version plus what changed since it."""
 
     def __init__(self, tables: dict[str, np.ndarray], tower: NumpyTower | NumpySequenceTower, *,
-                 recency_decay: float = DEFAULT_RECENCY_DECAY,
-                 popularity_half_life_s: float = 0.0,
+                 recency_decay: float = DEFAULT_RECENCY_DECAY, popularity_half_life_s: float = 0.0,
                  config: TrainerConfig | None = None):
         """``tower``: the version's user tower, frozen (only rows train); ``recency_decay``:
         the pooled tower's (a sequence tower does not pool); ``popularity_half_life_s``: the
@@ -320,7 +319,7 @@ class SparseTrainer:
         user_row = self._user_row(event.user_id)
         item_row = self._item_row(event.item_id)
         weight = label(event, skip_weight=self.config.skip_weight)
-        if weight != 0 and self.n_items > 1:
+        if self.config.row_updates and weight != 0 and self.n_items > 1:
             self._train_step(event, user_row, item_row, weight)
         if weight > 0 and self.t[schema.ITEM_POPULARITY].data[item_row] < self.config.fold_in_events:
             self.fold_in(user_row, item_row)
@@ -340,6 +339,8 @@ class SparseTrainer:
         self.changed[schema.USER_LAST_AT].add(user_row)
         if self.user_fold_in_scale and (history >= 0).sum() <= self.config.fold_in_events:
             self.fold_in_user(user_row)
+        if not self.config.count_updates:
+            return
         self.t[schema.ITEM_POPULARITY].data[item_row] += 1.0
         self.changed[schema.ITEM_POPULARITY].add(item_row)
         if self.half_life_s > 0 and trend:
@@ -352,8 +353,7 @@ class SparseTrainer:
             self.trend_latest = max(self.trend_latest, newest)
             self.settle_trend()
         self.trend_latest = max(self.trend_latest, newest)
-        weights = trend_weights(np.array(timestamps), as_of=self.trend_as_of,
-                                half_life_s=self.half_life_s)
+        weights = trend_weights(np.array(timestamps), as_of=self.trend_as_of, half_life_s=self.half_life_s)
         rows, inverse = np.unique(np.array(item_rows, np.int64), return_inverse=True)
         self.t[schema.ITEM_TREND].data[rows] += np.bincount(
             inverse, weights=weights.astype(np.float32)).astype(np.float32)
@@ -380,7 +380,7 @@ class SparseTrainer:
             user_row = self._user_row(event.user_id)
             item_row = self._item_row(event.item_id)
             weight = label(event, skip_weight=self.config.skip_weight)
-            if weight != 0 and self.n_items > 1:
+            if self.config.row_updates and weight != 0 and self.n_items > 1:
                 history = self.t[schema.USER_HISTORY].data[user_row]
                 steps.append((user_row, item_row, weight, event.offset, self.n_items,
                               history[history >= 0]))  # a copy (boolean indexing)
@@ -388,7 +388,7 @@ class SparseTrainer:
                 self._record_positive(event, user_row, item_row, trend=False)
                 trend_rows.append(item_row)
                 trend_times.append(event.timestamp)
-        if trend_rows and self.half_life_s > 0:
+        if trend_rows and self.half_life_s > 0 and self.config.count_updates:
             self._count_trends(trend_rows, trend_times)
         if steps:
             self._train_steps(steps)

@@ -475,3 +475,4 @@ def test_a_minibatch_keeps_the_histories_counts_and_new_rows_of_one_by_one():
     # shared rows: close, not equal (a later event's gradient does not see an earlier step)
     np.testing.assert_allclose(batched.tables()["item_rows"], one_by_one.tables()["item_rows"],
                                atol=0.05)
+
