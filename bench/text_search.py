@@ -1,7 +1,7 @@
 """Items added from their titles, searched by those titles: does text search find them?
 
-    python -m bench.text_search --repository var/demo/repository --items var/demo/data/items.csv
-    python -m bench.text_search --repository OUT/repository --items LOG/movies.csv
+    python -m bench.text_search var/demo/repository var/demo/data/items.csv
+    python -m bench.text_search OUT/repository LOG/movies.csv
 
 For a random sample of the catalogue's titled items it adds a *new* item under the same title, as
 `freshrec items add` does (its row the projected title, rescaled like trained rows:
@@ -86,9 +86,9 @@ def ranks(retriever: Retriever, encoder: TextEncoderRuntime, texts: list[str],
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repository", type=Path, required=True,
+    parser.add_argument("repository", type=Path,
                         help="a built repository with text_encoder (freshrec build's out/repository)")
-    parser.add_argument("--items", type=Path, required=True,
+    parser.add_argument("items", type=Path,
                         help="its item file with titles (items.csv, u.item, movies.csv/.dat)")
     parser.add_argument("--sample", type=int, default=DEFAULT_SAMPLE,
                         help=f"titled catalogue items re-added as new (default {DEFAULT_SAMPLE})")

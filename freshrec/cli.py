@@ -268,6 +268,14 @@ def _updater_flag(parser: argparse.ArgumentParser) -> None:
                         help=f"updater gRPC address (default {c.DEFAULT_UPDATER_URL})")
 
 
+def _updater_command(sub, name: str, func, help_text: str) -> argparse.ArgumentParser:
+    """A subcommand that calls the updater's API: its --updater flag and its handler set."""
+    p = sub.add_parser(name, help=help_text)
+    _updater_flag(p)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="freshrec", description="A recommendation server on Triton that learns while it serves."
@@ -352,33 +360,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_updater_arguments(p)
     p.set_defaults(func=cmd_updater)
 
-    p = sub.add_parser("feedback", help="send one feedback event to the updater")
+    p = _updater_command(sub, "feedback", cmd_feedback, "send one feedback event to the updater")
     p.add_argument("--user", type=int, required=True, help="external user id")
     p.add_argument("--item", type=int, required=True, help="external item id")
     p.add_argument("--kind", default="click", help="click | purchase | rating | skip (default click)")
     p.add_argument("--value", type=float, default=0.0, help="the rating, for --kind rating (1..5)")
     p.add_argument("--event-id", help="idempotency key (default: a random one)")
     p.add_argument("--timestamp", type=float, help="Unix seconds (default: now)")
-    _updater_flag(p)
-    p.set_defaults(func=cmd_feedback)
-
-    p = sub.add_parser("status", help="the updater's status (prints JSON)")
-    _updater_flag(p)
-    p.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("publish", help="publish a version with all durable feedback now")
-    _updater_flag(p)
-    p.set_defaults(func=cmd_publish)
-
-    p = sub.add_parser("rollback", help="serve the previous (or a named) version's tables again")
+    _updater_command(sub, "status", cmd_status, "the updater's status (prints JSON)")
+    _updater_command(sub, "publish", cmd_publish, "publish a version with all durable feedback now")
+    p = _updater_command(sub, "rollback", cmd_rollback,
+                         "serve the previous (or a named) version's tables again")
     p.add_argument("--to", type=int, help="the version to roll back to (default: the previous one)")
-    _updater_flag(p)
-    p.set_defaults(func=cmd_rollback)
-
-    p = sub.add_parser("forget-user", help="remove a user's row, history and logged events")
+    p = _updater_command(sub, "forget-user", cmd_forget_user,
+                         "remove a user's row, history and logged events")
     p.add_argument("--user", type=int, required=True, help="external user id")
-    _updater_flag(p)
-    p.set_defaults(func=cmd_forget_user)
 
     p = sub.add_parser("items", help="manage the catalogue: items add --file new_items.csv")
     items = p.add_subparsers(dest="items_command", required=True)

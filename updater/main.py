@@ -114,12 +114,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-weight", type=float, default=DEFAULT_SKIP_WEIGHT,
                         help=f"how hard a skip pushes the item away, against a click's 1 "
                              f"(default {DEFAULT_SKIP_WEIGHT:g}; 0: skips train nothing)")
-    parser.add_argument("--no-row-updates", action="store_true",
-                        help="events train no row (user, item, negatives): publishes carry only "
-                             "the counts and histories (an ablation, bench.ablation)")
-    parser.add_argument("--no-count-updates", action="store_true",
-                        help="events move no popularity or trend count: publishes carry only the "
-                             "rows and histories (an ablation, bench.ablation)")
+    for flag, what in (("--no-row-updates", "events train no row (user, item, negatives): "
+                                            "publishes carry only the counts and histories"),
+                       ("--no-count-updates", "events move no popularity or trend count: "
+                                              "publishes carry only the rows and histories")):
+        parser.add_argument(flag, action="store_true", help=f"{what} (an ablation, bench.ablation)")
     add_intake_arguments(parser)
     parser.add_argument("--fold-in-users", action="store_true", default=DEFAULT_FOLD_IN_USERS,
                         help="users with at most --fold-in-events history items take the scaled "

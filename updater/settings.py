@@ -80,38 +80,46 @@ DEFAULT_GROW_CATALOGUE = False
 DEFAULT_MAX_NEW_USERS_PER_MIN = 1000
 
 
+def require(settings, *rules: tuple[str, bool, str]) -> None:
+    """Raise ValueError naming the first field of ``settings`` whose rule fails: each rule is
+    (field, whether its value is valid, what it must be), e.g. ("lr", lr > 0, "> 0")."""
+    for name, valid, must in rules:
+        if not valid:
+            raise ValueError(f"{type(settings).__name__}.{name} must be {must}, "
+                             f"got {getattr(settings, name)!r}")
+
+
 @dataclass(frozen=True)
 class IntakePolicy:
     grow_catalogue: bool = DEFAULT_GROW_CATALOGUE
     max_new_users_per_min: int = DEFAULT_MAX_NEW_USERS_PER_MIN
 
     def __post_init__(self):
-        if self.max_new_users_per_min < 0:
-            raise ValueError(f"IntakePolicy.max_new_users_per_min must be >= 0, "
-                             f"got {self.max_new_users_per_min!r}")
+        require(self, ("max_new_users_per_min", self.max_new_users_per_min >= 0, ">= 0"))
 
 
 @dataclass(frozen=True)
 class PublishPolicy:
+    """When the updater publishes (T seconds or M events, whichever first) and what it keeps."""
+
     every_s: float = DEFAULT_PUBLISH_EVERY_S
     every_events: int = DEFAULT_PUBLISH_EVERY_EVENTS
     keep_versions: int = DEFAULT_KEEP_VERSIONS
     shard_kib: int = DEFAULT_SHARD_KIB
 
     def __post_init__(self):
-        if not self.every_s >= 0:
-            raise ValueError(f"PublishPolicy.every_s must be >= 0, got {self.every_s!r}")
-        if self.every_events < 1:
-            raise ValueError(f"PublishPolicy.every_events must be >= 1, got {self.every_events!r}")
-        if self.keep_versions < 2:
-            raise ValueError(f"PublishPolicy.keep_versions must be >= 2 (rollback needs one), "
-                             f"got {self.keep_versions!r}")
-        if self.shard_kib < 1:
-            raise ValueError(f"PublishPolicy.shard_kib must be >= 1, got {self.shard_kib!r}")
+        require(self, ("every_s", self.every_s >= 0, ">= 0"),
+                ("every_events", self.every_events >= 1, ">= 1"),
+                ("keep_versions", self.keep_versions >= 2, ">= 2 (rollback needs one)"),
+                ("shard_kib", self.shard_kib >= 1, ">= 1"))
 
 
 @dataclass(frozen=True)
 class TrainerConfig:
+    """How an event trains the rows it touches (updater.trainer.SparseTrainer): row-wise
+    Adagrad's learning rate and per-event clip, sampled negatives, the optional fold-ins, a
+    skip's weight, and what an event may change at all."""
+
     lr: float = DEFAULT_LR
     negatives: int = DEFAULT_NEGATIVES
     max_step: float = DEFAULT_MAX_STEP
@@ -126,20 +134,12 @@ class TrainerConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if not self.lr > 0:
-            raise ValueError(f"TrainerConfig.lr must be > 0, got {self.lr!r}")
-        if self.negatives < 1:
-            raise ValueError(f"TrainerConfig.negatives must be >= 1, got {self.negatives!r}")
-        if not self.max_step > 0:
-            raise ValueError(f"TrainerConfig.max_step must be > 0, got {self.max_step!r}")
-        if not 0 <= self.skip_weight < float("inf"):
-            raise ValueError(f"TrainerConfig.skip_weight must be >= 0, got {self.skip_weight!r}")
-        if self.fold_in_events < 0:
-            raise ValueError(f"TrainerConfig.fold_in_events must be >= 0, "
-                             f"got {self.fold_in_events!r}")
-        if self.fold_in_events and not self.row_updates:
-            raise ValueError("TrainerConfig.fold_in_events must be 0 without row_updates (a fold-in "
-                             f"sets rows), got {self.fold_in_events!r}")
+        require(self, ("lr", self.lr > 0, "> 0"), ("negatives", self.negatives >= 1, ">= 1"),
+                ("max_step", self.max_step > 0, "> 0"),
+                ("skip_weight", 0 <= self.skip_weight < float("inf"), ">= 0"),
+                ("fold_in_events", self.fold_in_events >= 0, ">= 0"),
+                ("fold_in_events", not (self.fold_in_events and not self.row_updates),
+                 "0 without row_updates (a fold-in sets rows)"))
         if self.fold_in_users and not self.fold_in_events:
             raise ValueError("TrainerConfig.fold_in_users needs fold_in_events > 0 (the history "
                              "length it applies to), got fold_in_events 0")

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from bench.ablation import RetrainedBase, against
-from bench.replay import OnlineRecommender, ReplayResult, replay
+from bench.replay import ReplayResult, replay
 from exporter.data import Interactions, read_dataset, split_by_time
 from exporter.train import TrainConfig, train_base_model
 from tests.fixtures.builds import SMALL
-from tests.loadtest.test_replay import TEST, TRAIN, FixedRecommender, RecordingUpdater
+from tests.loadtest.test_replay import TEST, TRAIN, FixedRecommender, replay_recorded
 
 
 def _result(ranks, users) -> ReplayResult:
@@ -44,13 +44,7 @@ def test_against_is_the_recall_ratio_on_the_same_questions_with_an_interval_over
 
 
 def test_publishing_off_sends_every_event_and_publishes_nothing():
-    online = OnlineRecommender("127.0.0.1:9", "127.0.0.1:9", publish=False)  # lazy channels
-    online.updater.close()
-    online.updater = RecordingUpdater()
-    try:
-        replay(TRAIN, TEST, online, window_events=3, ks=(1,), scored_windows=[])
-    finally:
-        online.close()
+    online = replay_recorded(publish=False)
     assert sum(len(b) for b in online.updater.batches) == len(TEST)
     assert online.updater.publishes == online.publishes == 0
 

@@ -207,15 +207,21 @@ class RecordingUpdater:
         pass
 
 
-def test_online_sends_each_event_with_its_own_timestamp_and_publishes_per_window():
-    # no server: gRPC channels connect lazily, and nothing here asks
-    online = OnlineRecommender("127.0.0.1:9", "127.0.0.1:9")
+def replay_recorded(*, scored_windows=(), **options) -> OnlineRecommender:
+    """OnlineRecommender(**options) over a RecordingUpdater, replayed over TRAIN and TEST in
+    windows of 3. No server: gRPC channels connect lazily, and only ``scored_windows`` ask."""
+    online = OnlineRecommender("127.0.0.1:9", "127.0.0.1:9", **options)
     online.updater.close()
     online.updater = RecordingUpdater()
     try:
-        replay(TRAIN, TEST, online, window_events=3, ks=(1,), scored_windows=[])
+        replay(TRAIN, TEST, online, window_events=3, ks=(1,), scored_windows=list(scored_windows))
     finally:
         online.close()
+    return online
+
+
+def test_online_sends_each_event_with_its_own_timestamp_and_publishes_per_window():
+    online = replay_recorded()
     sent = [e for batch in online.updater.batches for e in batch]
     assert [(e["user_id"], e["item_id"], e["timestamp"]) for e in sent] == [
         (1, 3, 10.0), (1, 4, 11.0), (2, 2, 12.0), (1, 3, 13.0), (3, 5, 14.0)]
@@ -232,13 +238,7 @@ def test_online_sends_the_shown_items_not_taken_as_skips_before_the_event(monkey
     # every answer shows items 4, 9, 3 first (no server: the answer is fixed)
     monkeypatch.setattr(replay_module.ServedRecommender, "recommend",
                         lambda self, users, excludes, k: [np.array([4, 9, 3])] * len(users))
-    online = OnlineRecommender("127.0.0.1:9", "127.0.0.1:9", shown_skips=2)
-    online.updater.close()
-    online.updater = RecordingUpdater()
-    try:
-        replay(TRAIN, TEST, online, window_events=3, ks=(1,), scored_windows=[0])
-    finally:
-        online.close()
+    online = replay_recorded(shown_skips=2, scored_windows=[0])
     sent = [(e["user_id"], e["item_id"], e["kind"], e["timestamp"])
             for batch in online.updater.batches for e in batch]
     # window 0 is asked: each event's user was shown 4 and 9 (took 3; then took 4, so only 9 is
