@@ -56,6 +56,9 @@ class Factors:
     user_rows: np.ndarray
     pooled: np.ndarray
     fit_s: float
+    # (I, dim) float64: what one co-occurrence with each item adds to the factors of an item the
+    # fit did not see (`cooccurrence_map`); zero rows for items without training events
+    cooc: np.ndarray | None = None
 
 
 def binary_matrix(user_index: np.ndarray, item_index: np.ndarray, shape: tuple[int, int], *,
@@ -70,13 +73,37 @@ def binary_matrix(user_index: np.ndarray, item_index: np.ndarray, shape: tuple[i
 
 def ease_weights(matrix: sp.csr_matrix, l2: float) -> np.ndarray:
     """EASE's (I, I) float64 item-item weights, zero diagonal (the matrix in any float dtype)."""
+    return ease_weights_and_diagonal(matrix, l2)[0]
+
+
+def ease_weights_and_diagonal(matrix: sp.csr_matrix, l2: float) -> tuple[np.ndarray, np.ndarray]:
+    """EASE's weights B and the diagonal (I,) of ``P = (X^T X + l2 I)^-1`` they came from (B is
+    P's columns divided by -P_jj in place, so P itself is not kept: `cooccurrence_map` needs
+    only B and that diagonal)."""
     gram = (matrix.T @ matrix).toarray().astype(np.float64, copy=False)
     gram[np.diag_indices_from(gram)] += l2
     inverse = np.linalg.inv(gram)
     del gram
-    inverse /= -np.diag(inverse)  # column j divided by -P_jj
+    diagonal = np.diag(inverse).copy()
+    inverse /= -diagonal  # column j divided by -P_jj
     inverse[np.diag_indices_from(inverse)] = 0.0
-    return inverse
+    return inverse, diagonal
+
+
+def cooccurrence_map(weights: np.ndarray, p_diagonal: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """(I, dim) float64 M with row k what one co-occurrence with item k adds to the factors of an
+    item the fit did not see (issue 33: new items learned from their first events).
+
+    For an item j outside the fit, EASE's column is the ridge regression of its occurrences on
+    the fitted items, ``b_j = P c_j`` with ``c_j = X^T x_j`` its co-occurrence counts (exact: j
+    is no regressor of itself, so the zero-diagonal constraint holds). Its factors are b_j's
+    least-squares coordinates in the span of Q, ``w_j = (Q^T Q)^+ Q^T P c_j``, so that
+    ``x_u Q . w_j ~ x_u b_j`` as ``x_u Q . Q_i ~ x_u B_{:,i}`` for a fitted item. So
+    ``w_j^T = c_j^T M`` with ``M = P Q (Q^T Q)^+``, and each co-occurrence (a user who took j
+    had taken k) adds row k of M: the updater keeps j's row as that sum. P is recovered from B
+    and P's diagonal: ``P_kj = -B_kj P_jj`` off the diagonal, so ``P Q = D Q - B (D Q)``."""
+    dq = p_diagonal[:, None] * q
+    return (dq - weights @ dq) @ np.linalg.pinv(q.T @ q)
 
 
 def top_eigen_factors(weights: np.ndarray, dim: int) -> np.ndarray:
@@ -115,20 +142,28 @@ def fit_factors(user_index: np.ndarray, item_index: np.ndarray, shape: tuple[int
     # (I, I) solve, their factors are zero (the text projection may give them rows later)
     seen = np.flatnonzero(np.bincount(item_index, minlength=shape[1]))
     q = np.zeros((shape[1], dim))
-    q[seen] = top_eigen_factors(ease_weights(matrix[:, seen], l2), dim)
+    weights, p_diagonal = ease_weights_and_diagonal(matrix[:, seen], l2)
+    q[seen] = top_eigen_factors(weights, dim)
+    cooc = np.zeros((shape[1], dim))
+    cooc[seen] = cooccurrence_map(weights, p_diagonal, q[seen])
+    del weights
     whole = np.asarray(matrix @ q)
     norms = np.linalg.norm(whole, axis=1, keepdims=True)
     user_rows = np.where(norms > 0, whole / np.where(norms > 0, norms, 1.0), 0.0)
     pooled = pool_padded(q, history, decay=decay)
     fit_s = time.perf_counter() - started
     log.info("closed form: EASE l2 %g, rank %d, %d x %d in %.1f s", l2, dim, *shape, fit_s)
-    return Factors(q=q, user_rows=user_rows.astype(np.float32), pooled=pooled, fit_s=fit_s)
+    return Factors(q=q, user_rows=user_rows.astype(np.float32), pooled=pooled, fit_s=fit_s,
+                   cooc=cooc)
 
 
-def served_rows(factors: Factors, history_weight: float) -> tuple[np.ndarray, np.ndarray]:
-    """(user_rows, item_rows) float32 that score ``unit(x_u Q) . Q_i + a s pool(Q) . Q_i`` up to
-    a positive factor per model, through query = u + pool(item_rows)."""
+def served_rows(factors: Factors, history_weight: float
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(user_rows, item_rows, cooccurrence map) float32 that score ``unit(x_u Q) . Q_i + a s
+    pool(Q) . Q_i`` up to a positive factor per model, through query = u + pool(item_rows); the
+    map at the item rows' scale (None when the fit kept none)."""
     norms = np.linalg.norm(factors.pooled, axis=1)
     mean_norm = float(norms[norms > 0].mean()) if (norms > 0).any() else 1.0
     scale = history_weight / mean_norm
-    return factors.user_rows, (scale * factors.q).astype(np.float32)
+    cooc = None if factors.cooc is None else (scale * factors.cooc).astype(np.float32)
+    return factors.user_rows, (scale * factors.q).astype(np.float32), cooc

@@ -176,6 +176,9 @@ class TrainedModel:
     user_last_at: np.ndarray | None = None
     session_s: float = 0.0
     session_popularity_weight: float = 0.0
+    # the closed form's (I, d) co-occurrence map (exporter.closed_form.cooccurrence_map): how the
+    # updater learns rows for items the fit did not see; None for a trained tower
+    item_cooccurrence: np.ndarray | None = None
 
     def prior_weights(self, ages_s: np.ndarray) -> np.ndarray:
         """(B,) float32: the prior's weight for queries whose histories are ``ages_s`` old."""
@@ -323,11 +326,11 @@ def fit_closed_form(train: Interactions, *, items: Items | None = None,
                 seqs.users, seqs.items, (len(user_ids), len(item_ids)), l2=config.ease_l2,
                 dim=config.dim, history=history, decay=config.recency_decay), history)
         factors, history = fits[key]
-        user_rows, item_rows = closed_form.served_rows(factors, config.history_weight)
+        user_rows, item_rows, cooc = closed_form.served_rows(factors, config.history_weight)
         models.append(TrainedModel(
             user_ids=user_ids.astype(np.int64), item_ids=item_ids.astype(np.int64),
             user_rows=user_rows, item_rows=item_rows, user_history=history,
-            item_popularity=popularity.copy(),
+            item_popularity=popularity.copy(), item_cooccurrence=cooc,
             tower=_linear_tower(config.dim, config.seed), config=config,
             user_last_at=last_event_times(user_ids, train)))
     return models

@@ -28,6 +28,11 @@ a table is one edit here.
                                          one its meta's ``tower`` names
     text_projection (TEXT_DIM, d), text_projection_bias (d,)   text -> item space, only in
                                          versions built with the text encoder
+    item_cooccurrence (I0, d)  float32  the closed form's map: row k is what one co-occurrence
+                                         with item row k adds to the row of an item the fit did
+                                         not see (exporter.closed_form.cooccurrence_map); I0 the
+                                         build's items, zero rows for those without events; only
+                                         in closed-form versions. It does not grow with items.
 
 The meta (`RetrieveMeta`) rides in the manifest's ``meta``: dimensions, the user tower's kind,
 the pooling decay, the text blend weight, the popularity prior's weights and half-life
@@ -66,6 +71,7 @@ SEQ_FFN_NORM, SEQ_FFN_W1, SEQ_FFN_B1 = "seq_ffn_norm", "seq_ffn_w1", "seq_ffn_b1
 SEQ_FFN_W2, SEQ_FFN_B2, SEQ_OUT_NORM = "seq_ffn_w2", "seq_ffn_b2", "seq_out_norm"
 TEXT_PROJECTION = "text_projection"
 TEXT_PROJECTION_BIAS = "text_projection_bias"
+ITEM_COOCCURRENCE = "item_cooccurrence"
 
 # tables with one row per user / per item: they grow, shrink (forget-user) and train together
 USER_TABLES = (USER_IDS, USER_ROWS, USER_HISTORY, USER_ADAGRAD, USER_LAST_AT)
@@ -93,6 +99,7 @@ DTYPES = {
     **dict.fromkeys(TOWER_TABLES, np.float32),
     **dict.fromkeys(SEQUENCE_TABLES, np.float32),
     **dict.fromkeys(TEXT_TABLES, np.float32),
+    ITEM_COOCCURRENCE: np.float32,
 }
 # the row a new user or item starts a growing table with, where no row is computed for it
 EMPTY_ROW_FILL = {USER_IDS: -1, USER_ROWS: 0.0, USER_HISTORY: -1, USER_ADAGRAD: 0.0,
@@ -211,13 +218,19 @@ def check_tables(tables: dict[str, np.ndarray], *, where: str) -> None:
             if name in tables and len(tables[name]) != n:
                 raise SchemaError(f"{where}: table {name} has {len(tables[name])} rows for {n} "
                                   f"{ids}")
+    cooc = tables.get(ITEM_COOCCURRENCE)
+    if cooc is not None and (cooc.ndim != 2 or len(cooc) > len(tables[ITEM_IDS])
+                             or cooc.shape[1] != tables[ITEM_ROWS].shape[1]):
+        raise SchemaError(f"{where}: table {ITEM_COOCCURRENCE} {cooc.shape} must be (at most "
+                          f"{len(tables[ITEM_IDS])} items, {tables[ITEM_ROWS].shape[1]})")
 
 
 def make_tables(*, user_ids, item_ids, user_rows, item_rows, user_history, item_popularity,
                 tower: dict[str, np.ndarray] | None = None,
                 text_projection: dict[str, np.ndarray] | None = None,
                 trend: tuple[np.ndarray, float] | None = None,
-                user_last_at: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                user_last_at: np.ndarray | None = None,
+                item_cooccurrence: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """A retrieve version's tables by name, cast to the schema's dtypes and checked.
 
     ``trend``: (item_trend, trend_as_of) for a version with a popularity half-life, else None;
@@ -233,6 +246,8 @@ def make_tables(*, user_ids, item_ids, user_rows, item_rows, user_history, item_
         tables[ITEM_TREND], tables[TREND_AS_OF] = trend[0], np.array([trend[1]])
     if user_last_at is not None:
         tables[USER_LAST_AT] = user_last_at
+    if item_cooccurrence is not None:
+        tables[ITEM_COOCCURRENCE] = item_cooccurrence
     tables = {name: np.asarray(table, dtype=DTYPES[name]) for name, table in tables.items()}
     check_tables(tables, where="new retrieve version")
     return tables

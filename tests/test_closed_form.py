@@ -116,3 +116,22 @@ def test_the_search_offers_the_closed_form_only_where_it_fits():
     assert not any(c.method == METHOD_EASE
                    for c in candidates(base, n_items=closed_form.MAX_ITEMS + 1))
     assert not any(c.method == METHOD_EASE for c in candidates(TrainConfig(tower="sequence")))
+
+
+def test_the_cooccurrence_map_gives_an_unseen_item_the_coordinates_of_its_exact_ease_column():
+    """exporter.closed_form.cooccurrence_map (issue 33): an item outside the fit, once its
+    co-occurrences are summed through the map, has the least-squares coordinates in Q's span of
+    the column EASE itself gives it when refitted with it (the other items' columns held)."""
+    rng = np.random.default_rng(4)
+    users, items, l2 = 120, 30, 6.0
+    dense = (rng.random((users, items + 1)) < 0.25).astype(np.float64)
+    fitted = closed_form.binary_matrix(*np.nonzero(dense[:, :items]), (users, items))
+    weights, p_diagonal = closed_form.ease_weights_and_diagonal(fitted, l2)
+    np.testing.assert_array_equal(weights, closed_form.ease_weights(fitted, l2))
+    q = closed_form.top_eigen_factors(weights, 8)
+    cooc = closed_form.cooccurrence_map(weights, p_diagonal, q)
+    counts = dense[:, :items].T @ dense[:, items]  # the new item's co-occurrence counts c_j
+    # EASE refitted on all 31 items: the new item's column, restricted to the fitted items
+    full = closed_form.ease_weights(closed_form.binary_matrix(*np.nonzero(dense), dense.shape), l2)
+    want, *_ = np.linalg.lstsq(q, full[:items, items], rcond=None)
+    np.testing.assert_allclose(counts @ cooc, want, rtol=1e-8, atol=1e-10)

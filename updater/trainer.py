@@ -4,31 +4,26 @@ Per event only the touched rows move: the user's row, the event's item row and a
 negative item rows. The query is the version's frozen user tower applied to the user row and the
 stored history (recency-pooled, or the last L rows for a sequence tower), exactly as serving
 computes it; the loss is BPR of the event item against the negatives, signed by the event's
-label (a skip wants the negatives above the item). Rows step
-with row-wise Adagrad (one accumulator per row, the mean squared gradient, as FBGEMM's
-rowwise_adagrad), and each row's step is clipped to ``max_step`` in L2 norm, so one event
-cannot throw a row far. A positive event appends its item to the user's stored history
-(most recent last) and counts towards the item's popularity; with a popularity half-life (the
-version's meta) also towards its trend count, weighted by its own timestamp
-(model_repository.scoring), and `tables()` settles the trend counts to the newest event's time,
-so each version's prior ranks by what is popular as of its last event.
+label (a skip wants the negatives above the item). Rows step with row-wise Adagrad (one
+accumulator per row, the mean squared gradient, as FBGEMM's rowwise_adagrad), each row's step
+clipped to ``max_step`` in L2 norm, so one event cannot throw a row far. A positive event
+appends its item to the user's stored history (most recent last) and counts towards the item's
+popularity; with a popularity half-life (the version's meta) also towards its trend count, by
+its own timestamp (model_repository.scoring); `tables()` settles the trend counts to the newest
+event's time, so each version's prior ranks by what is popular as of its last event.
 
-Young rows may fold in instead of stepping (``TrainerConfig.fold_in_events`` N > 0; off by
-default, it cost replay recall on every log: updater/settings.py): an item with fewer
-than N positive events takes the running mean of its users' queries, scaled to the length of an
-established item row (`fold_in`), so a new item is served from who takes it after one event
-rather than after hundreds of tiny steps away from its random start. With ``fold_in_users``
-(off by default: it hurt the ml-100k replay, updater/settings.py) a user with at most N history
-items takes the scaled mean of those items' rows (`fold_in_user`), which for the closed-form
-model (exporter.closed_form) is its user row's exact direction.
+In a closed-form version an item outside the fit (new, or titled without training events)
+takes its row from what its users' histories co-occur with (updater.cooccurrence). Young rows
+may fold in instead of stepping (``TrainerConfig.fold_in_events`` N > 0; off by default, it
+cost replay recall on every log: updater/settings.py): an item with fewer than N positive
+events takes the running mean of its users' queries, scaled to an established row's length
+(`fold_in`). With ``fold_in_users`` (off: it hurt the ml-100k replay) a user with at most N
+history items takes the scaled mean of those items' rows (`fold_in_user`).
 
-Negatives are a hash of (seed, event offset, draw) (updater.negatives), so replaying the same
-events from the same tables gives the same tables (crash recovery relies on it). The step is
-numpy with the gradients written out (updater.tower_grads).
-
-Tables live in arrays with headroom (capacity doubles): new users and items cost amortised O(1);
-`tables()` hands out views with the real row counts. Tables it does not train (the text
-projection, ...) are carried unchanged into every version it publishes.
+Negatives hash (seed, event offset, draw) (updater.negatives): replaying the same events from the
+same tables gives the same tables (crash recovery relies on it). Gradients are written out in
+numpy (updater.tower_grads). Tables have headroom (capacity doubles; `tables()` hands out views
+with the real row counts); tables it does not train are carried into every version unchanged.
 """
 
 from __future__ import annotations
@@ -42,6 +37,7 @@ from model_repository.pooling import DEFAULT_RECENCY_DECAY
 from model_repository.scoring import MAX_TREND_EXPONENT, settle_trend, trend_weights
 from model_repository.sequence_tower import NumpySequenceTower
 from model_repository.tower import NumpyTower
+from updater.cooccurrence import CooccurrenceRows
 from updater.events import Event, label
 from updater.negatives import draw_negatives, draw_negatives_many
 from updater.settings import TrainerConfig
@@ -122,6 +118,7 @@ class SparseTrainer:
         trained = (*self.t, schema.TREND_AS_OF) if self.half_life_s > 0 else tuple(self.t)
         # not trained here, but part of the version: passed through unchanged (hard-linked)
         self.fixed = {name: np.asarray(t) for name, t in tables.items() if name not in trained}
+        self.cooccurrence = CooccurrenceRows(self.fixed.get(schema.ITEM_COOCCURRENCE))
         # the time the trend counts are as of, and the newest event time counted since
         self.trend_as_of = (float(tables[schema.TREND_AS_OF][0])
                             if schema.TREND_AS_OF in tables else 0.0)
@@ -329,8 +326,12 @@ class SparseTrainer:
     def _record_positive(self, event: Event, user_row: int, item_row: int, *,
                          trend: bool = True) -> None:
         """A positive event joins the user's history and counts towards the item's popularity
-        (``trend``: and its trend count; `apply_many` counts a batch's at once)."""
+        (``trend``: and its trend count; `apply_many` counts a batch's at once); an item outside
+        the closed-form fit first takes what the history co-occurs with (updater.cooccurrence)."""
         history = self.t[schema.USER_HISTORY].data[user_row]
+        if self.config.row_updates and self.cooccurrence.learn(self.t[schema.ITEM_ROWS].data,
+                                                               item_row, history):
+            self.changed[schema.ITEM_ROWS].add(item_row)
         history[:-1] = history[1:].copy()
         history[-1] = item_row
         self.changed[schema.USER_HISTORY].add(user_row)

@@ -1,0 +1,40 @@
+"""Rows for items the closed-form fit did not see, learned from who takes them (issue 33).
+
+A closed-form version carries the fit's co-occurrence map (retrieve table item_cooccurrence,
+exporter.closed_form.cooccurrence_map): row k is what one co-occurrence with fitted item k adds
+to the row of an item outside the fit, so that the item scores as EASE's own ridge regression of
+its occurrences on the fitted items would. Such an item (new after the build, added from its
+title, or titled but without training events) takes, at each positive event, the map's rows of
+the items in the user's stored history before it: its row is the sum over its co-occurrences,
+whatever it started from (zero, or its projected title as a prior that the events outgrow).
+Fitted items keep their rows here (their EASE columns move little with one more co-occurrence).
+Numpy only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class CooccurrenceRows:
+    """``cooc_map`` (I0, d) float32, the version's map, or None (a trained tower: nothing)."""
+
+    def __init__(self, cooc_map: np.ndarray | None):
+        self.map = None if cooc_map is None else np.asarray(cooc_map, np.float32)
+        # items the fit saw have a non-zero map row; the rest, and items added later, learn here
+        self.fitted = (np.zeros(0, bool) if self.map is None
+                       else np.einsum("ij,ij->i", self.map, self.map) > 0)
+
+    def learn(self, item_rows: np.ndarray, item_row: int, history: np.ndarray) -> bool:
+        """Add one positive event of item row ``item_row`` by a user whose stored history rows
+        (before it; -1 for empty) are ``history``, in place in ``item_rows`` (I, d). Returns
+        whether the row changed: False for a fitted item, a version without a map, or a user
+        with no fitted item in their history."""
+        if self.map is None or (item_row < len(self.fitted) and self.fitted[item_row]):
+            return False
+        rows = history[(history >= 0) & (history < len(self.fitted))]
+        rows = rows[self.fitted[rows]]  # unfitted items (this one too) have no map row
+        if not rows.size:
+            return False
+        item_rows[item_row] += self.map[rows].sum(axis=0)
+        return True
