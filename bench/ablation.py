@@ -122,7 +122,13 @@ def variant_results(repository: Path, train: Interactions, test: Interactions, *
     by a stack of its own: {name: (result, publishes)}."""
     from freshrec.stack import serving_stack
     from model_repository import contract as c
+    from model_repository.versions import list_versions
 
+    # a copy of a repository an updater has published into would start each variant from the
+    # end of the replay, with every event already in its log (deduplicated: nothing learned)
+    if len(list_versions(repository / c.RETRIEVE)) != 1:
+        raise ValueError(f"{repository}: the ablation's base must be the repository as built "
+                         "(one retrieve version), not one an updater has published into")
     out = {}
     for variant in (v for v in VARIANTS if v.name not in skip):
         with tempfile.TemporaryDirectory(prefix="freshrec-ablation-") as scratch:

@@ -65,6 +65,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -164,6 +165,10 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
         peers["recent popularity"] = result
     with tempfile.TemporaryDirectory(prefix="freshrec-quality-") as scratch:
         repository = write_repository(model, Path(scratch) / "repository", tensorrt=False).repository
+        # the online row publishes into `repository` and logs every event there: the ablation's
+        # variants each start from a copy of the base as it was built
+        base = (Path(shutil.copytree(repository, Path(scratch) / "base" / "repository"))
+                if ablation else None)
         served_rows, served = _served_rows(repository, Path(scratch), train, test,
                                            window_events=window_events, scored=scored,
                                            app_history=app_history, updater_args=updater_args,
@@ -172,7 +177,7 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
         rows += served_rows
         if ablation:
             extra, ablation_lines = ablation_rows(
-                repository, train, test, dataset.items, model, served,
+                base, train, test, dataset.items, model, served,
                 window_events=window_events, scored=scored, updater_args=updater_args,
                 intake=intake, redis_fsync=redis_fsync, retrain_every=retrain_every,
                 app_history=app_history)
