@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
-from bench.replay import NO_AUTO_PUBLISH_ARGS, OnlineRecommender, ReplayResult, replay
+from bench.replay import REPLAY_UPDATER_ARGS, OnlineRecommender, ReplayResult, replay
 from exporter.data import Interactions
 
 
@@ -26,7 +26,7 @@ def online_replay(stack, train: Interactions, test: Interactions, *, window_even
                     if intake == "redis" else nullcontext())
     with redis_server as redis:
         redis_args = ("--redis", redis.url) if redis is not None else ()
-        updater = stack.start_updater(args=NO_AUTO_PUBLISH_ARGS + redis_args + tuple(updater_args))
+        updater = stack.start_updater(args=REPLAY_UPDATER_ARGS + redis_args + tuple(updater_args))
         online = OnlineRecommender(stack.grpc_url, updater.url, shown_skips=shown_skips,
                                    redis_url=redis.url if redis is not None else None,
                                    ask_meter=redis.run_time_s if redis is not None else None,

@@ -51,7 +51,7 @@ FEEDBACK_CHUNK = 500
 # and it takes the replayed log as it happened, as every replay table so far was measured: items
 # new after the cut grow the catalogue from their first event (updater.admission refuses them by
 # default), and new users are not rate-bounded (a replay sends days of sign-ups in seconds)
-NO_AUTO_PUBLISH_ARGS = ("--publish-every-s", "1e9", "--publish-every-events", str(10**9),
+REPLAY_UPDATER_ARGS = ("--publish-every-s", "1e9", "--publish-every-events", str(10**9),
                         "--grow-catalogue-from-feedback", "--max-new-users-per-min", str(10**9))
 
 
@@ -309,7 +309,7 @@ class OnlineRecommender(ServedRecommender):
     (over one Feedback.SendEach session, whose reply per send comes once the events are durable
     and in their users' live histories; or straight to the updater's Redis log), each
     with its own timestamp; `learn` closes a window with Admin.Publish, which returns once Triton
-    serves a version holding the row updates. Start the updater with NO_AUTO_PUBLISH_ARGS so
+    serves a version holding the row updates. Start the updater with REPLAY_UPDATER_ARGS so
     that is the only publish. `feedback_kind` "click" treats every event as a positive
     interaction, as the metrics do. ``shown_skips`` N > 0: the app showed each asked user the
     answer's top N, so before the event those of them the user did not take are sent as skips

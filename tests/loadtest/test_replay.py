@@ -335,7 +335,7 @@ def test_served_replay_static_app_history_and_online(builds, stack):
     static = ServedRecommender(stack.grpc_url)
     app = AppHistoryRecommender(stack.grpc_url, train, history_len=50)
     # the fixture's updater also publishes on its own clock; the row of bench.quality starts one
-    # with NO_AUTO_PUBLISH_ARGS
+    # with REPLAY_UPDATER_ARGS
     online = OnlineRecommender(stack.grpc_url, stack.updater.url)
     try:
         results = [replay(train, test, ExclusionChecked(r), window_events=80)
