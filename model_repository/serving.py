@@ -396,8 +396,8 @@ class Retriever:
                 session_weight=self.meta.session_popularity_weight, session_s=self.meta.session_s)
             # text search (a text and nobody to personalise for) ranks by the text alone: the
             # prior's weight was chosen for user queries, whose norms differ; with it, a title
-            # query's own item scored 0.66 against popular items' 1.17 (issue 27: rank 80 of
-            # 1,001 on the default synthetic build; rank 0 without it)
+            # query's own item scored 0.66 against popular items' 1.17 (issue 27: 81st of
+            # 1,001 on the default synthetic build; first without it)
             weights[~is_personal] = 0.0
             for i, answer in zip(scored, self._top_k(queries, query_vecs, excludes, scored,
                                                      weights)):

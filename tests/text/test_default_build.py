@@ -3,7 +3,7 @@ through a real updater and a real tritonserver (issue 27).
 
 - An item added from its title is the first answer to a text search for that title, and in the
   top 10 for a reworded one: the popularity prior, whose weight the search chose for user
-  queries, once put it at rank 80 of 1,001 on the default synthetic build.
+  queries, once put it 81st of 1,001 on the default synthetic build.
 - A handful of clicks after a gap in traffic does not decide what every new user sees: the
   build's newest event is years old, so the trend counts have decayed to nothing by the time the
   clicks (stamped now) arrive; the trend's minimum mass keeps all-time popularity under them.
