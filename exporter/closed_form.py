@@ -129,9 +129,12 @@ def top_eigen_factors(weights: np.ndarray, dim: int) -> np.ndarray:
 
 
 def fit_factors(user_index: np.ndarray, item_index: np.ndarray, shape: tuple[int, int], *,
-                l2: float, dim: int, history: np.ndarray, decay: float) -> Factors:
+                l2: float, dim: int, history: np.ndarray, decay: float,
+                cooccurrence: bool = True) -> Factors:
     """EASE on the binary (user row, item row) matrix of ``shape``, its symmetric rank-``dim``
-    factors, each user's unit whole-history row and pooled stored ``history``."""
+    factors, each user's unit whole-history row and pooled stored ``history``; with
+    ``cooccurrence``, also the map the updater learns unfitted items' rows with (an (I, I) x
+    (I, dim) product more: the validation search's candidates, never served, skip it)."""
     n_seen = len(np.unique(item_index))
     if n_seen > MAX_ITEMS:
         raise ValueError(f"the closed-form fit takes at most {MAX_ITEMS} items with events, got "
@@ -144,8 +147,10 @@ def fit_factors(user_index: np.ndarray, item_index: np.ndarray, shape: tuple[int
     q = np.zeros((shape[1], dim))
     weights, p_diagonal = ease_weights_and_diagonal(matrix[:, seen], l2)
     q[seen] = top_eigen_factors(weights, dim)
-    cooc = np.zeros((shape[1], dim))
-    cooc[seen] = cooccurrence_map(weights, p_diagonal, q[seen])
+    cooc = None
+    if cooccurrence:
+        cooc = np.zeros((shape[1], dim))
+        cooc[seen] = cooccurrence_map(weights, p_diagonal, q[seen])
     del weights
     whole = np.asarray(matrix @ q)
     norms = np.linalg.norm(whole, axis=1, keepdims=True)

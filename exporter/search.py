@@ -326,7 +326,8 @@ def search(train: Interactions, *, items: Items | None = None, base: TrainConfig
             continue
         candidate_started = time.monotonic()
         if config.method == METHOD_EASE:
-            best_model = fit_closed_form(fit, items=items, configs=[config], cache=fits)[0]
+            best_model = fit_closed_form(fit, items=items, configs=[config], cache=fits,
+                                         cooccurrence=False)[0]
             best_epoch = config.epochs
             what = (f"closed form, rank {config.dim}, EASE l2 {config.ease_l2:g}, history weight "
                     f"{config.history_weight:g}")

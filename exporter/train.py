@@ -305,10 +305,12 @@ def closed_form_key(config: TrainConfig) -> tuple:
 
 
 def fit_closed_form(train: Interactions, *, items: Items | None = None,
-                    configs: list[TrainConfig], cache: dict | None = None) -> list[TrainedModel]:
+                    configs: list[TrainConfig], cache: dict | None = None,
+                    cooccurrence: bool = True) -> list[TrainedModel]:
     """One closed-form model (exporter.closed_form) per config (method "ease"), in order; the
     EASE fit is shared by configs that differ only in their history weight, also across calls
-    on the same ``train`` that pass the same ``cache`` dict."""
+    on the same ``train`` that pass the same ``cache`` dict. ``cooccurrence``: keep the map of
+    items outside the fit (exporter.closed_form.fit_factors; the search's candidates skip it)."""
     if len(train) == 0:
         raise ValueError("train has no interactions")
     user_ids, item_ids, seqs = _indexed(train, items)
@@ -324,7 +326,8 @@ def fit_closed_form(train: Interactions, *, items: Items | None = None,
             history = seqs.last_histories(len(user_ids), config.history_len).astype(np.int64)
             fits[key] = (closed_form.fit_factors(
                 seqs.users, seqs.items, (len(user_ids), len(item_ids)), l2=config.ease_l2,
-                dim=config.dim, history=history, decay=config.recency_decay), history)
+                dim=config.dim, history=history, decay=config.recency_decay,
+                cooccurrence=cooccurrence), history)
         factors, history = fits[key]
         user_rows, item_rows, cooc = closed_form.served_rows(factors, config.history_weight)
         models.append(TrainedModel(

@@ -135,3 +135,13 @@ def test_the_cooccurrence_map_gives_an_unseen_item_the_coordinates_of_its_exact_
     full = closed_form.ease_weights(closed_form.binary_matrix(*np.nonzero(dense), dense.shape), l2)
     want, *_ = np.linalg.lstsq(q, full[:items, items], rcond=None)
     np.testing.assert_allclose(counts @ cooc, want, rtol=1e-8, atol=1e-10)
+
+
+def test_the_served_fit_keeps_the_cooccurrence_map_and_the_search_s_candidates_do_not(small_split):
+    train, _ = small_split
+    config = TrainConfig(method=METHOD_EASE, dim=8, ease_l2=50.0, history_weight=0.5)
+    (served,) = fit_closed_form(train, configs=[config])
+    (candidate,) = fit_closed_form(train, configs=[config], cooccurrence=False)
+    assert served.item_cooccurrence.shape == served.item_rows.shape
+    assert candidate.item_cooccurrence is None
+    np.testing.assert_array_equal(candidate.item_rows, served.item_rows)
