@@ -4,13 +4,19 @@ A model's folder in a Triton repository holds numbered version folders. Each is 
 
     <model>/<N>/manifest.json     format, version, parent, created_at, feedback_offset, meta,
                                   tables {name: shape, dtype, shards [{file, rows, sha256}]},
-                                  files {name: sha256}
+                                  files {name: sha256}, and, once the version is superseded,
+                                  quality (its record while it served; optional)
     <model>/<N>/tables/<name>.<i>.npy   row shards of each table (np.load(mmap_mode="r") ready)
     <model>/<N>/<file>            other files of the version (model.py, model.onnx, ...)
 
 A version becomes visible by one atomic rename of a fully written and fsynced temporary folder,
 so a reader (Triton included) never sees a half-written version. Shards of a table whose rows did
 not change are hard-linked from the parent version, so publishing costs O(rows changed).
+
+Everything in a version is immutable except one optional manifest field, ``quality``: what the
+version's answers scored while it served (updater.quality), known only once it is superseded and
+written then by `write_quality`. The manifest is in no checksum list (checksums cover shards and
+files), so adding the field leaves the version verifying as before.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,10 +70,13 @@ class Manifest:
     tables: dict[str, TableSpec] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    quality: dict | None = None  # the record of its answers while it served (write_quality)
 
     def to_json(self) -> str:
+        quality = {} if self.quality is None else {"quality": self.quality}
         return json.dumps(
             {
+                **quality,
                 "format": FORMAT,
                 "version": self.version,
                 "parent": self.parent,
@@ -110,6 +119,7 @@ class Manifest:
                 tables=tables,
                 files=dict(raw.get("files", {})),
                 meta=dict(raw.get("meta", {})),
+                quality=None if raw.get("quality") is None else dict(raw["quality"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise VersionError(f"{where}: malformed manifest: {exc}") from exc
@@ -139,6 +149,29 @@ def read_manifest(version_dir: Path) -> Manifest:
     except OSError as exc:
         raise VersionError(f"{path}: cannot read manifest: {exc}") from exc
     return Manifest.from_json(text, where=str(path))
+
+
+def write_quality(version_dir: Path, quality: dict) -> Manifest:
+    """Put ``quality`` (a JSON-ready dict) into a published version's manifest, replacing any
+    earlier one; nothing else changes. Atomic: the new manifest is written to a temporary file
+    beside it and fsynced, renamed over it, and the folder fsynced, so a reader (the running
+    retrieve, recovery) sees the old manifest or the new one, never half of either. Returns the
+    new manifest. Raises VersionError when the version's manifest cannot be read."""
+    version_dir = Path(version_dir)
+    manifest = replace(read_manifest(version_dir), quality=dict(quality))
+    tmp = version_dir / f"{_TMP_PREFIX}{MANIFEST}-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(manifest.to_json())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, version_dir / MANIFEST)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    # fsync the folder after the rename, or a crash can bring the old manifest back
+    _fsync_path(version_dir)
+    return manifest
 
 
 def _sha256(path: Path) -> str:
