@@ -10,7 +10,9 @@ there too) and trains what arrived in batches (`_train_due`: TRAIN_BATCH events,
 or TRAIN_WAIT_S of waiting): a stream of events costs one wake-up per tick, not one per Send
 (per single-event Send that wake-up cost about a quarter of the updater's CPU), and row updates
 keep their publish cadence. The thread's CPU is counted as training and publishing (`snapshot`),
-apart from the intake's.
+apart from the intake's. Before a batch trains, the serving version is asked about its positive
+events (updater.quality, its own CPU count); when a publish supersedes a version, the publisher
+writes that version's record into its manifest.
 
 The log writes the live history itself (updater.feedback_log.EventLog), for either store, so the
 engine neither writes it nor asks which log it has. It keeps what feedback may enter
@@ -44,7 +46,8 @@ from updater import faults
 from updater.admission import Catalogue, NewUserBudget
 from updater.feedback_log import EventLog
 from updater.publisher import Publisher, PublishError
-from updater.settings import IntakePolicy, PublishPolicy, TrainerConfig
+from updater.quality import QualityMeter, QualityRecord
+from updater.settings import IntakePolicy, PublishPolicy, QualityPolicy, TrainerConfig
 from updater.trainer import SparseTrainer
 
 log = logging.getLogger(__name__)
@@ -84,7 +87,7 @@ def version_tower(tables: dict[str, np.ndarray], repository: Path, meta: schema.
 class Engine:
     def __init__(self, feedback_log: EventLog, publisher: Publisher, *,
                  policy: PublishPolicy | None = None, trainer_config: TrainerConfig | None = None,
-                 intake: IntakePolicy | None = None):
+                 intake: IntakePolicy | None = None, quality: QualityPolicy | None = None):
         self.log = feedback_log
         self.publisher = publisher
         self.policy = policy or PublishPolicy()
@@ -92,6 +95,7 @@ class Engine:
         self.catalogue = Catalogue(grows=self.intake.grow_catalogue)  # filled by recover()
         self.new_users = NewUserBudget(self.intake.max_new_users_per_min)
         self.trainer_config = trainer_config or TrainerConfig()
+        self.quality = QualityMeter(policy=quality)
         self.trainer: SparseTrainer | None = None
         self.applied_offset = 0
         self.published_offset = 0
@@ -221,11 +225,12 @@ class Engine:
     def _consume(self) -> None:
         """Apply every durable event not applied yet, in offset order."""
         self._waiting_since = None
-        started = time.thread_time()
+        started, measuring = time.thread_time(), self.quality.cpu_s
         try:
             self._apply_log()
         finally:
-            self.cpu_s["training"] += time.thread_time() - started
+            self.cpu_s["training"] += (time.thread_time() - started
+                                       - (self.quality.cpu_s - measuring))
 
     def _apply_log(self) -> None:
         while not self._stop.is_set():
@@ -234,6 +239,8 @@ class Engine:
             if not events:
                 self._read_to = max(self._read_to, newest)
                 return
+            self.quality.measure(events, self.trainer,
+                                 self.publisher.model_dir / str(self.publisher.current))
             self.trainer.apply_many(self._admitted(events))
             if len(events) > 1:
                 faults.crash_point("mid_batch")  # trained, the offset not recorded yet
@@ -311,15 +318,32 @@ class Engine:
             self.cpu_s["publishing"] += time.thread_time() - started
 
     def _write_version(self, *, kind: str, parent: int | None) -> int:
+        superseded = self.publisher.current
         version = self.publisher.publish(
             self.trainer.tables(), changed_rows=self.trainer.changed_rows(),
             feedback_offset=self.applied_offset, probe_user=self.probe_user(), kind=kind,
             parent=parent)
+        self._superseded(superseded)
         self.trainer.clear_changes()
         self.published_offset = self.applied_offset
         self._last_publish = time.monotonic()
         self._events_since_publish = 0
         return version
+
+    def _superseded(self, version: int | None) -> None:
+        """``version`` serves no more: its quality record is final (into its manifest)."""
+        record = self.quality.close(version)
+        if record is not None:
+            self.publisher.keep_quality(record)
+
+    def quality_records(self) -> tuple[QualityRecord, list[QualityRecord]]:
+        """(the serving version's running record, the last superseded ones' final records,
+        newest last), each beside its parent's hit rate."""
+        current = self.publisher.current or 0
+        running = self.quality.record
+        if running is None or running.version != current:
+            running = QualityRecord(current, None)  # nothing asked of it yet
+        return self.publisher.against_parent(running), list(self.publisher.quality)
 
     # -- admin commands (run on the engine thread through submit) -------------------------
     def publish_now(self) -> tuple[bool, int, int]:
@@ -344,10 +368,12 @@ class Engine:
         _, tables = self.publisher.load_tables(target)
         tables = {name: np.asarray(t) for name, t in tables.items()}
         unchanged = {name: np.zeros(0, np.int64) for name in tables}
+        superseded = self.publisher.current
         version = self.publisher.publish(
             tables, changed_rows=unchanged, feedback_offset=self.applied_offset,
             probe_user=int(tables[schema.USER_IDS][0]) if len(tables[schema.USER_IDS]) else 0,
             kind="rollback", parent=target)
+        self._superseded(superseded)
         _, published = self.publisher.load_tables(version)
         self.trainer.reset({name: np.asarray(t) for name, t in published.items()})
         self._catalogue_changed()
@@ -428,6 +454,8 @@ class Engine:
             "recent_publishes": list(self.publisher.records),
             "training_cpu_s": self.cpu_s["training"],
             "publishing_cpu_s": self.cpu_s["publishing"],
+            "quality_cpu_s": self.quality.cpu_s,
+            "quality": self.quality_records(),
             "catalogue_items": len(self.catalogue),
             "catalogue_grows": self.catalogue.grows,
             "new_users_last_min": self.new_users.last_min(),

@@ -28,10 +28,12 @@ from updater.settings import (
     DEFAULT_NEGATIVES,
     DEFAULT_PUBLISH_EVERY_EVENTS,
     DEFAULT_PUBLISH_EVERY_S,
+    DEFAULT_QUALITY_EVENTS_PER_BATCH,
     DEFAULT_SHARD_KIB,
     DEFAULT_SKIP_WEIGHT,
     IntakePolicy,
     PublishPolicy,
+    QualityPolicy,
     TrainerConfig,
 )
 
@@ -53,6 +55,7 @@ class UpdaterConfig:
     policy: PublishPolicy = field(default_factory=PublishPolicy)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     intake: IntakePolicy = field(default_factory=IntakePolicy)
+    quality: QualityPolicy = field(default_factory=QualityPolicy)
     redis_url: str | None = None  # the event log and live history in Redis (updater.redis_log)
     redis_prefix: str = c.DEFAULT_REDIS_PREFIX
 
@@ -120,6 +123,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                               "publishes carry only the rows and histories")):
         parser.add_argument(flag, action="store_true", help=f"{what} (an ablation, bench.ablation)")
     add_intake_arguments(parser)
+    parser.add_argument("--quality-events-per-batch", type=int,
+                        default=DEFAULT_QUALITY_EVENTS_PER_BATCH,
+                        help="positive events of each batch asked of the serving version for its "
+                             "quality record, the hit rate in `freshrec status` and its manifest "
+                             f"(default {DEFAULT_QUALITY_EVENTS_PER_BATCH}; 0: off)")
     parser.add_argument("--fold-in-users", action="store_true", default=DEFAULT_FOLD_IN_USERS,
                         help="users with at most --fold-in-events history items take the scaled "
                              "mean of their items' rows as their row (off by default; needs "
@@ -157,7 +165,8 @@ def config_from_args(args: argparse.Namespace) -> UpdaterConfig:
                               fold_in_events=args.fold_in_events,
                               fold_in_users=args.fold_in_users, skip_weight=args.skip_weight,
                               row_updates=not args.no_row_updates,
-                              count_updates=not args.no_count_updates))
+                              count_updates=not args.no_count_updates),
+        quality=QualityPolicy(events_per_batch=args.quality_events_per_batch))
 
 
 def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -> None:
@@ -183,7 +192,7 @@ def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -
     publisher = Publisher(config.repository, triton, keep_versions=config.policy.keep_versions,
                           shard_bytes=config.policy.shard_kib * 1024)
     engine = Engine(feedback_log, publisher, policy=config.policy, trainer_config=config.trainer,
-                    intake=config.intake)
+                    intake=config.intake, quality=config.quality)
     engine.recover()
     write_store_choice(publisher.model_dir, config.redis_url, config.redis_prefix)  # tell retrieve
     engine.start()

@@ -8,6 +8,9 @@
     probe                                         a recommend answered by exactly that version
     gc                                            keep the newest `keep_versions`, delete older
 
+When a version is superseded, its quality record (updater.quality: the hit rate of its answers
+while it served, beside its parent's) goes into its manifest and the last few stay for Status.
+
 A version that fails any step is quarantined (renamed out of the numbered namespace, so Triton
 never loads it again), Triton is asked to load again so it serves the last good version, and the
 failure is kept for Status. Only this module talks to versions on the updater's side.
@@ -27,11 +30,13 @@ from model_repository import retrieve_schema as schema
 from model_repository import templates, versions
 from model_repository.live_version import swap_blocker
 from updater import faults
+from updater.quality import QualityRecord
 from updater.triton_control import TritonControl, TritonError
 
 log = logging.getLogger(__name__)
 
 MAX_RECORDS = 64
+MAX_QUALITY_RECORDS = 8  # superseded versions' records Status shows
 
 
 class PublishError(RuntimeError):
@@ -64,6 +69,7 @@ class Publisher:
         self.shard_bytes = shard_bytes
         self.current: int | None = None  # the last good version, served by Triton
         self.records: list[PublishRecord] = []
+        self.quality: list[QualityRecord] = []  # superseded versions' final records, newest last
         self.failed: list[FailedVersion] = []
 
     # -- recovery -------------------------------------------------------------------------
@@ -180,6 +186,35 @@ class Publisher:
     def _record(self, version, offset, started, kind, timings) -> None:
         self.records.append(PublishRecord(version, offset, started, kind, dict(timings)))
         del self.records[:-MAX_RECORDS]
+
+    def keep_quality(self, record: QualityRecord) -> QualityRecord:
+        """A superseded version's final record, its parent's hit rate beside it: written into
+        the version's manifest (unless the version is gone: collected or forgotten) and kept
+        for Status. Returns it."""
+        record = self.against_parent(record)
+        version_dir = self.model_dir / str(record.version)
+        if version_dir.is_dir():
+            try:
+                versions.write_quality(version_dir, record.to_dict())
+            except (versions.VersionError, OSError) as exc:
+                log.error("the quality record of version %s was not written: %s", record.version, exc)
+        self.quality.append(record)
+        del self.quality[:-MAX_QUALITY_RECORDS]
+        return record
+
+    def against_parent(self, record: QualityRecord) -> QualityRecord:
+        """``record`` with its parent's final hit rate beside it: from the records kept here,
+        else the parent's manifest (after a restart), else none."""
+        if record.parent is None:
+            return record.against(None)
+        for kept in reversed(self.quality):
+            if kept.version == record.parent:
+                return record.against(kept)
+        try:
+            raw = versions.read_manifest(self.model_dir / str(record.parent)).quality
+        except versions.VersionError:
+            raw = None
+        return record.against(QualityRecord.from_dict(raw) if raw else None)
 
     def kept_versions(self) -> list[int]:
         return versions.list_versions(self.model_dir)

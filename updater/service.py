@@ -145,6 +145,7 @@ class AdminService(pb_grpc.AdminServicer):
             queue_depth=snap["queue_depth"], events_per_s=snap["events_per_s"],
             kept_versions=snap["kept_versions"], users=snap["users"], items=snap["items"],
             training_cpu_s=snap["training_cpu_s"], publishing_cpu_s=snap["publishing_cpu_s"],
+            quality_cpu_s=snap["quality_cpu_s"],
             **{name: snap[name] for name in ("catalogue_items", "catalogue_grows",
                                              "new_users_last_min", "max_new_users_per_min",
                                              "deferred_new_user_events")})
@@ -157,6 +158,9 @@ class AdminService(pb_grpc.AdminServicer):
             reply.serving_versions[c.RETRIEVE] = -1
         if self.state_dir is not None:
             reply.triton_restarts = int(read_supervisor_state(self.state_dir)["triton_restarts"])
+        running, superseded = snap["quality"]
+        reply.serving_quality.CopyFrom(_quality_message(running))
+        reply.recent_quality.extend(_quality_message(r) for r in superseded)
         for f in snap["failed_versions"]:
             reply.failed_versions.add(version=f.version, reason=f.reason, moved_to=f.moved_to)
         for r in snap["recent_publishes"]:
@@ -258,6 +262,13 @@ class AdminService(pb_grpc.AdminServicer):
             if (n + 1) % ENCODE_LOG_EVERY == 0:
                 log.info("encoded %d of %d titles", start + len(batch), len(titles))
         return np.concatenate(out)
+
+
+def _quality_message(record) -> pb.QualityRecord:
+    """An updater.quality.QualityRecord as Status shows it (no parent, no parent record: 0)."""
+    raw = record.to_dict()
+    return pb.QualityRecord(**{**raw, "parent": raw["parent"] or 0,
+                               "parent_hit_rate": raw["parent_hit_rate"] or 0.0})
 
 
 def grpc_server(address: str, feedback_log: EventLog, engine: Engine, triton: TritonControl,

@@ -78,6 +78,14 @@ DEFAULT_GROW_CATALOGUE = False
 # VM, 2026-12-03), ~3,400 events/s, ~200,000 rows a minute; 1,000 a minute (1.4 million sign-ups
 # a day) holds that to 1/200, about 0.4 MB of rows a minute at d = 64, 20 history items.
 DEFAULT_MAX_NEW_USERS_PER_MIN = 1000
+# Each version's quality record (updater.quality): at most this many positive events of each
+# batch the engine reads are asked of the serving version (evenly spaced over the batch), in one
+# Retriever.answer call (a round more per repeat of a user). Cost, bench.quality_record (AMD EPYC
+# VM, 2 cores, 2026-12-07; d = 64, batches of 256 clicks, each a new version as at the 0.1 s
+# cadence): 13 ms a batch at 5,000 items (52 ms per 1,000 events, against training's 56), 56 ms
+# at 100,000 (218 ms per 1,000 events); most of it is loading each version's Retriever (7 and 30
+# ms), the rest the questions (16 / 32 / 64 asked: 12 / 13 / 16 ms a batch at 5,000 items).
+DEFAULT_QUALITY_EVENTS_PER_BATCH = 32
 
 
 def require(settings, *rules: tuple[str, bool, str]) -> None:
@@ -96,6 +104,16 @@ class IntakePolicy:
 
     def __post_init__(self):
         require(self, ("max_new_users_per_min", self.max_new_users_per_min >= 0, ">= 0"))
+
+
+@dataclass(frozen=True)
+class QualityPolicy:
+    """How much of each batch the quality record measures (updater.quality); 0 turns it off."""
+
+    events_per_batch: int = DEFAULT_QUALITY_EVENTS_PER_BATCH
+
+    def __post_init__(self):
+        require(self, ("events_per_batch", self.events_per_batch >= 0, ">= 0"))
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@ intake over the SQLite log (a real grpcio server), and the bound on new user row
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
@@ -27,10 +29,14 @@ class NoPublisher:
     """The publisher's state Status reads; these tests publish nothing."""
 
     current = 1
-    failed = records = ()
+    failed = records = quality = ()
+    model_dir = Path("no-versions")  # nothing to ask for a quality record: it logs and skips
 
     def kept_versions(self):
         return [1]
+
+    def against_parent(self, record):
+        return record
 
 
 def _engine(tmp_path, **intake) -> Engine:
