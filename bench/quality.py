@@ -142,7 +142,8 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
                     score_every: int, app_history: int, seed: int, sasrec: bool, sasrec_epochs: int,
                     updater_args: tuple[str, ...] = (), search: bool = True,
                     shown_skips: int = 0, intake: str = "grpc", redis_fsync: str = "always",
-                    ablation: bool = False, retrain_every: int = DEFAULT_RETRAIN_EVERY) -> None:
+                    ablation: bool = False, retrain_every: int = DEFAULT_RETRAIN_EVERY,
+                    with_peers: bool = True) -> None:
     from exporter.build import write_repository
 
     started = time.perf_counter()
@@ -187,7 +188,7 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
     fit_cpu_s: dict[str, float] = {}
     notes = []
     als_log_cpu_s = None  # with --intake redis: the redis-server CPU of ALS's own durable log
-    for peer in make_peers(seed=seed):
+    for peer in make_peers(seed=seed) if with_peers else ():
         if peer.name == "ALS" and intake == "redis":
             result, retrained, als_log_cpu_s = _logged_replay(peer, train, test, window_events,
                                                               scored, redis_fsync)
@@ -218,7 +219,8 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
         f"{len(scored)} windows scored (every {score_every}), all learned; each event asked before "
         "it is learned, the user's seen items excluded; K = 50; "
         f"freshrec online asked in {served['online'].runs} runs of distinct users",
-        f"peers: implicit {package_version('implicit')}; " + "; ".join(notes) + "; binary interactions",
+        (f"peers: implicit {package_version('implicit')}; " + "; ".join(notes)
+         + "; binary interactions" if notes else "peers: none retrained (--no-peers)"),
         f"updater: {' '.join(updater_args) or 'default settings'}, publishing only when asked; "
         + (f"feedback written by the app to its Redis log (appendfsync {redis_fsync}); "
            if intake == "redis" else "feedback over gRPC; ")
@@ -341,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
                              "send fsynced before its reply; everysec: once a second, a crash may "
                              "lose the last second)")
     parser.add_argument("--no-sasrec", action="store_true", help="leave the SASRec row out")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="leave out the classic peers retrained per window (ALS, BPR, "
+                             "item-kNN, EASE): with --ablation, full retraining is the reference")
     parser.add_argument("--sasrec-epochs", type=int, default=None,
                         help="SASRec training epochs (default: bench.sasrec's)")
     parser.add_argument("--quick", action="store_true", help="replay 20 %% of the events")
@@ -393,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                     updater_args=tuple(shlex.split(args.updater_args)),
                     search=not args.no_search, shown_skips=args.shown_skips, intake=args.intake,
                     redis_fsync=args.redis_fsync, ablation=args.ablation,
-                    retrain_every=args.retrain_every)
+                    retrain_every=args.retrain_every, with_peers=not args.no_peers)
     return 0
 
 

@@ -31,6 +31,8 @@ from updater.settings import (
     DEFAULT_QUALITY_EVENTS_PER_BATCH,
     DEFAULT_SHARD_KIB,
     DEFAULT_SKIP_WEIGHT,
+    DEFAULT_USER_STEPS,
+    USER_STEPS,
     IntakePolicy,
     PublishPolicy,
     QualityPolicy,
@@ -122,6 +124,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        ("--no-count-updates", "events move no popularity or trend count: "
                                               "publishes carry only the rows and histories")):
         parser.add_argument(flag, action="store_true", help=f"{what} (an ablation, bench.ablation)")
+    parser.add_argument("--user-steps", choices=USER_STEPS, default=DEFAULT_USER_STEPS,
+                        help="whose user rows the gradient steps move: trained (a row the build "
+                             "fitted; a new user is served from their history), all, or none "
+                             f"(default {DEFAULT_USER_STEPS})")
     add_intake_arguments(parser)
     parser.add_argument("--quality-events-per-batch", type=int,
                         default=DEFAULT_QUALITY_EVENTS_PER_BATCH,
@@ -165,7 +171,8 @@ def config_from_args(args: argparse.Namespace) -> UpdaterConfig:
                               fold_in_events=args.fold_in_events,
                               fold_in_users=args.fold_in_users, skip_weight=args.skip_weight,
                               row_updates=not args.no_row_updates,
-                              count_updates=not args.no_count_updates),
+                              count_updates=not args.no_count_updates,
+                              user_steps=args.user_steps),
         quality=QualityPolicy(events_per_batch=args.quality_events_per_batch))
 
 

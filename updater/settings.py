@@ -63,6 +63,18 @@ DEFAULT_FOLD_IN_EVENTS = 0
 # events are new users acting in long bursts: the row from their first items outweighs the
 # recent history they move on with
 DEFAULT_FOLD_IN_USERS = False
+# Whose rows the gradient steps move (issue 33): "trained", a user the version has a non-zero row
+# for (the build fitted them; a new user's row stays zero, served from their history as the build
+# trains for: exporter.train's user_dropout), "all" (before 2026-12-07) or "none". In-process
+# replay of the trainer (python -m bench.trainer_replay, windows of 1,000, each version served by
+# retrieve's scoring code with the last 50 items as history; recall@10 against publishing off,
+# 95 % paired bootstrap over users; AMD EPYC VM, 2026-12-07), all / trained / none:
+# ml-latest-small 2018 (88 of its 116 replayed users new, in long bursts) x0.981 / x1.023
+# (0.999-1.047) / x1.023; synthetic x1.048 / x1.039 (1.022-1.056) / x1.028; ml-100k x1.024 /
+# x1.025 / x1.025; MovieTweetings x1.406 / x1.408 / -. A new user's row stepped from a zero start
+# outweighs the recent history they move on with (the fold-in of users below, the same story).
+USER_STEPS = ("trained", "all", "none")
+DEFAULT_USER_STEPS = "trained"
 # how hard a skip (an item shown and not taken) pushes the item away from the user, against a
 # click's 1 (updater.events.label). bench.quality --shown-skips 10 (the answer's top 10 the user
 # did not take sent as skips before each asked event), replay recall@10, windows of 1,000:
@@ -149,6 +161,7 @@ class TrainerConfig:
     # moves either way, as the live history does
     row_updates: bool = True
     count_updates: bool = True
+    user_steps: str = DEFAULT_USER_STEPS
     seed: int = 0
 
     def __post_init__(self):
@@ -156,6 +169,7 @@ class TrainerConfig:
                 ("max_step", self.max_step > 0, "> 0"),
                 ("skip_weight", 0 <= self.skip_weight < float("inf"), ">= 0"),
                 ("fold_in_events", self.fold_in_events >= 0, ">= 0"),
+                ("user_steps", self.user_steps in USER_STEPS, f"one of {', '.join(USER_STEPS)}"),
                 ("fold_in_events", not (self.fold_in_events and not self.row_updates),
                  "0 without row_updates (a fold-in sets rows)"))
         if self.fold_in_users and not self.fold_in_events:

@@ -1,9 +1,10 @@
 """Sparse fine-tuning of embedding rows from feedback, one event at a time, in log order.
 
-Per event only the touched rows move: the user's row, the event's item row and a few sampled
-negative item rows. The query is the version's frozen user tower applied to the user row and the
-stored history (recency-pooled, or the last L rows for a sequence tower), exactly as serving
-computes it; the loss is BPR of the event item against the negatives, signed by the event's
+Per event only the touched rows move: the user's row (by default only a row the build fitted: a
+new user is served from their history, `TrainerConfig.user_steps`), the event's item row and a
+few sampled negative item rows. The query is the version's frozen user tower applied to the user
+row and the stored history (recency-pooled, or the last L rows for a sequence tower), exactly as
+serving computes it; the loss is BPR of the event item against the negatives, signed by the event's
 label (a skip wants the negatives above the item). Rows step with row-wise Adagrad (one
 accumulator per row, the mean squared gradient, as FBGEMM's rowwise_adagrad), each row's step
 clipped to ``max_step`` in L2 norm, so one event cannot throw a row far. A positive event
@@ -39,6 +40,7 @@ from model_repository.sequence_tower import NumpySequenceTower
 from model_repository.tower import NumpyTower
 from updater.cooccurrence import CooccurrenceRows
 from updater.events import Event, label
+from updater.grown import Grown
 from updater.negatives import draw_negatives, draw_negatives_many
 from updater.settings import TrainerConfig
 from updater.tower_grads import tower_grad
@@ -52,38 +54,6 @@ FOLD_IN_SAMPLE = 256  # users whose queries set the fold-in scale
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|
-
-
-class _Grown:
-    """A table with headroom: rows [0, n) are live, capacity doubles when it runs out."""
-
-    def __init__(self, array: np.ndarray, fill):
-        self.n = array.shape[0]
-        self.fill = fill
-        self.data = np.array(array, copy=True)
-
-    def append(self, row) -> int:
-        if self.n == self.data.shape[0]:
-            grown = np.full((max(2 * self.n, 16), *self.data.shape[1:]), self.fill,
-                            dtype=self.data.dtype)
-            grown[: self.n] = self.data[: self.n]
-            self.data = grown
-        self.data[self.n] = row
-        self.n += 1
-        return self.n - 1
-
-    def delete(self, row: int) -> None:
-        self.data[row : self.n - 1] = self.data[row + 1 : self.n].copy()
-        self.n -= 1
-        self.data[self.n] = self.fill
-
-    def truncate(self, n: int) -> None:
-        self.data[n : self.n] = self.fill
-        self.n = n
-
-    @property
-    def live(self) -> np.ndarray:
-        return self.data[: self.n]
 
 
 class SparseTrainer:
@@ -111,7 +81,7 @@ class SparseTrainer:
                  schema.USER_LAST_AT: np.full(len(tables[schema.USER_IDS]), -np.inf),
                  schema.ITEM_ADAGRAD: np.zeros(n_items, np.float32),
                  schema.ITEM_TREND: np.zeros(n_items, np.float32)}
-        self.t = {name: _Grown(tables[name] if name in tables else zeros[name],
+        self.t = {name: Grown(tables[name] if name in tables else zeros[name],
                                schema.EMPTY_ROW_FILL[name])
                   for name in (*schema.USER_TABLES, *self.item_tables)}
         history_len = tables[schema.USER_HISTORY].shape[1]
@@ -418,7 +388,10 @@ class SparseTrainer:
                                      -sign[:, None] * margin_grad], axis=1)
         item_grads = score_grad[..., None] * queries[:, None, :]
         user_grads = self._tower.user_grad_many(np.einsum("tjd,tj->td", items, score_grad), context)
-        self._adagrad_in_order(schema.USER_ROWS, schema.USER_ADAGRAD, user_rows, user_grads)
+        stepped = self._stepping_users(user_rows)
+        if stepped.any():
+            self._adagrad_in_order(schema.USER_ROWS, schema.USER_ADAGRAD, user_rows[stepped],
+                                   user_grads[stepped])
         self._adagrad_in_order(schema.ITEM_ROWS, schema.ITEM_ADAGRAD, candidates[valid],
                                item_grads[valid].astype(np.float64))
 
@@ -484,9 +457,19 @@ class SparseTrainer:
         score_grad = np.concatenate([[sign * margin_grad.sum()], -sign * margin_grad])
         item_grads = score_grad[:, None] * query[None, :]
         user_grad = self._tower.user_grad(items.T @ score_grad, context)
-        self._adagrad_steps(((schema.USER_ROWS, schema.USER_ADAGRAD, np.array([user_row])),
-                             (schema.ITEM_ROWS, schema.ITEM_ADAGRAD, item_rows)),
-                            np.concatenate([user_grad[None], item_grads]).astype(np.float64, copy=False))
+        parts = ((schema.ITEM_ROWS, schema.ITEM_ADAGRAD, item_rows),)
+        grads = item_grads
+        if self._stepping_users(np.array([user_row]))[0]:
+            parts = ((schema.USER_ROWS, schema.USER_ADAGRAD, np.array([user_row])), *parts)
+            grads = np.concatenate([user_grad[None], item_grads])
+        self._adagrad_steps(parts, grads.astype(np.float64, copy=False))
+
+    def _stepping_users(self, user_rows: np.ndarray) -> np.ndarray:
+        """Which of ``user_rows`` take gradient steps (TrainerConfig.user_steps): all, none, or
+        "trained", those with a non-zero row (the build fitted them, or a fold-in set it)."""
+        if self.config.user_steps == "trained":
+            return np.any(self.t[schema.USER_ROWS].data[user_rows] != 0, axis=1)
+        return np.full(len(user_rows), self.config.user_steps == "all")
 
     def forget_user(self, user_id: int) -> bool:
         """Remove a user's row, history and accumulator. Returns False if the user had no row."""
