@@ -96,6 +96,7 @@ class ReplayResult:
     redis_ask_cpu_s: float = 0.0  # of it, while the app asked: retrieve's live-history reads
     ranks: list[int] = field(default_factory=list, repr=False)  # -1: not in the top K
     users: list[int] = field(default_factory=list, repr=False)  # who asked, one per rank
+    items: list[int] = field(default_factory=list, repr=False)  # what they took, one per rank
 
     def hits(self, k: int) -> np.ndarray:
         """(scored,) float64: 1 where the event's item was in the top ``k``, per asked event."""
@@ -180,6 +181,7 @@ def replay(train: Interactions, test: Interactions, recommender: Recommender, *,
     streaming = isinstance(recommender, StreamingRecommender)
     ranks: list[int] = []
     asked: list[int] = []
+    taken: list[int] = []
     skipped = runs = 0
     recommend_s = learn_s = send_s = 0.0
     for index, window in enumerate(windows):
@@ -207,6 +209,7 @@ def replay(train: Interactions, test: Interactions, recommender: Recommender, *,
                     hit = np.flatnonzero(np.asarray(answer)[:k_max] == target)
                     ranks.append(int(hit[0]) if hit.size else -1)
                 asked.extend(users)
+                taken.extend(targets)
             if streaming:
                 started = time.perf_counter()
                 recommender.send(part)
@@ -217,7 +220,8 @@ def replay(train: Interactions, test: Interactions, recommender: Recommender, *,
         log.info("window %d/%d: %d scored", index + 1, len(windows), len(ranks) - n_scored)
     return ReplayResult(metrics=metrics_from_ranks(ranks, ks=ks), scored=len(ranks),
                         skipped_repeats=skipped, windows=len(windows), recommend_s=recommend_s,
-                        learn_s=learn_s, send_s=send_s, runs=runs, ranks=ranks, users=asked)
+                        learn_s=learn_s, send_s=send_s, runs=runs, ranks=ranks, users=asked,
+                        items=taken)
 
 
 def top_k_excluding(ranking: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
