@@ -57,6 +57,16 @@ VARIANTS = (
 )
 
 
+def answers_in_process(retriever: Retriever, recent: RecentItems, user_ids: np.ndarray,
+                       excludes, k: int) -> list[np.ndarray]:
+    """bench.replay's recommend, answered in process by retrieve's scoring code, the app sending
+    each user's recent items (``recent``) as HISTORY."""
+    queries = [Query(user_id=int(u), k=min(k, retriever.n_items), history=recent.of(int(u)),
+                     exclude=np.asarray(e, np.int64))
+               for u, e in zip(user_ids.tolist(), excludes)]
+    return [answer.item_ids for answer in retriever.answer(queries)]
+
+
 class RetrainedBase:
     """Full retraining: the base model's settings refitted on every event so far every
     ``every`` windows (exporter.build.train_model, no search), served in process by
@@ -85,10 +95,7 @@ class RetrainedBase:
         return out / c.RETRIEVE / "1"
 
     def recommend(self, user_ids, excludes, k):
-        queries = [Query(user_id=int(u), k=min(k, self.retriever.n_items),
-                         history=self.recent.of(int(u)), exclude=np.asarray(e, np.int64))
-                   for u, e in zip(user_ids.tolist(), excludes)]
-        return [a.item_ids for a in self.retriever.answer(queries)]
+        return answers_in_process(self.retriever, self.recent, user_ids, excludes, k)
 
     def send(self, events: Interactions) -> None:
         self.recent.add(events)  # what the app saw the user do

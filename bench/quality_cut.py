@@ -23,11 +23,12 @@ def load_events(data: Path | None, *, seed: int):
 
 
 def train_on_the_cut(data: Path | None, *, seed: int, search: bool = True,
-                     train_fraction: float = TRAIN_FRACTION):
+                     train_fraction: float = TRAIN_FRACTION, config=None, **prior):
     """(dataset, source, train, test, model, train seconds, the search's result or None): the
     earliest ``train_fraction`` (80 %) trains the base model as `freshrec build` does
     (exporter.build.train_model: settings and popularity prior chosen on a validation slice;
-    ``search=False``: the defaults)."""
+    ``search=False``: ``config``, exporter.train's defaults when None, with the prior set by
+    ``prior``, train_model's popularity_* and session_* arguments)."""
     from exporter.build import train_model
     from exporter.data import split_by_time
     from exporter.train import TrainConfig
@@ -35,8 +36,8 @@ def train_on_the_cut(data: Path | None, *, seed: int, search: bool = True,
     dataset, source = load_events(data, seed=seed)
     train, test = split_by_time(dataset.interactions, train_fraction=train_fraction)
     started = time.perf_counter()
-    model, chosen = train_model(train, items=dataset.items, config=TrainConfig(seed=seed),
-                                search=search, progress=False)
+    model, chosen = train_model(train, items=dataset.items, config=config or TrainConfig(seed=seed),
+                                search=search, progress=False, **prior)
     return dataset, source, train, test, model, time.perf_counter() - started, chosen
 
 

@@ -29,15 +29,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-from bench.ablation import against, new_after_the_cut
-from bench.quality_cut import describe_model, load_events, train_on_the_cut
+from bench.ablation import against, answers_in_process, new_after_the_cut
+from bench.quality_cut import describe_model, train_on_the_cut
 from bench.replay import RecentItems, replay
-from exporter.data import Interactions, split_by_time
+from exporter.data import Interactions
 from model_repository import contract as c
 from model_repository import versions
-from model_repository.serving import Query, Retriever
+from model_repository.serving import Retriever
 from updater.engine import version_tower
 from updater.events import validate
 from updater.settings import TrainerConfig
@@ -68,10 +66,7 @@ class TrainerReplay:
                                          config=config)
 
     def recommend(self, user_ids, excludes, k):
-        queries = [Query(user_id=int(u), k=k, history=self.recent.of(int(u)),
-                         exclude=np.asarray(e, np.int64))
-                   for u, e in zip(user_ids.tolist(), excludes)]
-        return [answer.item_ids for answer in self.retriever.answer(queries)]
+        return answers_in_process(self.retriever, self.recent, user_ids, excludes, k)
 
     def send(self, events: Interactions) -> None:
         self.recent.add(events)
@@ -115,23 +110,22 @@ def config_of(variant: str) -> TrainerConfig | None:
 
 
 def _base(args):
+    """(source, train, test, model, its description): searched as bench.quality does, or with
+    --ease / --prior set by hand."""
     if args.ease is None:
-        dataset, source, train, test, model, _, chosen = train_on_the_cut(
+        _, source, train, test, model, _, chosen = train_on_the_cut(
             args.data, seed=args.seed, search=not args.no_search)
         return source, train, test, model, describe_model(model, chosen)
-    from exporter.build import train_model
     from exporter.train import TrainConfig
 
     dim, l2, history_weight = args.ease
     weight, half_life_days, session_s, session_weight = args.prior
-    dataset, source = load_events(args.data, seed=args.seed)
-    train, test = split_by_time(dataset.interactions, train_fraction=0.8)
     config = TrainConfig(method="ease", dim=int(dim), ease_l2=l2, history_weight=history_weight,
                          seed=args.seed)
-    model, _ = train_model(train, items=dataset.items, config=config, search=False,
-                           progress=False, popularity_weight=weight,
-                           popularity_half_life_s=half_life_days * DAY_S, session_s=session_s,
-                           session_popularity_weight=session_weight)
+    _, source, train, test, model, _, _ = train_on_the_cut(
+        args.data, seed=args.seed, search=False, config=config, popularity_weight=weight,
+        popularity_half_life_s=half_life_days * DAY_S, session_s=session_s,
+        session_popularity_weight=session_weight)
     return source, train, test, model, (f"base model set by hand: closed form, rank {int(dim)}, "
                                         f"EASE l2 {l2:g}, history weight {history_weight:g}, "
                                         f"prior {args.prior}")

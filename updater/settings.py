@@ -65,14 +65,17 @@ DEFAULT_FOLD_IN_EVENTS = 0
 DEFAULT_FOLD_IN_USERS = False
 # Whose rows the gradient steps move (issue 33): "trained", a user the version has a non-zero row
 # for (the build fitted them; a new user's row stays zero, served from their history as the build
-# trains for: exporter.train's user_dropout), "all" (before 2026-12-07) or "none". In-process
-# replay of the trainer (python -m bench.trainer_replay, windows of 1,000, each version served by
-# retrieve's scoring code with the last 50 items as history; recall@10 against publishing off,
-# 95 % paired bootstrap over users; AMD EPYC VM, 2026-12-07), all / trained / none:
-# ml-latest-small 2018 (88 of its 116 replayed users new, in long bursts) x0.981 / x1.023
+# trains for: exporter.train's user_dropout), "all" (before 2026-12-07) or "none". The trainer
+# replayed in process (windows of 1,000, each version answered by retrieve's scoring code with
+# the last 50 items as history; recall@10 against publishing off, 95 % paired bootstrap over
+# users; AMD EPYC VM, 2026-12-07; each base set by hand to what bench.quality's search had chosen;
+# python -m bench.trainer_replay gives the same numbers on the synthetic log), all / trained /
+# none: ml-latest-small 2018 (88 of its 116 replayed users new, in long bursts) x0.981 / x1.023
 # (0.999-1.047) / x1.023; synthetic x1.048 / x1.039 (1.022-1.056) / x1.028; ml-100k x1.024 /
-# x1.025 / x1.025; MovieTweetings x1.406 / x1.408 / -. A new user's row stepped from a zero start
-# outweighs the recent history they move on with (the fold-in of users below, the same story).
+# x1.025 / x1.025; MovieTweetings x1.406 / x1.408 / x1.409; ml-latest-small 2016 x1.040 /
+# x1.040 / x1.037. A new user's row stepped from a zero start outweighs the recent history they
+# move on with (the fold-in of users below, the same story). Real stack: docs/results/
+# quality-online.md, "New users served from their history".
 USER_STEPS = ("trained", "all", "none")
 DEFAULT_USER_STEPS = "trained"
 # how hard a skip (an item shown and not taken) pushes the item away from the user, against a
