@@ -2,7 +2,7 @@
 subclasses it for tritonserver, the updater and redis-server).
 
 A ChildProcess runs in its own session (a terminal's Ctrl-C reaches the parent, which stops its
-children in order), gets SIGTERM when the parent dies (die_with_parent), appends its output to a
+children in order), gets SIGTERM when the parent dies (with_parent_death_signal), appends its output to a
 log whose tail goes into every failure message, is polled for readiness under a deadline while
 checking it is still alive, and stops with a signal, then SIGKILL after a grace period. start()
 after stop() runs a fresh child, so a supervisor can restart it. Also here: free ports, and the
@@ -48,16 +48,15 @@ def wait_until(predicate: Callable[[], T], *, timeout_s: float, what: str | Call
         time.sleep(interval_s)
 
 
-def die_with_parent() -> None:
-    """Popen preexec_fn: the child gets SIGTERM when the process that started it dies, so a
-    killed test run or `kill -9` of `freshrec serve` leaves no orphaned server holding ports."""
-    import ctypes
-
-    pr_set_pdeathsig = 1  # from <sys/prctl.h>
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    except OSError:  # not Linux/glibc: nothing to arm, the child is stopped explicitly anyway
-        pass
+def with_parent_death_signal(cmd: list[str]) -> list[str]:
+    """`cmd` run so that it gets SIGTERM when the process that started it dies: a killed test run
+    or `kill -9` of `freshrec serve` leaves no orphaned server holding ports. util-linux's setpriv
+    sets prctl(PR_SET_PDEATHSIG) and then execs `cmd` in place (same pid). Not a Popen preexec_fn:
+    one makes Python fork() rather than vfork(), and fork() runs gRPC's atfork handlers while this
+    process holds the GIL, which can hang the parent for good (grpc/grpc#37259; it hung CI in
+    tests/updater/test_live.py). Without setpriv (not Linux), children are stopped explicitly."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *cmd] if setpriv else list(cmd)
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -132,8 +131,8 @@ class ChildProcess:
         self._log = open(self.log_path, "ab")
         self._log_start = self._log.tell()
         log.info("starting %s (log %s)", self.name, self.log_path)
-        self.process = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                        start_new_session=True, preexec_fn=die_with_parent)
+        self.process = subprocess.Popen(with_parent_death_signal(cmd), cwd=cwd, env=env, stdout=self._log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
 
     def _wait_ready(self, probe: Callable[[], bool], *, timeout_s: float) -> None:
         """Poll `probe` (False: not yet) until it passes; `error` with the log tail if the child

@@ -3,7 +3,9 @@ process took one of its ports, and the serving stack stopping what it started.""
 
 from __future__ import annotations
 
+import shutil
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +123,52 @@ def test_the_updater_runs_numpy_on_one_blas_thread():
     out = subprocess.run([sys.executable, "-c", probe], env=clean, capture_output=True, text=True,
                          check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert json.loads(out.stdout) == [1]
+
+
+def test_starting_a_child_runs_no_fork_handlers(tmp_path):
+    """A child starts by vfork, not fork: fork() would run gRPC's atfork handlers with the GIL
+    held, which can hang the parent for good (grpc/grpc#37259). Python's own before-fork hooks
+    run on exactly the fork() path, so they count it."""
+    import os
+    import sys
+
+    forks = []
+    os.register_at_fork(before=lambda: forks.append(1))
+    child = ChildProcess(log_path=tmp_path / "child.log")
+    child._make_workdir()
+    child._spawn([sys.executable, "-c", "import time; time.sleep(30)"], env={})
+    try:
+        assert forks == []
+        # the pid is the command itself (setpriv execs it in place), so signals reach it
+        assert "time.sleep(30)" in Path(f"/proc/{child.process.pid}/cmdline").read_text()
+    finally:
+        child.stop()
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv (Linux)")
+def test_a_child_gets_sigterm_when_its_parent_is_killed(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    parent = ("import sys, time\nfrom pathlib import Path\n"
+              "from freshrec.child_process import ChildProcess\n"
+              "child = ChildProcess(log_path=Path(sys.argv[1]))\n"
+              "child._spawn(['sleep', '60'], env={'PATH': '/usr/bin:/bin'})\n"
+              "print(child.process.pid, flush=True)\ntime.sleep(60)\n")
+    with subprocess.Popen([sys.executable, "-c", parent, str(tmp_path / "child.log")],
+                          stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1]) as started:
+        pid = int(started.stdout.readline())
+        assert Path(f"/proc/{pid}").exists()
+        started.kill()  # kill -9: no handler of the parent runs
+        started.wait()
+
+    def gone():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # a zombie until reaped by init counts as gone: it ended
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+
+    wait_until(gone, timeout_s=10, what=f"child {pid} to end after its parent was killed")
