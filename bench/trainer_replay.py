@@ -63,7 +63,7 @@ class TrainerReplay:
             self.trainer = SparseTrainer(tables, version_tower(tables, repository, meta),
                                          recency_decay=meta.recency_decay,
                                          popularity_half_life_s=meta.popularity_half_life_s,
-                                         config=config)
+                                         config=config, meta=meta)
 
     def recommend(self, user_ids, excludes, k):
         return answers_in_process(self.retriever, self.recent, user_ids, excludes, k)

@@ -14,6 +14,11 @@ a table is one edit here.
     user_last_at     (U,)       float64  Unix time of each user's newest history event, -inf for
                                          none (model_repository.scoring.session_weights); older
                                          versions have none: no stored history is in session
+    user_fitted      (U,)       uint8    1 where the build fitted the row, 0 for a user new since
+                                         (the updater writes it; a build's version has none: its
+                                         non-zero rows are the fitted ones)
+    new_user_row_scale (1,)     float32  the scale `a` of the rows the updater gives users the
+                                         build did not fit (updater.new_user_rows; none: 0)
     item_ids         (I,)       int64    external item ids, in row order
     item_rows        (I, d)     float32  item embeddings
     item_popularity  (I,)       float32  event counts (the updater's fold-in reads them)
@@ -57,6 +62,8 @@ USER_ROWS = "user_rows"
 USER_HISTORY = "user_history"
 USER_ADAGRAD = "user_adagrad"
 USER_LAST_AT = "user_last_at"
+USER_FITTED = "user_fitted"
+NEW_USER_ROW_SCALE = "new_user_row_scale"
 ITEM_IDS = "item_ids"
 ITEM_ROWS = "item_rows"
 ITEM_POPULARITY = "item_popularity"
@@ -74,7 +81,7 @@ TEXT_PROJECTION_BIAS = "text_projection_bias"
 ITEM_COOCCURRENCE = "item_cooccurrence"
 
 # tables with one row per user / per item: they grow, shrink (forget-user) and train together
-USER_TABLES = (USER_IDS, USER_ROWS, USER_HISTORY, USER_ADAGRAD, USER_LAST_AT)
+USER_TABLES = (USER_IDS, USER_ROWS, USER_HISTORY, USER_ADAGRAD, USER_LAST_AT, USER_FITTED)
 ITEM_TABLES = (ITEM_IDS, ITEM_ROWS, ITEM_POPULARITY, ITEM_ADAGRAD, ITEM_TREND)
 TREND_TABLES = (ITEM_TREND, TREND_AS_OF)
 TOWER_TABLES = (TOWER_W1, TOWER_B1, TOWER_W2, TOWER_B2)
@@ -93,7 +100,7 @@ TEXT_TABLES = (TEXT_PROJECTION, TEXT_PROJECTION_BIAS)
 REQUIRED_TABLES = (USER_IDS, USER_ROWS, USER_HISTORY, ITEM_IDS, ITEM_ROWS, ITEM_POPULARITY)
 DTYPES = {
     USER_IDS: np.int64, USER_ROWS: np.float32, USER_HISTORY: np.int64, USER_ADAGRAD: np.float32,
-    USER_LAST_AT: np.float64,
+    USER_LAST_AT: np.float64, USER_FITTED: np.uint8, NEW_USER_ROW_SCALE: np.float32,
     ITEM_IDS: np.int64, ITEM_ROWS: np.float32, ITEM_POPULARITY: np.float32,
     ITEM_ADAGRAD: np.float32, ITEM_TREND: np.float32, TREND_AS_OF: np.float64,
     **dict.fromkeys(TOWER_TABLES, np.float32),
@@ -103,7 +110,7 @@ DTYPES = {
 }
 # the row a new user or item starts a growing table with, where no row is computed for it
 EMPTY_ROW_FILL = {USER_IDS: -1, USER_ROWS: 0.0, USER_HISTORY: -1, USER_ADAGRAD: 0.0,
-                  USER_LAST_AT: -np.inf,
+                  USER_LAST_AT: -np.inf, USER_FITTED: 0,
                   ITEM_IDS: -1, ITEM_ROWS: 0.0, ITEM_POPULARITY: 0.0, ITEM_ADAGRAD: 0.0,
                   ITEM_TREND: 0.0}
 

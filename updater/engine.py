@@ -124,7 +124,7 @@ class Engine:
         tower = version_tower(tables, self.publisher.repository, meta)
         self.trainer = SparseTrainer(tables, tower, recency_decay=meta.recency_decay,
                                      popularity_half_life_s=meta.popularity_half_life_s,
-                                     config=self.trainer_config)
+                                     config=self.trainer_config, meta=meta)
         self.applied_offset = self.published_offset = manifest.feedback_offset
         behind = self.log.last_offset() - manifest.feedback_offset
         self._notified_offset = self.log.last_offset()  # the log after the version: replayed

@@ -26,12 +26,14 @@ from updater.settings import (
     DEFAULT_MAX_NEW_USERS_PER_MIN,
     DEFAULT_MAX_STEP,
     DEFAULT_NEGATIVES,
+    DEFAULT_NEW_USER_ROWS,
     DEFAULT_PUBLISH_EVERY_EVENTS,
     DEFAULT_PUBLISH_EVERY_S,
     DEFAULT_QUALITY_EVENTS_PER_BATCH,
     DEFAULT_SHARD_KIB,
     DEFAULT_SKIP_WEIGHT,
     DEFAULT_USER_STEPS,
+    NEW_USER_ROWS,
     USER_STEPS,
     IntakePolicy,
     PublishPolicy,
@@ -128,6 +130,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="whose user rows the gradient steps move: trained (a row the build "
                              "fitted; a new user is served from their history), all, or none "
                              f"(default {DEFAULT_USER_STEPS})")
+    parser.add_argument("--new-user-rows", choices=NEW_USER_ROWS, default=DEFAULT_NEW_USER_ROWS,
+                        help="the row of a user the build did not fit: a times a fitted row's "
+                             "length along the mean of their history's item rows; auto chooses "
+                             "a in 0, 0.5, 1 from this deployment's traffic (0: history alone) "
+                             f"(default {DEFAULT_NEW_USER_ROWS})")
     add_intake_arguments(parser)
     parser.add_argument("--quality-events-per-batch", type=int,
                         default=DEFAULT_QUALITY_EVENTS_PER_BATCH,
@@ -172,7 +179,7 @@ def config_from_args(args: argparse.Namespace) -> UpdaterConfig:
                               fold_in_users=args.fold_in_users, skip_weight=args.skip_weight,
                               row_updates=not args.no_row_updates,
                               count_updates=not args.no_count_updates,
-                              user_steps=args.user_steps),
+                              user_steps=args.user_steps, new_user_rows=args.new_user_rows),
         quality=QualityPolicy(events_per_batch=args.quality_events_per_batch))
 
 

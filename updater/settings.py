@@ -78,6 +78,10 @@ DEFAULT_FOLD_IN_USERS = False
 # quality-online.md, "New users served from their history".
 USER_STEPS = ("trained", "all", "none")
 DEFAULT_USER_STEPS = "trained"
+# The row a user the build did not fit gets (updater.new_user_rows): "auto" chooses its scale
+# from the deployment's own traffic, "0" keeps it zero (history alone), "0.5" / "1" fix it.
+NEW_USER_ROWS = ("auto", "0", "0.5", "1")
+DEFAULT_NEW_USER_ROWS = "auto"
 # how hard a skip (an item shown and not taken) pushes the item away from the user, against a
 # click's 1 (updater.events.label). bench.quality --shown-skips 10 (the answer's top 10 the user
 # did not take sent as skips before each asked event), replay recall@10, windows of 1,000:
@@ -165,6 +169,7 @@ class TrainerConfig:
     row_updates: bool = True
     count_updates: bool = True
     user_steps: str = DEFAULT_USER_STEPS
+    new_user_rows: str = DEFAULT_NEW_USER_ROWS
     seed: int = 0
 
     def __post_init__(self):
@@ -173,6 +178,8 @@ class TrainerConfig:
                 ("skip_weight", 0 <= self.skip_weight < float("inf"), ">= 0"),
                 ("fold_in_events", self.fold_in_events >= 0, ">= 0"),
                 ("user_steps", self.user_steps in USER_STEPS, f"one of {', '.join(USER_STEPS)}"),
+                ("new_user_rows", self.new_user_rows in NEW_USER_ROWS,
+                 f"one of {', '.join(NEW_USER_ROWS)}"),
                 ("fold_in_events", not (self.fold_in_events and not self.row_updates),
                  "0 without row_updates (a fold-in sets rows)"))
         if self.fold_in_users and not self.fold_in_events:

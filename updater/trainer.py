@@ -35,13 +35,20 @@ import numpy as np
 
 from model_repository import retrieve_schema as schema
 from model_repository.pooling import DEFAULT_RECENCY_DECAY
-from model_repository.scoring import MAX_TREND_EXPONENT, settle_trend, trend_weights
+from model_repository.scoring import (
+    MAX_TREND_EXPONENT,
+    popularity_prior,
+    session_weights,
+    settle_trend,
+    trend_weights,
+)
 from model_repository.sequence_tower import NumpySequenceTower
 from model_repository.tower import NumpyTower
 from updater.cooccurrence import CooccurrenceRows
 from updater.events import Event, label
 from updater.grown import Grown
 from updater.negatives import draw_negatives, draw_negatives_many
+from updater.new_user_rows import CHECKS_PER_BATCH, K, NewUserRowChoice, rows_from_histories
 from updater.settings import TrainerConfig
 from updater.tower_grads import tower_grad
 
@@ -61,11 +68,13 @@ class SparseTrainer:
 
     def __init__(self, tables: dict[str, np.ndarray], tower: NumpyTower | NumpySequenceTower, *,
                  recency_decay: float = DEFAULT_RECENCY_DECAY, popularity_half_life_s: float = 0.0,
-                 config: TrainerConfig | None = None):
+                 config: TrainerConfig | None = None, meta: schema.RetrieveMeta | None = None):
         """``tower``: the version's user tower, frozen (only rows train); ``recency_decay``:
         the pooled tower's (a sequence tower does not pool); ``popularity_half_life_s``: the
-        version's (meta), > 0 to keep its trend counts."""
+        version's (meta), > 0 to keep its trend counts; ``meta``: the version's, for its
+        popularity prior when new users' rows are checked (None: scored without a prior)."""
         self._tower = tower_grad(tower, recency_decay)
+        self.meta = meta
         self.decay = recency_decay
         self.half_life_s = float(popularity_half_life_s)
         self.item_tables = tuple(name for name in schema.ITEM_TABLES
@@ -77,15 +86,19 @@ class SparseTrainer:
         """Start over from a version's tables (adagrad accumulators and trend counts default to
         zero, newest-event times to -inf: none)."""
         n_items = len(tables[schema.ITEM_IDS])
+        # a build's version marks no fitted rows: those it fitted are its non-zero ones
+        fitted = np.any(np.asarray(tables[schema.USER_ROWS]) != 0, axis=1).astype(np.uint8)
         zeros = {schema.USER_ADAGRAD: np.zeros(len(tables[schema.USER_IDS]), np.float32),
                  schema.USER_LAST_AT: np.full(len(tables[schema.USER_IDS]), -np.inf),
+                 schema.USER_FITTED: fitted,
                  schema.ITEM_ADAGRAD: np.zeros(n_items, np.float32),
                  schema.ITEM_TREND: np.zeros(n_items, np.float32)}
         self.t = {name: Grown(tables[name] if name in tables else zeros[name],
                                schema.EMPTY_ROW_FILL[name])
                   for name in (*schema.USER_TABLES, *self.item_tables)}
         history_len = tables[schema.USER_HISTORY].shape[1]
-        trained = (*self.t, schema.TREND_AS_OF) if self.half_life_s > 0 else tuple(self.t)
+        trained = (*self.t, schema.NEW_USER_ROW_SCALE,
+                   *((schema.TREND_AS_OF,) if self.half_life_s > 0 else ()))
         # not trained here, but part of the version: passed through unchanged (hard-linked)
         self.fixed = {name: np.asarray(t) for name, t in tables.items() if name not in trained}
         self.cooccurrence = CooccurrenceRows(self.fixed.get(schema.ITEM_COOCCURRENCE))
@@ -98,7 +111,17 @@ class SparseTrainer:
         self.item_index = {int(i): r for r, i in enumerate(self.t[schema.ITEM_IDS].live)}
         self.fold_in_scale = self._fold_in_scale()
         self.user_fold_in_scale = self._user_fold_in_scale()
+        served = tables.get(schema.NEW_USER_ROW_SCALE)
+        self.new_user_rows = NewUserRowChoice.of(
+            self.config.new_user_rows, scale=float(served[0]) if served is not None else 0.0)
+        fitted_rows = self.t[schema.USER_ROWS].live[self.t[schema.USER_FITTED].live > 0]
+        # r of updater.new_user_rows: how long a fitted row is
+        self.fitted_row_norm = (float(np.median(np.linalg.norm(fitted_rows, axis=1)))
+                                if len(fitted_rows) else 0.0)
         self.clear_changes()
+        if self.config.row_updates and self.new_user_rows.scale != (
+                float(served[0]) if served is not None else 0.0):
+            self.set_new_user_rows()  # a fixed mode other than what the version served
 
     def _history_mean(self, user_row: int) -> np.ndarray | None:
         history = self.t[schema.USER_HISTORY].data[user_row]
@@ -155,6 +178,7 @@ class SparseTrainer:
         trainer keeps running meanwhile) and the fixed ones it carries. The trend counts are
         settled to the newest event's time first."""
         trained = {name: table.live for name, table in self.t.items()}
+        trained[schema.NEW_USER_ROW_SCALE] = np.array([self.new_user_rows.scale], np.float32)
         if self.half_life_s > 0:
             self.settle_trend()
             trained[schema.TREND_AS_OF] = np.array([self.trend_as_of], np.float64)
@@ -200,6 +224,7 @@ class SparseTrainer:
             self.t[schema.USER_HISTORY].append(np.full(self.history_len, -1, np.int64))
             self.t[schema.USER_ADAGRAD].append(0.0)
             self.t[schema.USER_LAST_AT].append(-np.inf)
+            self.t[schema.USER_FITTED].append(0)
             self.user_index[user_id] = row
             for name in schema.USER_TABLES:
                 self.changed[name].add(row)
@@ -286,6 +311,8 @@ class SparseTrainer:
         user_row = self._user_row(event.user_id)
         item_row = self._item_row(event.item_id)
         weight = label(event, skip_weight=self.config.skip_weight)
+        if weight > 0 and self._checks_new_user(user_row, item_row):
+            self._check_new_user_rows([self._check_of(event, user_row, item_row)])
         if self.config.row_updates and weight != 0 and self.n_items > 1:
             self._train_step(event, user_row, item_row, weight)
         if weight > 0 and self.t[schema.ITEM_POPULARITY].data[item_row] < self.config.fold_in_events:
@@ -310,6 +337,9 @@ class SparseTrainer:
         self.changed[schema.USER_LAST_AT].add(user_row)
         if self.user_fold_in_scale and (history >= 0).sum() <= self.config.fold_in_events:
             self.fold_in_user(user_row)
+        elif (self.config.row_updates and not self.t[schema.USER_FITTED].data[user_row]
+              and self.new_user_rows.scale):
+            self._set_new_user_rows(np.array([user_row]))
         if not self.config.count_updates:
             return
         self.t[schema.ITEM_POPULARITY].data[item_row] += 1.0
@@ -347,10 +377,13 @@ class SparseTrainer:
             return
         steps = []  # (user row, item row, weight, offset, items then, history then)
         trend_rows, trend_times = [], []
+        checks = []  # new users' positive events, before each is learned
         for event in events:
             user_row = self._user_row(event.user_id)
             item_row = self._item_row(event.item_id)
             weight = label(event, skip_weight=self.config.skip_weight)
+            if weight > 0 and self._checks_new_user(user_row, item_row):
+                checks.append(self._check_of(event, user_row, item_row))
             if self.config.row_updates and weight != 0 and self.n_items > 1:
                 history = self.t[schema.USER_HISTORY].data[user_row]
                 steps.append((user_row, item_row, weight, event.offset, self.n_items,
@@ -359,6 +392,9 @@ class SparseTrainer:
                 self._record_positive(event, user_row, item_row, trend=False)
                 trend_rows.append(item_row)
                 trend_times.append(event.timestamp)
+        if checks:
+            spaced = np.unique(np.linspace(0, len(checks) - 1, CHECKS_PER_BATCH).astype(np.int64))
+            self._check_new_user_rows([checks[i] for i in spaced])
         if trend_rows and self.half_life_s > 0 and self.config.count_updates:
             self._count_trends(trend_rows, trend_times)
         if steps:
@@ -466,10 +502,67 @@ class SparseTrainer:
 
     def _stepping_users(self, user_rows: np.ndarray) -> np.ndarray:
         """Which of ``user_rows`` take gradient steps (TrainerConfig.user_steps): all, none, or
-        "trained", those with a non-zero row (the build fitted them, or a fold-in set it)."""
+        "trained", those whose row the build fitted (``user_fitted``)."""
         if self.config.user_steps == "trained":
-            return np.any(self.t[schema.USER_ROWS].data[user_rows] != 0, axis=1)
+            return self.t[schema.USER_FITTED].data[user_rows] > 0
         return np.full(len(user_rows), self.config.user_steps == "all")
+
+    def _checks_new_user(self, user_row: int, item_row: int) -> bool:
+        """Whether a positive event is checked for the new-user row choice: the choice is
+        open, the user is one the build did not fit, has a history, and the item is not in it
+        (serving excludes what the user has: nothing to rank)."""
+        if not (self.new_user_rows.deciding and self.config.row_updates and self.fitted_row_norm
+                and not self.t[schema.USER_FITTED].data[user_row]):
+            return False
+        history = self.t[schema.USER_HISTORY].data[user_row]
+        return bool((history >= 0).any()) and item_row not in history
+
+    def _check_of(self, event: Event, user_row: int, item_row: int) -> tuple:
+        history = self.t[schema.USER_HISTORY].data[user_row]
+        age = event.timestamp - self.t[schema.USER_LAST_AT].data[user_row]
+        return item_row, history[history >= 0].copy(), age
+
+    def _check_new_user_rows(self, checks: list[tuple]) -> None:
+        """Score each candidate new-user row on these events (item row, history rows before it,
+        the history's age at it) as serving would, count who put the item in its top K, and
+        give every new user the served candidate's row when the choice moves
+        (updater.new_user_rows)."""
+        choice = self.new_user_rows
+        items = self.t[schema.ITEM_ROWS].live
+        meta = self.meta
+        prior = None
+        if meta is not None and meta.has_prior:
+            counts = schema.prior_counts({name: self.t[name].live for name in self.item_tables}
+                                         | {schema.TREND_AS_OF: None}, meta)
+            prior = popularity_prior(counts, 1.0).astype(np.float64)
+        for item_row, history, age in checks:
+            padded = np.full((1, self.history_len), -1, np.int64)
+            padded[0, -history.size:] = history[-self.history_len:]
+            unit = rows_from_histories(items, padded, scale=1.0, length=self.fitted_row_norm)[0]
+            scores = np.stack([items @ self._tower.forward(a * unit, items, history)[0]
+                               for a in choice.candidates]).astype(np.float64)
+            if prior is not None:
+                weight = session_weights(np.array([age]), weight=meta.popularity_weight,
+                                         session_weight=meta.session_popularity_weight,
+                                         session_s=meta.session_s)[0]
+                scores += float(weight) * prior[None, :]
+            scores[:, history] = -np.inf
+            ahead = (scores > scores[:, [item_row]]).sum(1)
+            if choice.observe(ahead < K):
+                self.set_new_user_rows()
+
+    def set_new_user_rows(self) -> None:
+        """Every user the build did not fit takes the served candidate's row from their
+        stored history (zero at scale 0)."""
+        rows = np.flatnonzero(self.t[schema.USER_FITTED].live == 0)
+        if len(rows):
+            self._set_new_user_rows(rows)
+
+    def _set_new_user_rows(self, rows: np.ndarray) -> None:
+        self.t[schema.USER_ROWS].data[rows] = rows_from_histories(
+            self.t[schema.ITEM_ROWS].data, self.t[schema.USER_HISTORY].data[rows],
+            scale=self.new_user_rows.scale, length=self.fitted_row_norm)
+        self.changed[schema.USER_ROWS].update(rows.tolist())
 
     def forget_user(self, user_id: int) -> bool:
         """Remove a user's row, history and accumulator. Returns False if the user had no row."""
