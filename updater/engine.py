@@ -461,5 +461,7 @@ class Engine:
             "new_users_last_min": self.new_users.last_min(),
             "max_new_users_per_min": self.new_users.per_min,
             "deferred_new_user_events": self.new_users.deferred_events,
+            "new_user_rows": ({"mode": trainer.config.new_user_rows,
+                               **trainer.new_user_rows.status()} if trainer else None),
         }
 

@@ -158,6 +158,8 @@ class AdminService(pb_grpc.AdminServicer):
             reply.serving_versions[c.RETRIEVE] = -1
         if self.state_dir is not None:
             reply.triton_restarts = int(read_supervisor_state(self.state_dir)["triton_restarts"])
+        if snap["new_user_rows"] is not None:
+            reply.new_user_rows.CopyFrom(pb.NewUserRows(**snap["new_user_rows"]))
         running, superseded = snap["quality"]
         reply.serving_quality.CopyFrom(_quality_message(running))
         reply.recent_quality.extend(_quality_message(r) for r in superseded)

@@ -290,3 +290,9 @@ def test_superseded_manifests_carry_their_record_verify_and_show_in_status(tmp_p
     assert shown["parent_hit_rate"] == pytest.approx(status["recent_quality"][1]["hit_rate"])
     assert status["serving_quality"]["version"] == 4 and status["serving_quality"]["events"] == 0
     assert status["quality_cpu_s"] > 0
+    # the new-user row choice (updater.new_user_rows), as the serving version carries it
+    shown = status["new_user_rows"]
+    assert shown["mode"] == "auto" and shown["candidates"] == [0.0, 0.5, 1.0]
+    _, served = versions.load_tables(model_dir / "4")
+    assert shown["scale"] == served[schema.NEW_USER_ROW_SCALE][0]
+    assert len(shown["hits"]) == 3 and shown["checked"] >= 0
