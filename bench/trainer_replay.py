@@ -18,6 +18,12 @@ e.g. ``user_steps=all``, ``row_updates=False``, ``lr=0.01`` (comma-joined for se
 The base is chosen as bench.quality chooses it (the validation search), or set by hand with
 ``--ease DIM,L2,HISTORY_WEIGHT`` and ``--prior WEIGHT,HALF_LIFE_DAYS,SESSION_S,SESSION_WEIGHT``
 (the settings a search chose before, to skip its minutes).
+
+``--text``: the base as `freshrec build` makes it with the text encoder (the log's titles; MiniLM
+exported and encoded as the build does, exporter.build.text_export): the projection is fitted on
+the items with events before the cut, and every titled item without any (so every item new after
+the cut) starts from its projected title instead of an empty row (issue 33: new items with their
+text as the prior, the interactions taking over as they arrive).
 """
 
 from __future__ import annotations
@@ -110,23 +116,23 @@ def config_of(variant: str) -> TrainerConfig | None:
 
 
 def _base(args):
-    """(source, train, test, model, its description): searched as bench.quality does, or with
-    --ease / --prior set by hand."""
+    """(dataset, source, train, test, model, its description): searched as bench.quality does,
+    or with --ease / --prior set by hand."""
     if args.ease is None:
-        _, source, train, test, model, _, chosen = train_on_the_cut(
+        dataset, source, train, test, model, _, chosen = train_on_the_cut(
             args.data, seed=args.seed, search=not args.no_search)
-        return source, train, test, model, describe_model(model, chosen)
+        return dataset, source, train, test, model, describe_model(model, chosen)
     from exporter.train import TrainConfig
 
     dim, l2, history_weight = args.ease
     weight, half_life_days, session_s, session_weight = args.prior
     config = TrainConfig(method="ease", dim=int(dim), ease_l2=l2, history_weight=history_weight,
                          seed=args.seed)
-    _, source, train, test, model, _, _ = train_on_the_cut(
+    dataset, source, train, test, model, _, _ = train_on_the_cut(
         args.data, seed=args.seed, search=False, config=config, popularity_weight=weight,
         popularity_half_life_s=half_life_days * DAY_S, session_s=session_s,
         session_popularity_weight=session_weight)
-    return source, train, test, model, (f"base model set by hand: closed form, rank {int(dim)}, "
+    return dataset, source, train, test, model, (f"base model set by hand: closed form, rank {int(dim)}, "
                                         f"EASE l2 {l2:g}, history weight {history_weight:g}, "
                                         f"prior {args.prior}")
 
@@ -141,7 +147,7 @@ def _floats(n: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from exporter.build import write_repository
+    from exporter.build import text_export, write_repository
 
     parser = argparse.ArgumentParser(prog="python -m bench.trainer_replay", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ease", type=_floats(3), help="DIM,L2,HISTORY_WEIGHT: a closed form")
     parser.add_argument("--prior", type=_floats(4), default=(1.0, 0.0, 0.0, 0.0),
                         help="with --ease: WEIGHT,HALF_LIFE_DAYS,SESSION_S,SESSION_WEIGHT")
+    parser.add_argument("--text", action="store_true",
+                        help="items without events before the cut start from their projected "
+                             "titles, as a build with the text encoder gives them")
     args = parser.parse_args(argv)
     if args.window_events < 1 or args.app_history < 1:
         parser.error("--window-events and --app-history must be >= 1")
@@ -163,12 +172,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
     logging.basicConfig(level=logging.WARNING)
-    source, train, test, model, described = _base(args)
+    dataset, source, train, test, model, described = _base(args)
     print(f"data: {source}; {len(train)} events before the cut, {len(test)} replayed in windows "
           f"of {args.window_events}\n{described}", flush=True)
     results = {}
     with tempfile.TemporaryDirectory(prefix="freshrec-trainer-replay-") as scratch:
-        repository = write_repository(model, Path(scratch) / "base", tensorrt=False).repository
+        text = None
+        if args.text:
+            if dataset.items is None or not any(t.strip() for t in dataset.items.titles):
+                parser.error("--text needs item titles: this log has none")
+            text, _ = text_export(model, dataset.items, Path(scratch), tensorrt=False)
+            print("text: items without events before the cut start from their projected titles",
+                  flush=True)
+        repository = write_repository(model, Path(scratch) / "base", tensorrt=False,
+                                      text=text).repository
         for variant, config in configs.items():
             with tempfile.TemporaryDirectory(dir=scratch) as own:
                 learner = TrainerReplay(repository, train, Path(own), config=config,

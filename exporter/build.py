@@ -269,7 +269,7 @@ def build(
         return BuildResult(repository, ratings, quality, result.onnx_max_abs_err,
                            result.tensorrt_plan, search=chosen, tower=model.tower.kind)
     with tempfile.TemporaryDirectory(prefix="freshrec-text-") as scratch:
-        text, parity = _text_export(model, dataset.items, Path(scratch), tensorrt=tensorrt)
+        text, parity = text_export(model, dataset.items, Path(scratch), tensorrt=tensorrt)
         quality = format_quality_table(evaluate(model, train, test))
         cold = format_quality_table(cold_item_quality(model, train, test, cold_ids),
                                     columns=COLD_TABLE_COLUMNS)
@@ -301,7 +301,7 @@ def describe_choice(chosen: SearchResult) -> str:
     return line
 
 
-def _text_export(model: TrainedModel, items: datasets.Items, scratch: Path, *, tensorrt: bool
+def text_export(model: TrainedModel, items: datasets.Items, scratch: Path, *, tensorrt: bool
                  ) -> tuple[TextExport, float]:
     """Export MiniLM to ONNX under ``scratch`` (parity checked; a TensorRT plan too on GPU hosts),
     encode every title with it, fit the projection and give titled items without training events
