@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 ADAGRAD_EPS = 1e-8
 NEW_ITEM_STD = 0.05  # exporter.train.INIT_STD: a new item starts like an untrained one
 FOLD_IN_SAMPLE = 256  # users whose queries set the fold-in scale
+CHECK_CHUNK = 8  # new-user checks scored in one product (a few MB at 100,000 items)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -534,22 +535,30 @@ class SparseTrainer:
         if meta is not None and meta.has_prior:
             counts = schema.prior_counts({name: self.t[name].live for name in self.item_tables}
                                          | {schema.TREND_AS_OF: None}, meta)
-            prior = popularity_prior(counts, 1.0).astype(np.float64)
-        for item_row, history, age in checks:
-            padded = np.full((1, self.history_len), -1, np.int64)
-            padded[0, -history.size:] = history[-self.history_len:]
-            unit = rows_from_histories(items, padded, scale=1.0, length=self.fitted_row_norm)[0]
-            scores = np.stack([items @ self._tower.forward(a * unit, items, history)[0]
-                               for a in choice.candidates]).astype(np.float64)
+            prior = popularity_prior(counts, 1.0)
+        n = len(choice.candidates)
+        for first in range(0, len(checks), CHECK_CHUNK):  # a few events' scores at a time
+            chunk = checks[first:first + CHECK_CHUNK]
+            histories = np.full((len(chunk), self.history_len), -1, np.int64)
+            for row, (_, history, _) in enumerate(chunk):
+                histories[row, -history.size:] = history
+            units = rows_from_histories(items, histories, scale=1.0, length=self.fitted_row_norm)
+            user_rows = (np.array(choice.candidates, np.float32)[None, :, None]
+                         * units[:, None, :]).reshape(-1, units.shape[1])
+            queries, _ = self._tower.forward_many(
+                user_rows, items, [history for _, history, _ in chunk for _ in range(n)])
+            scores = (queries @ items.T).reshape(len(chunk), n, -1)
             if prior is not None:
-                weight = session_weights(np.array([age]), weight=meta.popularity_weight,
-                                         session_weight=meta.session_popularity_weight,
-                                         session_s=meta.session_s)[0]
-                scores += float(weight) * prior[None, :]
-            scores[:, history] = -np.inf
-            ahead = (scores > scores[:, [item_row]]).sum(1)
-            if choice.observe(ahead < K):
-                self.set_new_user_rows()
+                weights = session_weights(np.array([age for _, _, age in chunk]),
+                                          weight=meta.popularity_weight,
+                                          session_weight=meta.session_popularity_weight,
+                                          session_s=meta.session_s)
+                scores += weights[:, None, None] * prior[None, None, :]
+            for event_scores, (item_row, history, _) in zip(scores, chunk):
+                event_scores[:, history] = -np.inf
+                ahead = (event_scores > event_scores[:, [item_row]]).sum(1)
+                if choice.observe(ahead < K):
+                    self.set_new_user_rows()
 
     def set_new_user_rows(self) -> None:
         """Every user the build did not fit takes the served candidate's row from their
