@@ -19,8 +19,9 @@ import numpy as np
 class CooccurrenceRows:
     """``cooc_map`` (I0, d) float32, the version's map, or None (a trained tower: nothing)."""
 
-    def __init__(self, cooc_map: np.ndarray | None):
+    def __init__(self, cooc_map: np.ndarray | None, *, fitted_too: bool = False):
         self.map = None if cooc_map is None else np.asarray(cooc_map, np.float32)
+        self.fitted_too = fitted_too  # fitted items learn too (first-order Dynamic EASE)
         # items the fit saw have a non-zero map row; the rest, and items added later, learn here
         self.fitted = (np.zeros(0, bool) if self.map is None
                        else np.einsum("ij,ij->i", self.map, self.map) > 0)
@@ -30,7 +31,8 @@ class CooccurrenceRows:
         (before it; -1 for empty) are ``history``, in place in ``item_rows`` (I, d). Returns
         whether the row changed: False for a fitted item, a version without a map, or a user
         with no fitted item in their history."""
-        if self.map is None or (item_row < len(self.fitted) and self.fitted[item_row]):
+        if self.map is None or (item_row < len(self.fitted) and self.fitted[item_row]
+                                and not self.fitted_too):
             return False
         rows = history[(history >= 0) & (history < len(self.fitted))]
         rows = rows[self.fitted[rows]]  # unfitted items (this one too) have no map row

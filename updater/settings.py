@@ -170,6 +170,9 @@ class TrainerConfig:
     count_updates: bool = True
     user_steps: str = DEFAULT_USER_STEPS
     new_user_rows: str = DEFAULT_NEW_USER_ROWS
+    # a closed form's fitted items learn from co-occurrences too (updater.cooccurrence), not only
+    # those outside the fit (an experiment, issue 33)
+    cooccurrence_fitted: bool = False
     seed: int = 0
 
     def __post_init__(self):

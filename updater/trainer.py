@@ -1,8 +1,10 @@
 """Sparse fine-tuning of embedding rows from feedback, one event at a time, in log order.
 
-Per event only the touched rows move: the user's row (by default only a row the build fitted: a
-new user is served from their history, `TrainerConfig.user_steps`), the event's item row and a
-few sampled negative item rows. The query is the version's frozen user tower applied to the user
+Per event only the touched rows move: the user's row (by default only a row the build fitted,
+``user_fitted``: `TrainerConfig.user_steps`), the event's item row and a few sampled negative
+item rows. A user the build did not fit takes no steps; their row is made from their history at
+the scale the deployment's own traffic chose (updater.new_user_rows; 0: served from their
+history alone). The query is the version's frozen user tower applied to the user
 row and the stored history (recency-pooled, or the last L rows for a sequence tower), exactly as
 serving computes it; the loss is BPR of the event item against the negatives, signed by the event's
 label (a skip wants the negatives above the item). Rows step with row-wise Adagrad (one
@@ -102,7 +104,8 @@ class SparseTrainer:
                    *((schema.TREND_AS_OF,) if self.half_life_s > 0 else ()))
         # not trained here, but part of the version: passed through unchanged (hard-linked)
         self.fixed = {name: np.asarray(t) for name, t in tables.items() if name not in trained}
-        self.cooccurrence = CooccurrenceRows(self.fixed.get(schema.ITEM_COOCCURRENCE))
+        self.cooccurrence = CooccurrenceRows(self.fixed.get(schema.ITEM_COOCCURRENCE),
+                                             fitted_too=self.config.cooccurrence_fitted)
         # the time the trend counts are as of, and the newest event time counted since
         self.trend_as_of = (float(tables[schema.TREND_AS_OF][0])
                             if schema.TREND_AS_OF in tables else 0.0)

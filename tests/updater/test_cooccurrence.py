@@ -48,6 +48,14 @@ def test_an_unfitted_item_takes_the_map_rows_of_the_history_before_it():
     np.testing.assert_array_equal(rows, before)
 
 
+def test_with_fitted_too_a_fitted_item_takes_the_map_rows_as_well():
+    cooc = _map()
+    rows = np.ones((ITEMS, DIM), np.float32)
+    history = np.array([-1, 3, 7])
+    assert CooccurrenceRows(cooc, fitted_too=True).learn(rows, 5, history)
+    np.testing.assert_allclose(rows[5], 1.0 + cooc[3] + cooc[7], rtol=1e-6)
+
+
 def test_the_trainer_adds_the_map_on_top_of_its_own_step_for_a_new_item_only():
     events = [_event(1, 1020, 9999), _event(2, 1030, 500 + 7 * 4)]  # a new item, then a fitted one
     with_map = {**_tables(), schema.ITEM_COOCCURRENCE: _map()}
