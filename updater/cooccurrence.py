@@ -7,7 +7,11 @@ its occurrences on the fitted items would. Such an item (new after the build, ad
 title, or titled but without training events) takes, at each positive event, the map's rows of
 the items in the user's stored history before it: its row is the sum over its co-occurrences,
 whatever it started from (zero, or its projected title as a prior that the events outgrow).
-Fitted items keep their rows here (their EASE columns move little with one more co-occurrence).
+With ``fitted_too`` (the default, TrainerConfig.cooccurrence_fitted) a fitted item takes them
+too: refitting EASE with the event changes its column by the ridge regression of the user's
+history on the other items, ``P_-j c_H``, whose first-order part is the same ``c_H^T M`` (the
+rest shrinks the column along itself; left out). Measured on four logs it never cost recall and
+lifted MovieTweetings' replay from x1.408 to x1.647 publishing off (updater/settings.py).
 Numpy only.
 """
 
@@ -29,8 +33,8 @@ class CooccurrenceRows:
     def learn(self, item_rows: np.ndarray, item_row: int, history: np.ndarray) -> bool:
         """Add one positive event of item row ``item_row`` by a user whose stored history rows
         (before it; -1 for empty) are ``history``, in place in ``item_rows`` (I, d). Returns
-        whether the row changed: False for a fitted item, a version without a map, or a user
-        with no fitted item in their history."""
+        whether the row changed: False for a fitted item (unless ``fitted_too``), a version
+        without a map, or a user with no fitted item in their history."""
         if self.map is None or (item_row < len(self.fitted) and self.fitted[item_row]
                                 and not self.fitted_too):
             return False

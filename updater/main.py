@@ -19,6 +19,7 @@ from model_repository import contract as c
 from model_repository.live_history import history_path, write_store_choice
 from model_repository.redis_layout import RedisKeys
 from updater.settings import (
+    DEFAULT_COOCCURRENCE_FITTED,
     DEFAULT_FOLD_IN_EVENTS,
     DEFAULT_FOLD_IN_USERS,
     DEFAULT_KEEP_VERSIONS,
@@ -130,6 +131,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="whose user rows the gradient steps move: trained (a row the build "
                              "fitted; a new user is served from their history), all, or none "
                              f"(default {DEFAULT_USER_STEPS})")
+    parser.add_argument("--cooccurrence-rows", choices=("all", "unfitted"),
+                        default="all" if DEFAULT_COOCCURRENCE_FITTED else "unfitted",
+                        help="in a closed-form version, whose item rows learn from the "
+                             "co-occurrence map at each event: all items, or only those outside "
+                             "the fit (default all)")
     parser.add_argument("--new-user-rows", choices=NEW_USER_ROWS, default=DEFAULT_NEW_USER_ROWS,
                         help="the row of a user the build did not fit: a times a fitted row's "
                              "length along the mean of their history's item rows; auto chooses "
@@ -179,7 +185,8 @@ def config_from_args(args: argparse.Namespace) -> UpdaterConfig:
                               fold_in_users=args.fold_in_users, skip_weight=args.skip_weight,
                               row_updates=not args.no_row_updates,
                               count_updates=not args.no_count_updates,
-                              user_steps=args.user_steps, new_user_rows=args.new_user_rows),
+                              user_steps=args.user_steps, new_user_rows=args.new_user_rows,
+                              cooccurrence_fitted=args.cooccurrence_rows == "all"),
         quality=QualityPolicy(events_per_batch=args.quality_events_per_batch))
 
 

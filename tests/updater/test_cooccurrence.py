@@ -56,12 +56,16 @@ def test_with_fitted_too_a_fitted_item_takes_the_map_rows_as_well():
     np.testing.assert_allclose(rows[5], 1.0 + cooc[3] + cooc[7], rtol=1e-6)
 
 
-def test_the_trainer_adds_the_map_on_top_of_its_own_step_for_a_new_item_only():
+@pytest.mark.parametrize("fitted_too", [False, True], ids=["unfitted only", "every item"])
+def test_the_trainer_adds_the_map_on_top_of_its_own_step(fitted_too):
+    """To a new item's row always; to a fitted item's with TrainerConfig.cooccurrence_fitted
+    (the default)."""
     events = [_event(1, 1020, 9999), _event(2, 1030, 500 + 7 * 4)]  # a new item, then a fitted one
     with_map = {**_tables(), schema.ITEM_COOCCURRENCE: _map()}
     trained = {}
     for name, tables in (("map", with_map), ("none", _tables())):
-        trainer = SparseTrainer(tables, _numpy_tower(), config=TrainerConfig(negatives=4))
+        trainer = SparseTrainer(tables, _numpy_tower(), config=TrainerConfig(
+            negatives=4, cooccurrence_fitted=fitted_too))
         trainer.apply(events[0])
         trained[name] = np.array(trainer.tables()["item_rows"])
         trainer.apply(events[1])
@@ -73,7 +77,14 @@ def test_the_trainer_adds_the_map_on_top_of_its_own_step_for_a_new_item_only():
     np.testing.assert_allclose(trained["map"][ITEMS] - trained["none"][ITEMS], want, rtol=1e-5,
                                atol=1e-6)
     np.testing.assert_array_equal(trained["map"][:ITEMS], trained["none"][:ITEMS])
-    np.testing.assert_array_equal(trained["map 2"], trained["none 2"])  # fitted: steps only
+    if not fitted_too:
+        np.testing.assert_array_equal(trained["map 2"], trained["none 2"])  # fitted: steps only
+        return
+    # the fitted item 4 takes the map rows of user 1030's history as well (both trainers saw the
+    # same first event, so the second's steps differ only through the new item's row)
+    history = _tables()["user_history"][3]
+    want = _map()[history[(history >= 0) & (history < 30)]].sum(0)
+    assert np.abs(trained["map 2"] - trained["none 2"] - want).max() < 0.05 * np.abs(want).max()
 
 
 @pytest.fixture(scope="module")
