@@ -1,4 +1,4 @@
-"""Rows for items the closed-form fit did not see, learned from who takes them (issue 33).
+"""Item rows learned from who takes them: those outside the closed-form fit, and fitted ones.
 
 A closed-form version carries the fit's co-occurrence map (retrieve table item_cooccurrence,
 exporter.closed_form.cooccurrence_map): row k is what one co-occurrence with fitted item k adds

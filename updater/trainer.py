@@ -115,16 +115,15 @@ class SparseTrainer:
         self.item_index = {int(i): r for r, i in enumerate(self.t[schema.ITEM_IDS].live)}
         self.fold_in_scale = self._fold_in_scale()
         self.user_fold_in_scale = self._user_fold_in_scale()
-        served = tables.get(schema.NEW_USER_ROW_SCALE)
-        self.new_user_rows = NewUserRowChoice.of(
-            self.config.new_user_rows, scale=float(served[0]) if served is not None else 0.0)
+        served = (float(tables[schema.NEW_USER_ROW_SCALE][0])
+                  if schema.NEW_USER_ROW_SCALE in tables else 0.0)
+        self.new_user_rows = NewUserRowChoice.of(self.config.new_user_rows, scale=served)
         fitted_rows = self.t[schema.USER_ROWS].live[self.t[schema.USER_FITTED].live > 0]
         # r of updater.new_user_rows: how long a fitted row is
         self.fitted_row_norm = (float(np.median(np.linalg.norm(fitted_rows, axis=1)))
                                 if len(fitted_rows) else 0.0)
         self.clear_changes()
-        if self.config.row_updates and self.new_user_rows.scale != (
-                float(served[0]) if served is not None else 0.0):
+        if self.config.row_updates and self.new_user_rows.scale != served:
             self.set_new_user_rows()  # a fixed mode other than what the version served
 
     def _history_mean(self, user_row: int) -> np.ndarray | None:

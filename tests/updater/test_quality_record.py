@@ -295,4 +295,6 @@ def test_superseded_manifests_carry_their_record_verify_and_show_in_status(tmp_p
     assert shown["mode"] == "auto" and shown["candidates"] == [0.0, 0.5, 1.0]
     _, served = versions.load_tables(model_dir / "4")
     assert shown["scale"] == served[schema.NEW_USER_ROW_SCALE][0]
-    assert len(shown["hits"]) == 3 and shown["checked"] >= 0
+    evidence = engine.trainer.new_user_rows  # what status shows is the trainer's own evidence
+    assert (shown["checked"], shown["switches"]) == (evidence.checked, evidence.switches)
+    assert shown["hits"] == pytest.approx(evidence.hits.tolist(), abs=0.01)
