@@ -225,29 +225,34 @@ class Engine:
     def _consume(self) -> None:
         """Apply every durable event not applied yet, in offset order."""
         self._waiting_since = None
-        started, measuring = time.thread_time(), self.quality.cpu_s
-        try:
-            self._apply_log()
-        finally:
-            self.cpu_s["training"] += (time.thread_time() - started
-                                       - (self.quality.cpu_s - measuring))
-
-    def _apply_log(self) -> None:
         while not self._stop.is_set():
-            newest = self._newest_offset()
-            events = self.log.read_after(self.applied_offset, limit=READ_BATCH)
+            started, measuring = time.thread_time(), self.quality.cpu_s
+            try:
+                events = self._train_next()
+            finally:
+                self.cpu_s["training"] += (time.thread_time() - started
+                                           - (self.quality.cpu_s - measuring))
             if not events:
-                self._read_to = max(self._read_to, newest)
                 return
-            self.quality.measure(events, self.trainer,
-                                 self.publisher.model_dir / str(self.publisher.current))
-            self.trainer.apply_many(self._admitted(events))
-            if len(events) > 1:
-                faults.crash_point("mid_batch")  # trained, the offset not recorded yet
+            # the offset moves after its CPU is counted: a status showing it shows that CPU
             self.applied_offset = events[-1].offset
             self._events_since_publish += len(events)
             if self._events_since_publish >= self.policy.every_events:
                 return  # publish before reading more
+
+    def _train_next(self) -> list:
+        """Train the log's next batch after the applied offset; the batch, empty when none."""
+        newest = self._newest_offset()
+        events = self.log.read_after(self.applied_offset, limit=READ_BATCH)
+        if not events:
+            self._read_to = max(self._read_to, newest)
+            return []
+        self.quality.measure(events, self.trainer,
+                             self.publisher.model_dir / str(self.publisher.current))
+        self.trainer.apply_many(self._admitted(events))
+        if len(events) > 1:
+            faults.crash_point("mid_batch")  # trained, the offset not recorded yet
+        return events
 
     def _admitted(self, events: list) -> list:
         """The events that train: all but those of users with no row once the minute's new user
