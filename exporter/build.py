@@ -98,9 +98,11 @@ def retrieve_tables(model: TrainedModel, projection: TextProjection | None = Non
 
 
 def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = True,
-                     text: TextExport | None = None, train_record: dict | None = None) -> BuildResult:
+                     text: TextExport | None = None, train_record: dict | None = None,
+                     feedback_offset: int = 0) -> BuildResult:
     """Export `model` as version 1 of a fresh repository (with `text_encoder` when ``text`` is
-    given). ``train_record``: how its settings were chosen, kept in the retrieve manifest.
+    given). ``train_record``: how its settings were chosen and how the build scored, kept in the
+    retrieve manifest; ``feedback_offset``: the updater log offset its events reach (0: none).
     Returns what was written."""
     repository = Path(repository)
     dim = int(model.item_rows.shape[1])
@@ -136,7 +138,7 @@ def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = 
         repository / c.RETRIEVE,
         FIRST_VERSION,
         retrieve_tables(model, text.projection if text is not None else None),
-        files={"model.py": templates.template(c.RETRIEVE)},
+        feedback_offset=feedback_offset, files={"model.py": templates.template(c.RETRIEVE)},
         meta=schema.RetrieveMeta(
             dim=dim, history_len=model.config.history_len, tower=model.tower.kind,
             recency_decay=model.config.recency_decay, user_tower_version=FIRST_VERSION,
@@ -168,20 +170,22 @@ def train_model(train: datasets.Interactions, *, items: datasets.Items | None,
                 popularity_weight: float | None = None,
                 popularity_half_life_s: float | None = None,
                 session_s: float | None = None,
-                session_popularity_weight: float | None = None
+                session_popularity_weight: float | None = None,
+                chosen: SearchResult | None = None
                 ) -> tuple[TrainedModel, SearchResult | None]:
     """The model `build` serves: trained with ``config`` (the defaults when None), or, with
     ``search``, with the settings and popularity prior chosen on a validation slice of ``train``
     starting from ``config`` (exporter.search). ``popularity_weight``,
     ``popularity_half_life_s`` (0: all-time counts), ``session_s`` (0: no session gate) and
     ``session_popularity_weight``, when given, set the prior by hand over what the search chose
-    (or without a search). Returns the model and the search's result."""
+    (or without a search). ``chosen``: a search's result to train with again (no search: a
+    refit on more events with the settings chosen before). Returns the model and the search's
+    result."""
     for name, value in _prior_by_hand(popularity_weight, popularity_half_life_s, session_s,
                                       session_popularity_weight).items():
         if not 0 <= value < float("inf"):
             raise BuildError(f"{name} must be >= 0, got {value!r}")
-    chosen = None
-    if search:
+    if search and chosen is None:
         say = tqdm.write if progress else log.info
         chosen = search_settings(train, items=items, base=config or TrainConfig(),
                                  budget_s=search_budget_s, say=say)
@@ -220,8 +224,16 @@ def build(
     popularity_half_life_s: float | None = None,
     session_s: float | None = None,
     session_popularity_weight: float | None = None,
+    feedback: datasets.Interactions | None = None,
+    feedback_offset: int = 0,
 ) -> BuildResult:
     """Train on the earliest 80 % of events, evaluate on the rest, export version 1 under out/.
+
+    ``feedback``: the updater's logged events up to log offset ``feedback_offset`` (a nightly
+    retrain, freshrec.retrain), trained on with the data's: the settings are searched and the
+    report made on the 80 / 20 split of both as always, then the model is fitted again with
+    those settings on every event, so the exported base has seen the feedback (the newest 20 %
+    would be most of it) and a push replays only the events after ``feedback_offset``.
 
     ``text_encoder``: export MiniLM as `text_encoder`, learn the text projection, hold cold items
     out and report their quality; None (the default) means "when the items have titles".
@@ -245,7 +257,11 @@ def build(
     else:
         ratings = Path(data)
         dataset = datasets.read_dataset(ratings, items)
-    train, test = datasets.split_by_time(dataset.interactions)
+    everything = dataset.interactions
+    if feedback is not None:
+        everything = datasets.concat(everything, feedback)
+        log.info("with %d logged feedback events up to offset %d", len(feedback), feedback_offset)
+    train, test = datasets.split_by_time(everything)
     has_titles = dataset.items is not None and any(t.strip() for t in dataset.items.titles)
     if text_encoder is None:
         text_encoder = has_titles
@@ -260,24 +276,47 @@ def build(
     model, chosen = train_model(train, items=dataset.items, config=config,
                                 search=search if search is not None else config is None,
                                 search_budget_s=search_budget_s, progress=progress, **by_hand)
-    record = chosen.record() if chosen else None
+    record = chosen.record() if chosen else {}
     if by_hand:
-        record = {**(record or {}), "by_hand": by_hand}
+        record["by_hand"] = by_hand
+    scored = evaluate(model, train, test)
+    quality = format_quality_table(scored)
+    record["test"] = test_record(scored, test)
+    if feedback is not None:
+        record["refit_events"] = len(everything)
+        cold = format_quality_table(cold_item_quality(model, train, test, cold_ids),
+                                    columns=COLD_TABLE_COLUMNS) if text_encoder else ""
+        log.info("fitting again on all %d events with the settings chosen", len(everything))
+        model, _ = train_model(drop_items(everything, cold_ids), items=dataset.items,
+                               config=config, search=False, chosen=chosen, progress=progress,
+                               **by_hand)
+    written = {"train_record": record, "feedback_offset": feedback_offset}
     if not text_encoder:
-        quality = format_quality_table(evaluate(model, train, test))
-        result = write_repository(model, repository, tensorrt=tensorrt, train_record=record)
+        result = write_repository(model, repository, tensorrt=tensorrt, **written)
         return BuildResult(repository, ratings, quality, result.onnx_max_abs_err,
                            result.tensorrt_plan, search=chosen, tower=model.tower.kind)
     with tempfile.TemporaryDirectory(prefix="freshrec-text-") as scratch:
         text, parity = text_export(model, dataset.items, Path(scratch), tensorrt=tensorrt)
-        quality = format_quality_table(evaluate(model, train, test))
-        cold = format_quality_table(cold_item_quality(model, train, test, cold_ids),
-                                    columns=COLD_TABLE_COLUMNS)
-        result = write_repository(model, repository, tensorrt=tensorrt, text=text,
-                                  train_record=record)
+        if feedback is None:
+            cold = format_quality_table(cold_item_quality(model, train, test, cold_ids),
+                                        columns=COLD_TABLE_COLUMNS)
+        result = write_repository(model, repository, tensorrt=tensorrt, text=text, **written)
     return BuildResult(repository, ratings, quality, result.onnx_max_abs_err, result.tensorrt_plan,
                        text_parity_max_abs_err=parity, cold_quality_table=cold,
                        cold_items=int(cold_ids.size), search=chosen, tower=model.tower.kind)
+
+
+def test_record(scored: dict[str, dict[str, float]], test: datasets.Interactions) -> dict:
+    """What the manifest keeps of the build's report (``evaluate``'s rows on the latest 20 %):
+    the model's and popularity's metrics, the users scored, and the slice's time span. A push
+    is judged on it (issue 28: a base worse on its own slice than the serving one is refused)."""
+    def rounded(metrics):
+        return {k: round(float(v), 5) for k, v in metrics.items() if k != "users"}
+
+    return {"model": rounded(scored["model"]), "popularity": rounded(scored["popularity"]),
+            "users": int(scored["model"]["users"]),
+            "from_s": int(test.timestamps[0]) if len(test) else 0,
+            "to_s": int(test.timestamps[-1]) if len(test) else 0}
 
 
 def describe_choice(chosen: SearchResult) -> str:

@@ -441,6 +441,12 @@ def write_dataset(dataset: Dataset, out_dir: str | Path) -> Path:
 # splitting
 
 
+def concat(*parts: Interactions) -> Interactions:
+    """Several Interactions as one, sorted by time (stable: ties keep the parts' order)."""
+    return Interactions.from_arrays(*(np.concatenate([getattr(p, name) for p in parts])
+                                      for name in ("user_ids", "item_ids", "values", "timestamps")))
+
+
 def split_by_time(interactions: Interactions, *,
                   train_fraction: float = 0.8) -> tuple[Interactions, Interactions]:
     """The earliest ``train_fraction`` of events (by timestamp) vs the rest.

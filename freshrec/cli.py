@@ -52,6 +52,17 @@ def cmd_build(args: argparse.Namespace) -> int:
         if value is not None and not 0 <= value < float("inf"):
             raise UserError(f"{flag} must be >= 0, got {value:g}")
     started = time.monotonic()
+    feedback, feedback_offset = None, 0
+    if args.feedback_log is not None:
+        from freshrec.retrain import FeedbackSourceError, logged_feedback
+
+        try:
+            feedback, feedback_offset = logged_feedback(args.feedback_log,
+                                                        redis_prefix=args.redis_prefix,
+                                                        say=_progress_printer(args.quiet))
+        except FeedbackSourceError as exc:
+            raise UserError(str(exc)) from exc
+        print(f"feedback log: {len(feedback)} positive events up to offset {feedback_offset}")
     try:
         result = build(
             args.out, data=args.data, items=args.items, synthetic=args.synthetic, force=args.force,
@@ -65,6 +76,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                                     else args.popularity_half_life_days * 86400.0),
             session_s=None if args.session_minutes is None else args.session_minutes * 60.0,
             session_popularity_weight=args.session_popularity_weight,
+            feedback=feedback, feedback_offset=feedback_offset,
         )
     except (BuildError, DataError) as exc:
         raise UserError(str(exc)) from exc
@@ -87,8 +99,18 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"TensorRT plan: {result.tensorrt_plan}")
     else:
         print("TensorRT plan: not built (needs a CUDA device and the tensorrt package)")
+    if feedback is not None:
+        print(f"exported: fitted again on every event, the feedback up to log offset "
+              f"{feedback_offset} included (push it: freshrec push {args.out})")
     print(f"repository: {result.repository} (version 1) in {time.monotonic() - started:.1f} s")
     return 0
+
+
+def _progress_printer(quiet: bool):
+    """Long reads say how far they are, on stderr, unless --quiet."""
+    if quiet:
+        return lambda _message: None
+    return lambda message: print(message, file=sys.stderr, flush=True)
 
 
 def serving_repository(path: Path) -> Path:
@@ -263,6 +285,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _redis_prefix_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--redis-prefix", default=c.DEFAULT_REDIS_PREFIX,
+                        help=f"{what} (default {c.DEFAULT_REDIS_PREFIX})")
+
+
 def _updater_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--updater", default=c.DEFAULT_UPDATER_URL,
                         help=f"updater gRPC address (default {c.DEFAULT_UPDATER_URL})")
@@ -327,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the user tower: sequence (query = user row + a self-attention encoder "
                         f"over the last history items) or pooled (user row + recency-pooled "
                         f"history + an MLP); default {DEFAULT_TOWER}. The search still runs")
+    p.add_argument("--feedback-log", metavar="PATH|URL",
+                   help="retrain: also train on the updater's logged feedback (its feedback.sqlite, "
+                        "the folder holding it, or its redis:// URL) up to the log's newest offset, "
+                        "which the new base records; a push replays what came after")
+    _redis_prefix_flag(p, "with a redis:// --feedback-log: its key prefix")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("serve", help="start tritonserver on a model repository")
@@ -348,8 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the updater keeps the event log and live history in this Redis "
                         "(redis://host:port or unix:///path, run with appendonly yes and "
                         "appendfsync always); apps may send events straight to it. Default: SQLite")
-    p.add_argument("--redis-prefix", default=c.DEFAULT_REDIS_PREFIX,
-                   help=f"prefix of freshrec's Redis keys (default {c.DEFAULT_REDIS_PREFIX})")
+    _redis_prefix_flag(p, "prefix of freshrec's Redis keys")
     from updater.main import add_arguments as add_updater_arguments  # argparse only: light
     from updater.main import add_intake_arguments
 

@@ -122,9 +122,10 @@ def test_the_prior_by_hand_is_served_recorded_and_checked(tmp_path):
     meta = schema.RetrieveMeta.from_manifest(manifest)
     assert (meta.popularity_weight, meta.popularity_half_life_s) == (0.4, 3 * 86400.0)
     assert (meta.session_s, meta.session_popularity_weight) == (1800.0, 0.05)
-    assert meta.train == {"by_hand": {"popularity_weight": 0.4,
-                                      "popularity_half_life_s": 3 * 86400.0,
-                                      "session_s": 1800.0, "session_popularity_weight": 0.05}}
+    assert meta.train["by_hand"] == {"popularity_weight": 0.4,
+                                     "popularity_half_life_s": 3 * 86400.0,
+                                     "session_s": 1800.0, "session_popularity_weight": 0.05}
+    assert set(meta.train) == {"by_hand", "test"}  # what it did, and how the build scored
     assert set(schema.TREND_TABLES) <= set(manifest.tables)
     # every user's newest training event, for the gate's ages
     last_at = versions.load_table(result.repository / c.RETRIEVE / "1", manifest,
