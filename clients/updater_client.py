@@ -149,6 +149,14 @@ class UpdaterClient(ClosedOnExit):
         request = pb.RollbackRequest() if to is None else pb.RollbackRequest(to_version=to)
         return _as_dict(self._admin.Rollback(request, timeout=ADMIN_TIMEOUT_S))
 
+    def push(self, repository, *, force: bool = False) -> dict:
+        """Serve a retrained base: `repository` is a build's (DIR/repository) as the updater's
+        host sees it. Returns once Triton serves it: {version, feedback_offset, replayed,
+        judged, push_s}. Refused (FAILED_PRECONDITION) when its build scored below the serving
+        base's, unless ``force``."""
+        request = pb.PushRequest(path=str(repository), force=force)
+        return _as_dict(self._admin.Push(request, timeout=ADMIN_TIMEOUT_S))
+
     def forget_user(self, user_id: int) -> dict:
         return _as_dict(self._admin.ForgetUser(pb.ForgetUserRequest(user_id=user_id),
                                                timeout=ADMIN_TIMEOUT_S))

@@ -28,7 +28,6 @@ from exporter.evaluate import evaluate, format_quality_table
 from exporter.onnx_export import build_tensorrt_plan, check_onnx_parity, export_user_tower
 from exporter.search import Prior, SearchResult, describe_half_life, score
 from exporter.search import search as search_settings
-from exporter.sequence_tower import SequenceTower
 from exporter.synthetic import generate_synthetic
 from exporter.text_projection import (
     apply_text_rows,
@@ -116,9 +115,7 @@ def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = 
         plan = build_tensorrt_plan(onnx_path, scratch / PLAN_FILE) if tensorrt else None
         if plan is not None:
             tower_files[PLAN_FILE] = plan
-        sequence_length = model.tower.length if isinstance(model.tower, SequenceTower) else None
-        configs.write_config(repository / c.USER_TOWER,
-                             configs.user_tower_config(dim=dim, sequence_length=sequence_length))
+        configs.write_config(repository / c.USER_TOWER, configs.user_tower_config())
         versions.write_version(
             repository / c.USER_TOWER, FIRST_VERSION, {}, files=tower_files,
             meta={"dim": dim, "tower": model.tower.kind}

@@ -241,6 +241,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    repository = serving_repository(args.dir).resolve()
+    print(json.dumps(_updater_call(args, "push", repository, force=args.force), indent=2))
+    return 0
+
+
 def cmd_forget_user(args: argparse.Namespace) -> int:
     print(json.dumps(_updater_call(args, "forget_user", args.user), indent=2))
     return 0
@@ -403,6 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _updater_command(sub, "rollback", cmd_rollback,
                          "serve the previous (or a named) version's tables again")
     p.add_argument("--to", type=int, help="the version to roll back to (default: the previous one)")
+    p = _updater_command(sub, "push", cmd_push,
+                         "serve a retrained base (freshrec build --feedback-log ... --out DIR): "
+                         "verified, the logged events after its offset replayed onto it, "
+                         "switched to under traffic (prints JSON)")
+    p.add_argument("dir", type=Path, help="the build's --out folder (or its repository/)")
+    p.add_argument("--force", action="store_true",
+                   help="push even when its build scored below the serving base's")
     p = _updater_command(sub, "forget-user", cmd_forget_user,
                          "remove a user's row, history and logged events")
     p.add_argument("--user", type=int, required=True, help="external user id")

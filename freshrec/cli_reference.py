@@ -68,7 +68,10 @@ def _value_name(action: argparse.Action) -> str:
 
 
 def _flag(action: argparse.Action) -> str:
-    """The option as one writes it: its long name (else its only name) and its value's name."""
+    """The option as one writes it: its long name (else its only name) and its value's name;
+    a positional argument, its value's name alone."""
+    if not action.option_strings:
+        return _value_name(action)
     name = max(action.option_strings, key=len)
     return f"{name} {_value_name(action)}" if _takes_value(action) else name
 
@@ -157,7 +160,8 @@ def render(parser: argparse.ArgumentParser) -> str:
         lines += ["", "| option | default | what it does |", "|---|---|---|"]
         for action in options:
             value = f" {_value_name(action)}" if _takes_value(action) else ""
-            names = ", ".join(f"`{name}{value}`" for name in action.option_strings)
+            names = (", ".join(f"`{name}{value}`" for name in action.option_strings)
+                     or f"`{_value_name(action)}`")
             lines.append(f"| {names} | {_default(action, required=action.required)} | "
                          f"{_cell(action.help or '')}{notes.get(action, '')} |")
     return "\n".join(lines) + "\n"

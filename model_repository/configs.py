@@ -47,13 +47,20 @@ def _add_query_io(config) -> None:
     _add_output(config, c.VERSION, mc.TYPE_INT64, [1])
 
 
-def _python_model(name: str, *, instances: int, queue_delay_us: int) -> mc.ModelConfig:
+def _python_model(name: str, *, instances: int, queue_delay_us: int,
+                  every_version: bool = False) -> mc.ModelConfig:
+    """``every_version``: Triton serves every version folder (the models retrieve calls by the
+    version its own meta names: user_tower, text_encoder; a pushed base brings new ones while
+    the old versions keep answering for the retrieve versions that name them). Otherwise the
+    newest only: rollback publishes (or reloads) an older one explicitly."""
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=c.MAX_BATCH_SIZE)
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=instances)
     config.dynamic_batching.SetInParent()  # batching on, even with a zero delay
     config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
-    # serve the newest version only; rollback publishes (or reloads) an older one explicitly
-    config.version_policy.latest.num_versions = 1
+    if every_version:
+        config.version_policy.all.SetInParent()
+    else:
+        config.version_policy.latest.num_versions = 1
     return config
 
 
@@ -65,25 +72,26 @@ def retrieve_config(
     return config
 
 
-def user_tower_config(*, dim: int, sequence_length: int | None = None,
-                      instances: int = 1) -> mc.ModelConfig:
-    """A pooled tower's inputs (USER_EMB, HISTORY_EMB), or with ``sequence_length`` L a
-    sequence tower's (USER_EMB, HISTORY_SEQ [L, d], HISTORY_MASK [L]); QUERY out."""
-    config = _python_model(c.USER_TOWER, instances=instances, queue_delay_us=0)
-    _add_input(config, c.USER_EMB, mc.TYPE_FP32, [dim])
-    if sequence_length is None:
-        _add_input(config, c.HISTORY_EMB, mc.TYPE_FP32, [dim])
-    else:
-        _add_input(config, c.HISTORY_SEQ, mc.TYPE_FP32, [sequence_length, dim])
-        _add_input(config, c.HISTORY_MASK, mc.TYPE_FP32, [sequence_length])
-    _add_output(config, c.QUERY, mc.TYPE_FP32, [dim])
+def user_tower_config(*, instances: int = 1) -> mc.ModelConfig:
+    """One config for every tower kind and embedding size, so a pushed base may bring another
+    (issue 28) while the versions before it keep answering: USER_EMB [d]; a pooled tower's
+    HISTORY_EMB [d], or a sequence tower's HISTORY_SEQ [L, d] and HISTORY_MASK [L] (optional:
+    each version's ONNX graph takes its own, and retrieve sends those); QUERY [d] out. Every
+    version folder is served: retrieve asks the version its own meta names."""
+    config = _python_model(c.USER_TOWER, instances=instances, queue_delay_us=0, every_version=True)
+    _add_input(config, c.USER_EMB, mc.TYPE_FP32, [-1])
+    _add_input(config, c.HISTORY_EMB, mc.TYPE_FP32, [-1], optional=True)
+    _add_input(config, c.HISTORY_SEQ, mc.TYPE_FP32, [-1, -1], optional=True)
+    _add_input(config, c.HISTORY_MASK, mc.TYPE_FP32, [-1], optional=True)
+    _add_output(config, c.QUERY, mc.TYPE_FP32, [-1])
     return config
 
 
 def text_encoder_config(*, instances: int = 1,
                         queue_delay_us: int = DEFAULT_QUEUE_DELAY_US) -> mc.ModelConfig:
     """TEXT (BYTES, UTF-8, tokenised in the model) -> TEXT_EMB (FP32, normalised)."""
-    config = _python_model(c.TEXT_ENCODER, instances=instances, queue_delay_us=queue_delay_us)
+    config = _python_model(c.TEXT_ENCODER, instances=instances, queue_delay_us=queue_delay_us,
+                           every_version=True)
     _add_input(config, c.TEXT, mc.TYPE_STRING, [1])
     _add_output(config, c.TEXT_EMB, mc.TYPE_FP32, [c.TEXT_DIM])
     return config

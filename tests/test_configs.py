@@ -55,19 +55,15 @@ def test_recommend_is_an_ensemble_mapping_every_tensor_to_retrieve(tmp_path):
     assert dict(step.output_map) == {name: name for name in QUERY_OUTPUTS}
 
 
-def test_user_tower_takes_and_returns_rows_of_the_table_width(tmp_path):
-    config = _round_trip(tmp_path, configs.user_tower_config(dim=48))
+def test_one_user_tower_config_takes_every_tower_kind_and_size(tmp_path):
+    config = _round_trip(tmp_path, configs.user_tower_config())
     assert config.backend == "python"
-    assert {i.name: list(i.dims) for i in config.input} == {c.USER_EMB: [48], c.HISTORY_EMB: [48]}
-    assert [(o.name, list(o.dims)) for o in config.output] == [(c.QUERY, [48])]
-
-
-def test_a_sequence_user_tower_takes_the_window_of_item_rows_and_its_mask(tmp_path):
-    config = _round_trip(tmp_path, configs.user_tower_config(dim=48, sequence_length=20))
-    assert {i.name: (i.data_type, list(i.dims)) for i in config.input} == {
-        c.USER_EMB: (mc.TYPE_FP32, [48]), c.HISTORY_SEQ: (mc.TYPE_FP32, [20, 48]),
-        c.HISTORY_MASK: (mc.TYPE_FP32, [20])}
-    assert [(o.name, list(o.dims)) for o in config.output] == [(c.QUERY, [48])]
+    assert {i.name: (i.data_type, list(i.dims), i.optional) for i in config.input} == {
+        c.USER_EMB: (mc.TYPE_FP32, [-1], False), c.HISTORY_EMB: (mc.TYPE_FP32, [-1], True),
+        c.HISTORY_SEQ: (mc.TYPE_FP32, [-1, -1], True), c.HISTORY_MASK: (mc.TYPE_FP32, [-1], True)}
+    assert [(o.name, list(o.dims)) for o in config.output] == [(c.QUERY, [-1])]
+    # every version answers: a pushed base's tower beside the one older versions name
+    assert config.version_policy.WhichOneof("policy_choice") == "all"
 
 
 def test_text_encoder_takes_bytes_and_returns_unit_vectors_of_minilm_width(tmp_path):

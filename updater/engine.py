@@ -33,19 +33,21 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from model_repository import contract as c
 from model_repository import retrieve_schema as schema
+from model_repository import versions
 from model_repository.projection import TextProjection, rows_from_text
 from model_repository.sequence_tower import NumpySequenceTower
 from model_repository.tower import TOWER_FILE, NumpyTower, tower_from_tables
 from updater import faults
 from updater.admission import Catalogue, NewUserBudget
 from updater.feedback_log import EventLog
-from updater.publisher import Publisher, PublishError
+from updater.publisher import Publisher, PublishError, read_pushed_base
 from updater.quality import QualityMeter, QualityRecord
 from updater.settings import IntakePolicy, PublishPolicy, QualityPolicy, TrainerConfig
 from updater.trainer import SparseTrainer
@@ -56,6 +58,7 @@ READ_BATCH = 2000
 IDLE_WAIT_S = 0.05
 TRAIN_BATCH = 256  # events that train at once on a tick (below: when a publish or TRAIN_WAIT_S is due)
 TRAIN_WAIT_S = 1.0
+PUSH_METRIC = "recall@10"  # what a push is judged by, from the builds' reports (judge_push)
 FAILURE_BACKOFF_S = 2.0
 RATE_WINDOW_S = 10.0
 RATE_SAMPLE_S = 0.5  # how often the log's newest offset is kept for events_per_s
@@ -82,6 +85,39 @@ def version_tower(tables: dict[str, np.ndarray], repository: Path, meta: schema.
     log.warning("retrieve version has no tower tables: reading user_tower %s's %s (imports torch)",
                 user_tower_version, TOWER_FILE)
     return NumpyTower.from_file(Path(repository) / c.USER_TOWER / str(user_tower_version) / TOWER_FILE)
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    version: int          # the retrieve version serving the pushed base
+    feedback_offset: int  # the log offset its replay reached
+    replayed: int         # logged events trained into it after its own offset
+    judged: str           # how its build's report compared with the serving base's
+    push_s: float
+
+
+@dataclass(frozen=True)
+class PushJudgement:
+    worse: bool
+    reason: str
+
+
+def judge_push(serving: dict | None, pushed: dict | None, *, metric: str = PUSH_METRIC
+               ) -> PushJudgement:
+    """A pushed base against the serving one by their builds' reports (``train.test``: each
+    scored on the latest 20 % of its own events): worse when its model's ``metric`` is lower.
+    A base without a report cannot be judged (worse: pushes need --force); a serving base
+    without one (built before reports were kept) lets any push through."""
+    new = ((pushed or {}).get("test") or {}).get("model", {}).get(metric)
+    old = ((serving or {}).get("test") or {}).get("model", {}).get(metric)
+    if new is None:
+        return PushJudgement(True, f"the pushed base's build kept no {metric} to judge it by")
+    if old is None:
+        return PushJudgement(False, f"the serving base kept no {metric}; pushed {new:.4f}")
+    if new < old:
+        return PushJudgement(True, f"its build's {metric} {new:.4f} is below the serving "
+                                   f"base's {old:.4f}")
+    return PushJudgement(False, f"its build's {metric} {new:.4f}, the serving base's {old:.4f}")
 
 
 class Engine:
@@ -120,11 +156,7 @@ class Engine:
         its feedback_offset happens in the loop, like any new event."""
         manifest = self.publisher.recover()
         _, tables = self.publisher.load_tables(manifest.version)
-        meta = schema.RetrieveMeta.from_manifest(manifest)
-        tower = version_tower(tables, self.publisher.repository, meta)
-        self.trainer = SparseTrainer(tables, tower, recency_decay=meta.recency_decay,
-                                     popularity_half_life_s=meta.popularity_half_life_s,
-                                     config=self.trainer_config, meta=meta)
+        self.trainer = self._trainer(tables, schema.RetrieveMeta.from_manifest(manifest))
         self.applied_offset = self.published_offset = manifest.feedback_offset
         behind = self.log.last_offset() - manifest.feedback_offset
         self._notified_offset = self.log.last_offset()  # the log after the version: replayed
@@ -136,6 +168,13 @@ class Engine:
         for user_id in self.log.pending_forgets():
             log.warning("redoing the forget of a user interrupted by a crash")
             self._forget(user_id, deleted=0)
+
+    def _trainer(self, tables: dict[str, np.ndarray], meta: schema.RetrieveMeta) -> SparseTrainer:
+        """A trainer that starts from a version's (or a pushed base's) tables."""
+        tower = version_tower(tables, self.publisher.repository, meta)
+        return SparseTrainer(tables, tower, recency_decay=meta.recency_decay,
+                             popularity_half_life_s=meta.popularity_half_life_s,
+                             config=self.trainer_config, meta=meta)
 
     def _catalogue_changed(self) -> None:
         """The trainer's items are the catalogue now (recovered, items added, rolled back): the
@@ -379,13 +418,73 @@ class Engine:
             probe_user=int(tables[schema.USER_IDS][0]) if len(tables[schema.USER_IDS]) else 0,
             kind="rollback", parent=target)
         self._superseded(superseded)
-        _, published = self.publisher.load_tables(version)
-        self.trainer.reset({name: np.asarray(t) for name, t in published.items()})
+        manifest, published = self.publisher.load_tables(version)
+        published = {name: np.asarray(t) for name, t in published.items()}
+        meta = schema.RetrieveMeta.from_manifest(manifest)
+        if meta == self.trainer.meta:
+            self.trainer.reset(published)
+        else:  # across a push: the other base's tower, size and settings
+            self.trainer = self._trainer(published, meta)
         self._catalogue_changed()
         self.published_offset = self.applied_offset
         self._last_publish = time.monotonic()
         self._events_since_publish = 0
         return version, self.published_offset
+
+    def push(self, repository: Path, force: bool = False) -> PushOutcome:
+        """Serve a retrained base (`freshrec build --feedback-log` output): verify it, judge its
+        build's report against the serving base's (refused when worse, unless ``force``), train
+        the logged events after its feedback offset into it, and publish it as the next version
+        (its user_tower and text_encoder as new versions of those when they differ). The old
+        base's pending updates are published first, so a rollback returns to all of them."""
+        started = time.perf_counter()
+        try:
+            pushed = read_pushed_base(repository)
+        except versions.VersionError as exc:
+            raise CommandError(f"push refused: {exc}", code="INVALID_ARGUMENT") from exc
+        offset = pushed.manifest.feedback_offset
+        newest = self.log.last_offset()
+        if offset > newest:
+            raise CommandError(f"push refused: the base was trained on feedback up to offset "
+                               f"{offset}, past this log's newest, {newest} (another log?)")
+        judged = judge_push(self.trainer.meta.train, pushed.meta.train)
+        if judged.worse and not force:
+            raise CommandError(f"push refused: {judged.reason}; --force pushes it anyway")
+        self._consume()
+        if self._pending():
+            self._publish(kind="publish")  # the old base's updates, for a rollback
+        trainer = self._trainer(pushed.tables, pushed.meta)
+        replayed, replayed_to = 0, offset
+        while events := self.log.read_after(replayed_to, limit=READ_BATCH):
+            trainer.apply_many(events)
+            replayed, replayed_to = replayed + len(events), events[-1].offset
+        meta = self.publisher.install_side_versions(pushed)
+        faults.crash_point(faults.MID_PUSH)
+        old, superseded = self.trainer, self.publisher.current
+        self.trainer = trainer
+        started_publish = time.thread_time()
+        try:
+            version = self.publisher.publish(
+                trainer.tables(), changed_rows=None, feedback_offset=replayed_to,
+                probe_user=self.probe_user(), kind="push", meta=meta)
+        except BaseException:
+            self.trainer = old
+            raise
+        finally:
+            self.cpu_s["publishing"] += time.thread_time() - started_publish
+        self._superseded(superseded)
+        trainer.meta = schema.RetrieveMeta.from_manifest(
+            versions.read_manifest(self.publisher.model_dir / str(version)))
+        trainer.clear_changes()
+        self.applied_offset = self.published_offset = replayed_to
+        self._read_to = max(self._read_to, replayed_to)
+        self._last_publish = time.monotonic()
+        self._events_since_publish = 0
+        self._catalogue_changed()
+        log.info("pushed %s as version %s: %d events replayed after offset %d; %s",
+                 repository, version, replayed, offset, judged.reason)
+        return PushOutcome(version, replayed_to, replayed, judged.reason,
+                           time.perf_counter() - started)
 
     def forget_user(self, user_id: int) -> tuple[int, int, list[int]]:
         """(version without the user, events deleted from the log, older versions removed)."""

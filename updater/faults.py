@@ -16,6 +16,9 @@ CRASH_ENV = "FRESHREC_UPDATER_CRASH_AT"
 # after_rename: the new version is visible on disk, Triton not yet told to load it
 # after_load: the new version answers (switched to, or loaded), not yet recorded as current
 CRASH_POINTS = ("mid_batch", "before_rename", "after_rename", "after_load")
+# a push's (Admin.Push): its base replayed and its user_tower version written and loaded, its
+# retrieve version not yet written
+MID_PUSH = "mid_push"
 # corrupt_once: flip a byte of a shard of the next published version after its rename
 FAULT_ENV = "FRESHREC_UPDATER_FAULT"
 

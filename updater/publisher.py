@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from model_repository import configs, templates, versions
 from model_repository import contract as c
 from model_repository import retrieve_schema as schema
-from model_repository import templates, versions
 from model_repository.live_version import swap_blocker
 from updater import faults
 from updater.quality import QualityRecord
@@ -36,6 +36,9 @@ from updater.triton_control import TritonControl, TritonError
 log = logging.getLogger(__name__)
 
 MAX_RECORDS = 64
+# the models retrieve calls by the version its meta names, and that meta's key for each
+SIDE_MODELS = ((c.USER_TOWER, "user_tower_version"), (c.TEXT_ENCODER, "text_encoder_version"))
+TOWER_ONNX_FILE = "model.onnx"
 MAX_QUALITY_RECORDS = 8  # superseded versions' records Status shows
 
 
@@ -104,13 +107,13 @@ class Publisher:
     # -- publishing -----------------------------------------------------------------------
     def publish(self, tables: dict[str, np.ndarray], *, changed_rows: dict[str, np.ndarray] | None,
                 feedback_offset: int, probe_user: int, kind: str = "publish",
-                parent: int | None = None) -> int:
+                parent: int | None = None, meta: dict | None = None) -> int:
         """Write, verify and serve a new version, then probe it; returns its number. `parent`
-        defaults to the current version (a rollback passes its target). Raises PublishError on
-        failure."""
+        defaults to the current version (a rollback passes its target); `meta` to the parent's
+        (a push brings its base's). Raises PublishError on failure."""
         parent = self.current if parent is None else parent
         parent_dir = self.model_dir / str(parent)
-        meta = versions.read_manifest(parent_dir).meta
+        meta = versions.read_manifest(parent_dir).meta if meta is None else meta
         version = versions.next_version_number(self.model_dir)
         started = time.time()
         timings: dict[str, float] = {}
@@ -220,12 +223,66 @@ class Publisher:
         return versions.list_versions(self.model_dir)
 
     def collect_garbage(self) -> list[int]:
-        """Delete all but the newest `keep_versions` versions (never the current one)."""
+        """Delete all but the newest `keep_versions` versions (never the current one), then the
+        user_tower and text_encoder versions no kept retrieve version names."""
         kept = self.kept_versions()
         doomed = [v for v in kept[: max(0, len(kept) - self.keep_versions)] if v != self.current]
         for version in doomed:
             versions.remove_version(self.model_dir, version)
+        self._collect_side_versions()
         return doomed
+
+    # -- pushed bases (issue 28) ----------------------------------------------------------
+    def install_side_versions(self, pushed: PushedBase) -> dict:
+        """The pushed base's user_tower (and text_encoder) as versions of this repository's,
+        unless one here has the same files; each new one loaded by Triton beside the versions
+        older retrieve versions name. Returns the pushed retrieve meta naming them."""
+        meta = dict(pushed.manifest.meta)
+        serving = versions.read_manifest(self.model_dir / str(self.current)).meta
+        for model, key in SIDE_MODELS:
+            source = pushed.side.get(model)
+            if source is None:
+                meta.pop(key, None)
+                continue
+            model_dir = self.repository / model
+            number = _same_files(model_dir, source.files, prefer=serving.get(key))
+            if number is None:
+                number = versions.next_version_number(model_dir)
+                versions.write_version(
+                    model_dir, number, {}, meta=source.meta,
+                    files={name: pushed.repository / model / "1" / name for name in source.files})
+                config = configs.read_config(pushed.repository / model)
+                if (not (model_dir / configs.CONFIG_FILE).is_file()
+                        or configs.read_config(model_dir) != config):
+                    configs.write_config(model_dir, config)  # older builds: one tower size only
+                log.info("push: %s version %s written; loading it beside the others", model, number)
+                self.triton.load(model)
+            meta[key] = number
+        return meta
+
+    def _collect_side_versions(self) -> None:
+        """user_tower / text_encoder versions that no kept retrieve version names go (Triton
+        serves every version folder of those, so an unneeded one is loaded for nothing)."""
+        for model, key in SIDE_MODELS:
+            model_dir = self.repository / model
+            numbers = versions.list_versions(model_dir)
+            if len(numbers) < 2:
+                continue
+            named = set()
+            for version in self.kept_versions():
+                try:
+                    named.add(versions.read_manifest(self.model_dir / str(version)).meta.get(key))
+                except versions.VersionError:
+                    return  # unreadable: keep everything rather than guess
+            doomed = [n for n in numbers if n not in named]
+            for number in doomed:
+                versions.remove_version(model_dir, number)
+            if doomed:
+                log.info("%s versions %s named by no kept retrieve version: removed", model, doomed)
+                try:
+                    self.triton.load(model)  # Triton lets go of the removed ones
+                except TritonError as exc:
+                    log.warning("%s reload after removing old versions failed: %s", model, exc)
 
     def previous_version(self) -> int | None:
         older = [v for v in self.kept_versions() if self.current is not None and v < self.current]
@@ -246,6 +303,62 @@ class Publisher:
             if _holds_user(path, user_id):
                 versions.remove_quarantined(path)
         return removed
+
+
+@dataclass(frozen=True)
+class PushedBase:
+    """A `freshrec build` output checked in full: its retrieve version 1 (manifest, meta,
+    tables) and the user_tower / text_encoder version 1 manifests beside it."""
+
+    repository: Path
+    manifest: versions.Manifest
+    meta: schema.RetrieveMeta
+    tables: dict[str, np.ndarray]
+    side: dict[str, versions.Manifest]
+
+
+def read_pushed_base(repository: Path) -> PushedBase:
+    """Verify a build's repository as a push takes it: every version 1 checksummed, the retrieve
+    tables and meta by the schema, a user_tower with its ONNX graph. Raises VersionError (a
+    SchemaError for the schema) naming what is wrong."""
+    repository = Path(repository)
+    version_dir = repository / c.RETRIEVE / "1"
+    manifest = versions.verify_version(version_dir)
+    meta = schema.RetrieveMeta.from_manifest(manifest)
+    _, tables = versions.load_tables(version_dir)
+    tables = {name: np.asarray(t) for name, t in tables.items()}
+    schema.check_tables(tables, where=str(version_dir))
+    if meta.dim != tables[schema.ITEM_ROWS].shape[1]:
+        raise schema.SchemaError(f"{version_dir}: meta dim {meta.dim} but item rows of width "
+                                 f"{tables[schema.ITEM_ROWS].shape[1]}")
+    side = {}
+    for model, key in SIDE_MODELS:
+        side_dir = repository / model / "1"
+        if not side_dir.is_dir():
+            if model == c.USER_TOWER:
+                raise versions.VersionError(f"{repository}: no {c.USER_TOWER}/1")
+            if getattr(meta, key) is not None:
+                raise versions.VersionError(f"{repository}: its retrieve meta names {model} "
+                                            f"version {getattr(meta, key)}, but there is no {model}/1")
+            continue
+        side[model] = versions.verify_version(side_dir)
+        if not (repository / model / configs.CONFIG_FILE).is_file():
+            raise versions.VersionError(f"{repository / model}: no {configs.CONFIG_FILE}")
+    if TOWER_ONNX_FILE not in side[c.USER_TOWER].files:
+        raise versions.VersionError(f"{repository / c.USER_TOWER / '1'}: no {TOWER_ONNX_FILE}")
+    return PushedBase(repository, manifest, meta, tables, side)
+
+
+def _same_files(model_dir: Path, files: dict[str, str], *, prefer: int | None) -> int | None:
+    """A version in ``model_dir`` whose files have exactly these checksums (``prefer`` first)."""
+    numbers = versions.list_versions(model_dir)
+    for number in ([prefer] if prefer in numbers else []) + numbers[::-1]:
+        try:
+            if versions.read_manifest(model_dir / str(number)).files == files:
+                return number
+        except versions.VersionError:
+            continue
+    return None
 
 
 def _holds_user(version_dir: Path, user_id: int) -> bool:

@@ -184,6 +184,17 @@ class AdminService(pb_grpc.AdminServicer):
                                message=f"rolled back: version {version} serves the tables of "
                                        f"{to if to is not None else 'the previous version'}")
 
+    def Push(self, request, context):  # noqa: N802
+        if not request.path:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "path: is required")
+        path = Path(request.path)
+        if not path.is_absolute():
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"path: must be absolute (the updater's own view), got {request.path!r}")
+        done = self._wait(self.engine.submit(self.engine.push, path, request.force), context)
+        return pb.PushReply(version=done.version, feedback_offset=done.feedback_offset,
+                            replayed=done.replayed, judged=done.judged, push_s=done.push_s)
+
     def ForgetUser(self, request, context):  # noqa: N802
         user_id = _optional(request, "user_id")
         if user_id is None or user_id < 0:

@@ -226,6 +226,11 @@ class AdminStub:
                 request_serializer=freshrec__updater__pb2.AddItemsRequest.SerializeToString,
                 response_deserializer=freshrec__updater__pb2.AddItemsReply.FromString,
                 _registered_method=True)
+        self.Push = channel.unary_unary(
+                '/freshrec.updater.v1.Admin/Push',
+                request_serializer=freshrec__updater__pb2.PushRequest.SerializeToString,
+                response_deserializer=freshrec__updater__pb2.PushReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -263,6 +268,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Push(self, request, context):
+        """INVALID_ARGUMENT when the base fails verification (naming what), FAILED_PRECONDITION when
+        it scored below the serving base (without force) or its offset is past this log's.
+        Returns once Triton serves it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -290,6 +304,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.AddItems,
                     request_deserializer=freshrec__updater__pb2.AddItemsRequest.FromString,
                     response_serializer=freshrec__updater__pb2.AddItemsReply.SerializeToString,
+            ),
+            'Push': grpc.unary_unary_rpc_method_handler(
+                    servicer.Push,
+                    request_deserializer=freshrec__updater__pb2.PushRequest.FromString,
+                    response_serializer=freshrec__updater__pb2.PushReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -427,6 +446,33 @@ class Admin:
             '/freshrec.updater.v1.Admin/AddItems',
             freshrec__updater__pb2.AddItemsRequest.SerializeToString,
             freshrec__updater__pb2.AddItemsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Push(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/freshrec.updater.v1.Admin/Push',
+            freshrec__updater__pb2.PushRequest.SerializeToString,
+            freshrec__updater__pb2.PushReply.FromString,
             options,
             channel_credentials,
             insecure,
