@@ -62,14 +62,15 @@ def stub_pid(triton_pid: int, model: str) -> int | None:
 
 
 class Load:
-    """CLIENTS threads asking recommend; each sample is (monotonic end time, seconds, ok)."""
+    """``clients`` threads asking recommend; each sample is (monotonic end time, seconds, ok,
+    the VERSION that answered or -1)."""
 
-    def __init__(self, url: str, users: np.ndarray):
+    def __init__(self, url: str, users: np.ndarray, *, clients: int = CLIENTS):
         self.url, self.users = url, users
-        self.samples: list[tuple[float, float, bool]] = []
+        self.samples: list[tuple[float, float, bool, int]] = []
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._ask, args=(n,), daemon=True)
-                        for n in range(CLIENTS)]
+                        for n in range(clients)]
 
     def _ask(self, seed: int) -> None:
         from clients import Client
@@ -79,11 +80,12 @@ class Load:
             while not self.stop.is_set():
                 started = time.perf_counter()
                 try:
-                    client.recommend(int(rng.choice(self.users)), k=10)
+                    version = client.recommend(int(rng.choice(self.users)), k=10).version
                     ok = True
                 except Exception:  # noqa: BLE001 - counted and reported
-                    ok = False
-                self.samples.append((time.monotonic(), time.perf_counter() - started, ok))
+                    version, ok = -1, False
+                self.samples.append((time.monotonic(), time.perf_counter() - started, ok,
+                                     version))
 
     def __enter__(self) -> Load:
         for t in self.threads:

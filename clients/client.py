@@ -13,6 +13,9 @@ from tritonclient.utils import np_to_triton_dtype
 from clients.closing import ClosedOnExit
 from clients.updater_client import FeedbackResult, UpdaterClient
 from model_repository import contract as c
+from model_repository.canary import ARM_CODES, CANARY
+
+ARMS = {code: arm for arm, code in ARM_CODES.items()}
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +27,12 @@ class Recommendation:
     item_ids: list[int]
     scores: list[float]
     version: int
+    arm: str | None = None  # "control" or "canary" (None: a repository built before canaries)
 
     def to_json(self) -> dict:
         return {
             "version": self.version,
+            **({"arm": self.arm} if self.arm == CANARY else {}),
             "items": [{"item_id": i, "score": round(s, 6)} for i, s in zip(self.item_ids, self.scores)],
         }
 
@@ -106,13 +111,14 @@ class Client(ClosedOnExit):
             self.model,
             recommend_inputs(user_id, k=k, history=history, exclude=exclude,
                              exclude_seen=exclude_seen, text=text),
-            outputs=[grpcclient.InferRequestedOutput(n) for n in (c.ITEM_IDS, c.SCORES, c.VERSION)],
-            client_timeout=self.timeout_s,
+            client_timeout=self.timeout_s,  # every output: ARM only where the model has it
         )
+        arm = result.as_numpy(c.ARM)
         return Recommendation(
             item_ids=[int(x) for x in result.as_numpy(c.ITEM_IDS).reshape(-1)],
             scores=[float(x) for x in result.as_numpy(c.SCORES).reshape(-1)],
             version=int(result.as_numpy(c.VERSION).reshape(-1)[0]),
+            arm=None if arm is None else ARMS[int(arm.reshape(-1)[0])],
         )
 
     def is_ready(self) -> bool:

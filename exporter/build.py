@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -276,29 +276,37 @@ def build(
     record = chosen.record() if chosen else {}
     if by_hand:
         record["by_hand"] = by_hand
-    scored = evaluate(model, train, test)
-    quality = format_quality_table(scored)
-    record["test"] = test_record(scored, test)
     if feedback is not None:
         record["refit_events"] = len(everything)
-        cold = format_quality_table(cold_item_quality(model, train, test, cold_ids),
-                                    columns=COLD_TABLE_COLUMNS) if text_encoder else ""
-        log.info("fitting again on all %d events with the settings chosen", len(everything))
-        model, _ = train_model(drop_items(everything, cold_ids), items=dataset.items,
-                               config=config, search=False, chosen=chosen, progress=progress,
-                               **by_hand)
     written = {"train_record": record, "feedback_offset": feedback_offset}
+
+    def refit() -> TrainedModel:
+        """The exported model of a retrain: the chosen settings, fitted on every event."""
+        log.info("fitting again on all %d events with the settings chosen", len(everything))
+        return train_model(drop_items(everything, cold_ids), items=dataset.items, config=config,
+                           search=False, chosen=chosen, progress=progress, **by_hand)[0]
+
     if not text_encoder:
+        scored = evaluate(model, train, test)
+        record["test"] = test_record(scored, test)
+        if feedback is not None:
+            model = refit()
         result = write_repository(model, repository, tensorrt=tensorrt, **written)
-        return BuildResult(repository, ratings, quality, result.onnx_max_abs_err,
-                           result.tensorrt_plan, search=chosen, tower=model.tower.kind)
+        return BuildResult(repository, ratings, format_quality_table(scored),
+                           result.onnx_max_abs_err, result.tensorrt_plan, search=chosen,
+                           tower=model.tower.kind)
     with tempfile.TemporaryDirectory(prefix="freshrec-text-") as scratch:
         text, parity = text_export(model, dataset.items, Path(scratch), tensorrt=tensorrt)
-        if feedback is None:
-            cold = format_quality_table(cold_item_quality(model, train, test, cold_ids),
-                                        columns=COLD_TABLE_COLUMNS)
+        scored = evaluate(model, train, test)  # cold items scored with their title rows
+        record["test"] = test_record(scored, test)
+        cold = format_quality_table(cold_item_quality(model, train, test, cold_ids),
+                                    columns=COLD_TABLE_COLUMNS)
+        if feedback is not None:
+            model = refit()
+            text = replace(text, projection=project_titles(model, dataset.items, text))
         result = write_repository(model, repository, tensorrt=tensorrt, text=text, **written)
-    return BuildResult(repository, ratings, quality, result.onnx_max_abs_err, result.tensorrt_plan,
+    return BuildResult(repository, ratings, format_quality_table(scored),
+                       result.onnx_max_abs_err, result.tensorrt_plan,
                        text_parity_max_abs_err=parity, cold_quality_table=cold,
                        cold_items=int(cold_ids.size), search=chosen, tower=model.tower.kind)
 
@@ -354,11 +362,18 @@ def text_export(model: TrainedModel, items: datasets.Items, scratch: Path, *, te
     encoder = load_torch_encoder()
     onnx_path = export_text_encoder(encoder, scratch / TEXT_ONNX_FILE)
     parity = check_text_parity(encoder, onnx_path, tokenizer_path=tokenizer_path)
-    runtime = TextEncoderRuntime(onnx_path, tokenizer_path)
+    plan = (build_tensorrt_plan(onnx_path, scratch / PLAN_FILE, profile_shapes=PLAN_SHAPES)
+            if tensorrt else None)
+    exported = TextExport(onnx_path, tokenizer_path, None, plan)
+    return replace(exported, projection=project_titles(model, items, exported)), parity
+
+
+def project_titles(model: TrainedModel, items: datasets.Items, text: TextExport) -> TextProjection:
+    """Encode every title with the exported encoder, fit the projection on ``model``'s item
+    rows and give its titled items without training events their projected rows."""
+    runtime = TextEncoderRuntime(text.onnx_path, text.tokenizer_path)
     rows, titles = titled_rows(model, items)
     text_emb = np.concatenate([runtime.encode(titles[i:i + ENCODE_BATCH])
                                for i in range(0, len(titles), ENCODE_BATCH)])
     projection, _ = apply_text_rows(model, rows, text_emb)
-    plan = (build_tensorrt_plan(onnx_path, scratch / PLAN_FILE, profile_shapes=PLAN_SHAPES)
-            if tensorrt else None)
-    return TextExport(onnx_path, tokenizer_path, projection, plan), parity
+    return projection

@@ -45,6 +45,7 @@ def _add_query_io(config) -> None:
     _add_output(config, c.ITEM_IDS, mc.TYPE_INT64, [-1])
     _add_output(config, c.SCORES, mc.TYPE_FP32, [-1])
     _add_output(config, c.VERSION, mc.TYPE_INT64, [1])
+    _add_output(config, c.ARM, mc.TYPE_INT32, [1])
 
 
 def _python_model(name: str, *, instances: int, queue_delay_us: int,
@@ -105,7 +106,7 @@ def recommend_config() -> mc.ModelConfig:
     step = config.ensemble_scheduling.step.add(model_name=c.RETRIEVE, model_version=-1)
     for name in (c.USER_ID, c.K, c.HISTORY, c.EXCLUDE, c.EXCLUDE_SEEN, c.QUERY_TEXT):
         step.input_map[name] = name
-    for name in (c.ITEM_IDS, c.SCORES, c.VERSION):
+    for name in (c.ITEM_IDS, c.SCORES, c.VERSION, c.ARM):
         step.output_map[name] = name
     return config
 

@@ -29,6 +29,7 @@ QUERY_TEXT = "QUERY_TEXT"    # BYTES [1], optional, UTF-8: blend (or, with no US
 ITEM_IDS = "ITEM_IDS"        # INT64 [-1], best first
 SCORES = "SCORES"            # FP32 [-1]
 VERSION = "VERSION"          # INT64 [1], the retrieve version that answered
+ARM = "ARM"                  # INT32 [1], its arm: 0 the serving one, 1 a canary (model_repository.canary)
 
 # user_tower tensors: a pooled tower takes USER_EMB and HISTORY_EMB, a sequence tower USER_EMB,
 # HISTORY_SEQ and HISTORY_MASK (model_repository.sequence_tower.sequence_inputs lays them out)

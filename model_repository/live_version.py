@@ -31,6 +31,7 @@ from pathlib import Path
 
 from model_repository import retrieve_schema as schema
 from model_repository import versions
+from model_repository.canary import CANARY, CONTROL, CanarySplit, arm_of, read_split
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +57,16 @@ def swap_blocker(serving: versions.Manifest, candidate: versions.Manifest) -> st
 
 
 def newest_good_version(model_dir: Path, *, at_most: int) -> Path:
-    """The newest version folder numbered ``at_most`` or lower that verifies in full: where a
-    model Triton just loaded starts. After a crash the newest folder may be one no publisher
-    checked (renamed, then the updater died; a byte flipped on disk); it is skipped, logged.
-    Raises VersionError when none verifies."""
+    """The newest control version folder (model_repository.canary) numbered ``at_most`` or
+    lower that verifies in full: where a model Triton just loaded starts. After a crash the
+    newest folder may be one no publisher checked (renamed, then the updater died; a byte
+    flipped on disk); it is skipped, logged. Raises VersionError when none verifies."""
     for version in reversed(versions.list_versions(model_dir)):
         if version > at_most:
             continue
         try:
+            if arm_of(versions.read_manifest(Path(model_dir) / str(version)).meta) == CANARY:
+                continue  # the control starts here; the watcher finds the canary's own
             versions.verify_version(Path(model_dir) / str(version))
         except versions.VersionError as exc:
             log.error("retrieve version %s does not verify, trying an older one: %s", version, exc)
@@ -82,6 +85,9 @@ class VersionWatcher:
                  poll_s: float = DEFAULT_POLL_S):
         self.model_dir = Path(model_dir)
         self.current = first  # a Retriever; read once per batch by the model
+        # a running canary (model_repository.canary): its split and the newest version of its
+        # lineage, both None without one; (split, canary) is replaced as one tuple
+        self.canary: tuple[CanarySplit, object] | None = None
         self._open = open_version
         self.poll_s = poll_s
         self.refused: dict[int, str] = {}  # version -> why it is never used
@@ -121,31 +127,78 @@ class VersionWatcher:
         if mtime_ns == self._mtime_ns:
             return False
         self._mtime_ns = mtime_ns
+        split = read_split(self.model_dir)
+        switched = self._check_control(split)
+        if split is None:
+            if self.canary is not None:
+                log.info("retrieve: the canary ended; every user is the control's again")
+                self.canary = None
+            return switched
+        return self._check_canary(split) or switched
+
+    def _newest(self, split: CanarySplit | None, arm: str, above: int):
+        """(version, manifest) of the arm's versions newer than ``above``, newest first (a
+        version of the canary's lineage needs a running canary and a number from its first)."""
         for version in reversed(versions.list_versions(self.model_dir)):
-            if version <= self.version:
-                return False
-            if version not in self.refused and self._switch_to(version):
+            if version <= above:
+                return
+            if version in self.refused:
+                continue
+            try:
+                manifest = versions.read_manifest(self.model_dir / str(version))
+            except versions.VersionError:
+                self._mtime_ns = None  # deleted under us (GC, quarantine): scan again
+                continue
+            mine = arm_of(manifest.meta)
+            if mine == CANARY and (split is None or version < split.first_version):
+                continue
+            if mine == arm:
+                yield version, manifest
+
+    def _check_control(self, split: CanarySplit | None) -> bool:
+        for version, manifest in self._newest(split, CONTROL, self.version):
+            retriever = self._open_checked(version, manifest, self.current,
+                                           swap_blocker(self.current.manifest, manifest))
+            if retriever is not None:
+                log.info("retrieve switched from version %s to %s", self.current.version, version)
+                self.current = retriever
                 return True
         return False
 
-    def _switch_to(self, version: int) -> bool:
+    def _check_canary(self, split: CanarySplit) -> bool:
+        serving = self.canary[1] if self.canary is not None else None
+        above = serving.version if serving is not None else split.first_version - 1
+        for version, manifest in self._newest(split, CANARY, above):
+            # its own code must be the running one; any embedding size: it has its own tables
+            blocker = (f"its {CODE_FILE} differs from the running one"
+                       if manifest.files.get(CODE_FILE) != self.current.manifest.files.get(CODE_FILE)
+                       else None)
+            retriever = self._open_checked(version, manifest, serving, blocker)
+            if retriever is not None:
+                log.info("retrieve: the canary (%.1f %% of users) answers from version %s",
+                         100 * split.share, version)
+                self.canary = (split, retriever)
+                return True
+        if serving is not None and self.canary[0] != split:
+            self.canary = (split, serving)  # restated (another share): same version
+        return False
+
+    def _open_checked(self, version: int, manifest: versions.Manifest, serving,
+                      blocker: str | None):
+        """A ready Retriever for ``version``, or None with the version refused for good."""
         version_dir = self.model_dir / str(version)
-        serving = self.current
-        try:
-            reason = swap_blocker(serving.manifest, versions.read_manifest(version_dir))
-            if reason is None:
-                versions.verify_version(version_dir, trusted_parent=serving.version_dir)
-                retriever = self._open(version_dir)
-        except (versions.VersionError, OSError, ValueError) as exc:
-            if not version_dir.is_dir():
-                self._mtime_ns = None  # deleted under us (GC, quarantine): scan again
-                return False
-            reason = f"failed verification or loading: {exc}"
-        if reason is not None:
-            self.refused[version] = reason
-            log.error("retrieve version %s refused, serving %s still: %s", version,
-                      serving.version, reason)
-            return False
-        self.current = retriever
-        log.info("retrieve switched from version %s to %s", serving.version, version)
-        return True
+        reason = blocker
+        if reason is None:
+            try:
+                versions.verify_version(
+                    version_dir, trusted_parent=serving.version_dir if serving else None)
+                return self._open(version_dir)
+            except (versions.VersionError, OSError, ValueError) as exc:
+                if not version_dir.is_dir():
+                    self._mtime_ns = None  # deleted under us (GC, quarantine): scan again
+                    return None
+                reason = f"failed verification or loading: {exc}"
+        self.refused[version] = reason
+        log.error("retrieve version %s refused, serving %s still: %s", version,
+                  serving.version if serving else "no canary", reason)
+        return None

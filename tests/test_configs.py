@@ -18,6 +18,7 @@ QUERY_OUTPUTS = {
     c.ITEM_IDS: (mc.TYPE_INT64, [-1]),
     c.SCORES: (mc.TYPE_FP32, [-1]),
     c.VERSION: (mc.TYPE_INT64, [1]),
+    c.ARM: (mc.TYPE_INT32, [1]),  # 0 the serving version's lineage, 1 a canary's
 }
 
 

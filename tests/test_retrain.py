@@ -98,3 +98,23 @@ def test_the_cli_retrains_from_a_log_and_says_so(base, tmp_path, capsys):
     assert cli_main(["build", "--data", str(base / "data"), "--out", str(tmp_path / "x"),
                      "--feedback-log", str(tmp_path / "none")]) == 1
     assert "--feedback-log" in capsys.readouterr().err
+
+
+def test_a_retrain_with_text_reports_cold_items_as_a_plain_build_does(builds, tmp_path):
+    """With no logged event the 80 / 20 split is the plain build's, so is the whole report; the
+    exported base's titled items without events still get rows from their titles."""
+    from exporter.data import Interactions
+    from tests.fixtures.builds import TEXT
+
+    plain = builds.get(TEXT)
+    empty = Interactions.from_arrays([], [], [], [])
+    retrained = build(tmp_path, data=plain.ratings, progress=False, tensorrt=False,
+                      text_encoder=True, config=TEXT.train, search=False, feedback=empty,
+                      feedback_offset=0)
+    assert retrained.cold_items == plain.cold_items > 0
+    assert retrained.cold_quality_table == plain.cold_quality_table
+    assert retrained.quality_table == plain.quality_table
+    version_dir = retrained.repository / c.RETRIEVE / "1"
+    manifest = versions.read_manifest(version_dir)
+    assert schema.RetrieveMeta.from_manifest(manifest).text_encoder_version == 1
+    assert set(schema.TEXT_TABLES) <= set(manifest.tables)

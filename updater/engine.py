@@ -59,6 +59,7 @@ IDLE_WAIT_S = 0.05
 TRAIN_BATCH = 256  # events that train at once on a tick (below: when a publish or TRAIN_WAIT_S is due)
 TRAIN_WAIT_S = 1.0
 PUSH_METRIC = "recall@10"  # what a push is judged by, from the builds' reports (judge_push)
+PUSH_Z = 2.0  # standard errors of the two reports' difference a pushed base may fall short by
 FAILURE_BACKOFF_S = 2.0
 RATE_WINDOW_S = 10.0
 RATE_SAMPLE_S = 0.5  # how often the log's newest offset is kept for events_per_s
@@ -102,22 +103,32 @@ class PushJudgement:
     reason: str
 
 
-def judge_push(serving: dict | None, pushed: dict | None, *, metric: str = PUSH_METRIC
-               ) -> PushJudgement:
+def judge_push(serving: dict | None, pushed: dict | None, *, metric: str = PUSH_METRIC,
+               z: float = PUSH_Z) -> PushJudgement:
     """A pushed base against the serving one by their builds' reports (``train.test``: each
-    scored on the latest 20 % of its own events): worse when its model's ``metric`` is lower.
-    A base without a report cannot be judged (worse: pushes need --force); a serving base
-    without one (built before reports were kept) lets any push through."""
-    new = ((pushed or {}).get("test") or {}).get("model", {}).get(metric)
-    old = ((serving or {}).get("test") or {}).get("model", {}).get(metric)
+    scored on the latest 20 % of its own events, over its ``users``): worse when its model's
+    ``metric`` is below the serving one's by more than ``z`` standard errors of the difference.
+    A per-user recall lies in [0, 1], so its variance is at most p (1 - p): each report's
+    standard error is taken as sqrt(p (1 - p) / users), an upper bound. A base without a report
+    cannot be judged (worse: pushes need --force); a serving base without one (built before
+    reports were kept) lets any push through."""
+    new_report = (pushed or {}).get("test") or {}
+    old_report = (serving or {}).get("test") or {}
+    new = new_report.get("model", {}).get(metric)
+    old = old_report.get("model", {}).get(metric)
     if new is None:
         return PushJudgement(True, f"the pushed base's build kept no {metric} to judge it by")
     if old is None:
         return PushJudgement(False, f"the serving base kept no {metric}; pushed {new:.4f}")
-    if new < old:
-        return PushJudgement(True, f"its build's {metric} {new:.4f} is below the serving "
-                                   f"base's {old:.4f}")
-    return PushJudgement(False, f"its build's {metric} {new:.4f}, the serving base's {old:.4f}")
+    variance = sum(p * (1 - p) / report["users"] for p, report in ((new, new_report),
+                                                                   (old, old_report))
+                   if report.get("users"))
+    margin = z * variance ** 0.5
+    said = (f"its build's {metric} {new:.4f} ({new_report.get('users', '?')} users), the "
+            f"serving base's {old:.4f} ({old_report.get('users', '?')} users)")
+    if new < old - margin:
+        return PushJudgement(True, f"{said}: below it by more than the noise ({margin:.4f})")
+    return PushJudgement(False, f"{said}: not below it by more than the noise ({margin:.4f})")
 
 
 class Engine:

@@ -12,15 +12,22 @@ from updater.engine import judge_push
 from updater.publisher import read_pushed_base
 
 
-def _report(recall):
-    return {"test": {"model": {"recall@10": recall}}}
+def _report(recall, users=None):
+    report = {"model": {"recall@10": recall}}
+    return {"test": report if users is None else {**report, "users": users}}
 
 
-def test_a_base_scoring_below_the_serving_one_is_worse_and_says_by_how_much():
-    judged = judge_push(_report(0.25), _report(0.20))
-    assert judged.worse and "0.2000 is below the serving base's 0.2500" in judged.reason
-    assert not judge_push(_report(0.25), _report(0.25)).worse  # level goes in
-    assert not judge_push(_report(0.25), _report(0.30)).worse
+def test_a_base_scoring_below_the_serving_one_by_more_than_the_noise_is_worse():
+    # 650 users each: the margin is 2 sqrt((0.17 * 0.83 + 0.12 * 0.88) / 650) = 0.0390
+    judged = judge_push(_report(0.17, 650), _report(0.12, 650))
+    assert judged.worse and "0.1200 (650 users)" in judged.reason
+    assert "below it by more than the noise (0.0390)" in judged.reason
+    # the demo's nightly retrain: 0.1657 against 0.1676 on slices of 652 and 644 users
+    assert not judge_push(_report(0.1676, 644), _report(0.1657, 652)).worse
+    assert not judge_push(_report(0.25, 650), _report(0.30, 650)).worse
+    # reports without their users: no noise allowed for
+    assert judge_push(_report(0.25), _report(0.2499)).worse
+    assert not judge_push(_report(0.25), _report(0.25)).worse
 
 
 def test_a_base_without_a_report_needs_force_and_an_old_serving_base_lets_any_through():

@@ -1,0 +1,83 @@
+"""A canary's arms and the rule that decides it (issue 28).
+
+`freshrec push DIR --canary 10%` serves the pushed base to a stable hash-chosen share of users
+(model_repository.canary) while the rest keep the serving lineage; each arm learns online from
+its own users' events and publishes its own versions. Each arm is judged on its own users:
+before each positive event of a user is learned, the user's arm's serving version is asked for
+the user's top K as retrieve answers it (updater.quality, the same question the per-version
+quality record asks), and a hit is the event's item in it. So each arm's hit rate is that of the
+answers its users were getting, measured on the same kind of event in both arms.
+
+The decision (`decide`), checked after every batch once each arm has MIN_EVENTS asked:
+
+    d = p_canary - p_control,  se = sqrt(p_c (1 - p_c) / n_c + p_t (1 - p_t) / n_t)
+    roll back when d + Z se < 0                    (the canary is worse, beyond the noise)
+    promote   when d - Z se > -MARGIN * p_control  (not worse by more than MARGIN, relative)
+
+with Z = 3 at every look, a Haybittle-Peto boundary: a fixed z of 3 on each of many looks keeps
+the chance of any wrong decision over a run near 1 % where a single look at z = 2 would allow
+about 5 % per look. Nothing is decided before MIN_EVENTS per arm, and after MAX_EVENTS per arm
+without a decision the canary stays for the operator (`freshrec canary --promote | --rollback`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+Z = 3.0
+MARGIN = 0.05  # relative: a canary within 5 % of the control's hit rate is "not worse"
+MIN_EVENTS = 200  # asked events per arm before any decision
+MAX_EVENTS = 50_000  # per arm: past this, no automatic decision
+
+PROMOTE, ROLL_BACK = "promote", "roll back"
+
+
+@dataclass(frozen=True)
+class ArmCount:
+    events: int = 0  # positive events asked
+    hits: int = 0    # of them, the item in the arm's top K
+
+    @property
+    def rate(self) -> float:
+        return self.hits / self.events if self.events else 0.0
+
+    def interval(self, z: float = 1.96) -> tuple[float, float]:
+        """Wilson score interval of the hit rate."""
+        n = self.events
+        if not n:
+            return 0.0, 1.0
+        p = self.rate
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        return max(0.0, centre - half), min(1.0, centre + half)
+
+    def plus(self, events: int, hits: int) -> ArmCount:
+        return ArmCount(self.events + events, self.hits + hits)
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: str | None  # PROMOTE, ROLL_BACK, or None: not yet
+    reason: str
+
+
+def decide(control: ArmCount, canary: ArmCount, *, z: float = Z, margin: float = MARGIN,
+           min_events: int = MIN_EVENTS, max_events: int = MAX_EVENTS) -> Decision:
+    """The sequential rule in the module docstring."""
+    if min(control.events, canary.events) < min_events:
+        return Decision(None, f"waiting for {min_events} asked events in each arm "
+                              f"(control {control.events}, canary {canary.events})")
+    d = canary.rate - control.rate
+    se = math.sqrt(canary.rate * (1 - canary.rate) / canary.events
+                   + control.rate * (1 - control.rate) / control.events)
+    said = (f"hit rate canary {canary.rate:.4f} ({canary.events} events), control "
+            f"{control.rate:.4f} ({control.events}): difference {d:+.4f}, z {z:g} x se {se:.4f}")
+    if d + z * se < 0:
+        return Decision(ROLL_BACK, f"{said}: worse beyond the noise")
+    if d - z * se > -margin * control.rate:
+        return Decision(PROMOTE, f"{said}: not worse by more than {margin:.0%}")
+    if min(control.events, canary.events) >= max_events:
+        return Decision(None, f"{said}: undecided after {max_events} events per arm; the "
+                              f"operator decides")
+    return Decision(None, f"{said}: not decided yet")
