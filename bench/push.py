@@ -10,6 +10,9 @@ rollback again. Reported per phase: requests, failed, p50 / p99 latency, the RPC
 the events its replay trained, and the time from the RPC's return until every client thread's
 answers come from the new version (negative: all had switched before it returned, as its probe
 waits for the switch).
+
+`python -m bench.push --canary-data PATH [--share 0.1]`: the canary replay on a real log
+(`canary_replay`): a worse canary rolled back, a better one promoted, and the events each took.
 """
 
 from __future__ import annotations
@@ -123,9 +126,89 @@ def run(scratch: Path) -> list[list]:
     return rows
 
 
+def popularity_only(repository: Path, out: Path) -> Path:
+    """A copy of a built repository whose retrieve version ranks by the popularity prior alone
+    (item rows zero, the prior at weight 1 in and out of session): the deliberately worse base."""
+    import shutil
+
+    from model_repository import contract as c
+    from model_repository import templates, versions
+
+    copy = Path(shutil.copytree(repository, out))
+    version_dir = copy / c.RETRIEVE / "1"
+    manifest, tables = versions.load_tables(version_dir)
+    tables = {name: np.array(t) for name, t in tables.items()}
+    tables["item_rows"] = np.zeros_like(tables["item_rows"])
+    meta = {**manifest.meta, "popularity_weight": 1.0, "session_popularity_weight": 1.0,
+            "train": {"popularity only": True}}
+    shutil.rmtree(version_dir)
+    versions.write_version(copy / c.RETRIEVE, 1, tables, meta=meta,
+                           feedback_offset=manifest.feedback_offset,
+                           files={"model.py": templates.template(c.RETRIEVE)})
+    return copy
+
+
+def canary_replay(data: Path, scratch: Path, *, share: float, batch: int = 50) -> list[list]:
+    """The log's latest 20 % sent as feedback, in time order with their own timestamps, to a
+    server whose pushed canary decides itself (--auto): a worse canary (popularity only) beside
+    the model, then the model as the canary beside popularity only. Per run: the decision, the
+    log events it took, each arm's asked events and hit rate then."""
+    import shutil
+
+    from bench.quality_cut import train_on_the_cut
+    from clients import UpdaterClient
+    from exporter.build import write_repository
+    from freshrec.stack import serving_stack
+    from model_repository import contract as c
+
+    say = lambda message: print(f"bench.push: {message}", flush=True)  # noqa: E731
+    _, source, _, test, model, train_s, _ = train_on_the_cut(data, seed=0)
+    say(f"{source}: base trained in {train_s:.0f} s; {len(test)} events to replay")
+    real = write_repository(model, scratch / "model" / "repository", tensorrt=False).repository
+    popular = popularity_only(real, scratch / "popular" / "repository")
+    rows = []
+    for label, serving, canary in (("popularity-only canary beside the model", real, popular),
+                                   ("the model as canary beside popularity only", popular, real)):
+        run_dir = scratch / label.split()[0]
+        repository = Path(shutil.copytree(serving, run_dir / "repository"))
+        with serving_stack(repository, models=(c.USER_TOWER, c.RETRIEVE, c.RECOMMEND),
+                           log_dir=run_dir, updater=True) as stack, \
+                UpdaterClient(stack.updater.url) as up:
+            up.push(canary, canary=share, auto=True, force=True)
+            sent, state = 0, up.status()["canary"]
+            for start in range(0, len(test), batch):
+                end = min(start + batch, len(test))
+                up.feedback_batch([dict(event_id=f"r{n}", user_id=int(test.user_ids[n]),
+                                        item_id=int(test.item_ids[n]), kind="click",
+                                        timestamp=float(test.timestamps[n]))
+                                   for n in range(start, end)])
+                sent = end
+                if (start // batch) % 10 == 9 or end == len(test):
+                    up.publish()
+                    state = up.status()["canary"]
+                    if state["ended"]:
+                        break
+            say(f"{label}: {state['ended'] or 'undecided'} after {sent} events: {state['reason']}")
+            rows.append([label, state["ended"] or "undecided", sent,
+                         state["control"]["events"], f"{state['control']['hit_rate']:.4f}",
+                         state["canary"]["events"], f"{state['canary']['hit_rate']:.4f}"])
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.push", description=__doc__.splitlines()[0])
-    parser.parse_args(argv)
+    parser.add_argument("--canary-data", type=Path,
+                        help="instead: the canary replay on this log (ratings folder)")
+    parser.add_argument("--share", type=float, default=0.1, help="the canary's share (0.1)")
+    args = parser.parse_args(argv)
+    if args.canary_data is not None:
+        print(machine_header([f"method: the log's latest 20 % sent as feedback in time order, "
+                              f"a canary at {args.share:.0%} pushed with --auto first"]))
+        with tempfile.TemporaryDirectory(prefix="freshrec-canary-") as scratch:
+            rows = canary_replay(args.canary_data, Path(scratch), share=args.share)
+        print_table(["run", "decision", "log events until it", "control asked",
+                     "control hit@10", "canary asked", "canary hit@10"], rows)
+        return 0
     print(machine_header([f"method: {CLIENTS} closed-loop recommend threads over gRPC; each "
                           f"phase {PHASE_S:.0f} s of load from the RPC on; {BASE_DATA}"]))
     with tempfile.TemporaryDirectory(prefix="freshrec-push-") as scratch:

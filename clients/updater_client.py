@@ -66,8 +66,8 @@ def _as_dict(message) -> dict:
             out[fd.name] = dict(value)
         elif fd.is_repeated:
             out[fd.name] = [_as_dict(v) if fd.message_type is not None else v for v in value]
-        elif fd.message_type is not None:
-            out[fd.name] = _as_dict(value)
+        elif fd.message_type is not None:  # absent (never set): None
+            out[fd.name] = _as_dict(value) if message.HasField(fd.name) else None
         else:
             out[fd.name] = value
     return out
@@ -149,13 +149,22 @@ class UpdaterClient(ClosedOnExit):
         request = pb.RollbackRequest() if to is None else pb.RollbackRequest(to_version=to)
         return _as_dict(self._admin.Rollback(request, timeout=ADMIN_TIMEOUT_S))
 
-    def push(self, repository, *, force: bool = False) -> dict:
+    def push(self, repository, *, force: bool = False, canary: float = 0.0,
+             auto: bool = False) -> dict:
         """Serve a retrained base: `repository` is a build's (DIR/repository) as the updater's
         host sees it. Returns once Triton serves it: {version, feedback_offset, replayed,
         judged, push_s}. Refused (FAILED_PRECONDITION) when its build scored below the serving
-        base's, unless ``force``."""
-        request = pb.PushRequest(path=str(repository), force=force)
+        base's, unless ``force``. ``canary`` in (0, 1): to that share of users only (``auto``:
+        promoted or rolled back by the updater's decision rule)."""
+        request = pb.PushRequest(path=str(repository), force=force, canary_share=canary,
+                                 auto=auto)
         return _as_dict(self._admin.Push(request, timeout=ADMIN_TIMEOUT_S))
+
+    def end_canary(self, *, promote: bool) -> dict:
+        """Promote the running canary or roll it back; returns once every user is served from
+        the result: {published, version, feedback_offset, message}."""
+        return _as_dict(self._admin.EndCanary(pb.EndCanaryRequest(promote=promote),
+                                              timeout=ADMIN_TIMEOUT_S))
 
     def forget_user(self, user_id: int) -> dict:
         return _as_dict(self._admin.ForgetUser(pb.ForgetUserRequest(user_id=user_id),

@@ -243,8 +243,33 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_push(args: argparse.Namespace) -> int:
     repository = serving_repository(args.dir).resolve()
-    print(json.dumps(_updater_call(args, "push", repository, force=args.force), indent=2))
+    if args.auto and args.canary is None:
+        raise UserError("--auto decides a canary: give --canary SHARE too")
+    print(json.dumps(_updater_call(args, "push", repository, force=args.force,
+                                   canary=args.canary or 0.0, auto=args.auto), indent=2))
     return 0
+
+
+def cmd_canary(args: argparse.Namespace) -> int:
+    if args.promote or args.rollback:
+        print(json.dumps(_updater_call(args, "end_canary", promote=args.promote), indent=2))
+        return 0
+    canary = _updater_call(args, "status")["canary"]
+    if canary is None:
+        raise UserError("no canary has run since the updater started")
+    print(json.dumps(canary, indent=2))
+    return 0
+
+
+def _share(text: str) -> float:
+    """--canary: "10%" or "0.1" -> 0.1, in (0, 1)."""
+    try:
+        share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share like 10% or 0.1, got {text!r}") from None
+    if not 0 < share < 1:
+        raise argparse.ArgumentTypeError(f"the share must be above 0 and below 100%, got {text!r}")
+    return share
 
 
 def cmd_forget_user(args: argparse.Namespace) -> int:
@@ -416,6 +441,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path, help="the build's --out folder (or its repository/)")
     p.add_argument("--force", action="store_true",
                    help="push even when its build scored below the serving base's")
+    p.add_argument("--canary", type=_share, metavar="SHARE",
+                   help="serve it to this share of users only (10%% or 0.1), chosen by a stable "
+                        "hash of the user id, beside the serving version; both arms learn")
+    p.add_argument("--auto", action="store_true",
+                   help="with --canary: promote it when its users' hit rate is not worse, roll "
+                        "it back when it is (updater.canary's sequential rule)")
+    p = _updater_command(sub, "canary", cmd_canary,
+                         "the running canary's arms, hit rates and decision (prints JSON); "
+                         "--promote or --rollback ends it")
+    ends = p.add_mutually_exclusive_group()
+    ends.add_argument("--promote", action="store_true",
+                      help="every user on the canary's lineage (the control's events since it "
+                           "started trained in)")
+    ends.add_argument("--rollback", action="store_true",
+                      help="every user back on the serving lineage")
     p = _updater_command(sub, "forget-user", cmd_forget_user,
                          "remove a user's row, history and logged events")
     p.add_argument("--user", type=int, required=True, help="external user id")

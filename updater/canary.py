@@ -25,6 +25,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
+from model_repository.canary import CanarySplit
+
 Z = 3.0
 MARGIN = 0.05  # relative: a canary within 5 % of the control's hit rate is "not worse"
 MIN_EVENTS = 200  # asked events per arm before any decision
@@ -81,3 +85,49 @@ def decide(control: ArmCount, canary: ArmCount, *, z: float = Z, margin: float =
         return Decision(None, f"{said}: undecided after {max_events} events per arm; the "
                               f"operator decides")
     return Decision(None, f"{said}: not decided yet")
+
+
+@dataclass
+class CanaryArm:
+    """The running canary, as the updater keeps it: its split, its own trainer and quality meter
+    (updater.trainer.SparseTrainer, updater.quality.QualityMeter), the log offset it started
+    from, whether it decides itself, and the control meter's counts at its start."""
+
+    split: CanarySplit
+    trainer: object
+    quality: object
+    started_offset: int
+    auto: bool
+    control_from: tuple[int, int]  # the control's QualityMeter (asked, hits) at the start
+    decision: Decision = Decision(None, "just started")
+
+    def counts(self, control_quality) -> tuple[ArmCount, ArmCount]:
+        """(control, canary): each arm's asked events and hits since the canary started."""
+        return (ArmCount(control_quality.asked - self.control_from[0],
+                         control_quality.hits - self.control_from[1]),
+                ArmCount(self.quality.asked, self.quality.hits))
+
+    def probe_user(self, user_ids, *, canary: bool) -> int:
+        """A user of the arm asked for (one of ``user_ids`` if any is; else the smallest id of
+        that arm, which retrieve answers as a user without history)."""
+        ids = np.asarray(user_ids, np.int64)
+        for pool in (ids, np.arange(1, 1 << 16, dtype=np.int64)):
+            if pool.size:
+                mine = pool[self.split.in_canary(pool) == canary]
+                if mine.size:
+                    return int(mine[0])
+        raise RuntimeError("no user id of this arm found")  # share outside (0, 1): unreachable
+
+    def status(self, control_quality) -> dict:
+        control, canary = self.counts(control_quality)
+
+        def arm(count: ArmCount) -> dict:
+            low, high = count.interval()
+            return {"events": count.events, "hits": count.hits, "hit_rate": count.rate,
+                    "low": low, "high": high}
+
+        return {"share": self.split.share, "first_version": self.split.first_version,
+                "started_at": self.split.started_at, "started_offset": self.started_offset,
+                "auto": self.auto, "control": arm(control), "canary": arm(canary),
+                "decision": self.decision.verdict or "", "reason": self.decision.reason,
+                "ended": ""}

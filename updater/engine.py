@@ -41,11 +41,13 @@ import numpy as np
 from model_repository import contract as c
 from model_repository import retrieve_schema as schema
 from model_repository import versions
+from model_repository.canary import ARM_KEY, CANARY, CanarySplit, read_split
 from model_repository.projection import TextProjection, rows_from_text
 from model_repository.sequence_tower import NumpySequenceTower
 from model_repository.tower import TOWER_FILE, NumpyTower, tower_from_tables
 from updater import faults
 from updater.admission import Catalogue, NewUserBudget
+from updater.canary import PROMOTE, CanaryArm, decide
 from updater.feedback_log import EventLog
 from updater.publisher import Publisher, PublishError, read_pushed_base
 from updater.quality import QualityMeter, QualityRecord
@@ -144,6 +146,8 @@ class Engine:
         self.trainer_config = trainer_config or TrainerConfig()
         self.quality = QualityMeter(policy=quality)
         self.trainer: SparseTrainer | None = None
+        self.canary: CanaryArm | None = None  # a running canary (updater.canary)
+        self.last_canary: dict | None = None  # the last one's end, for Status
         self.applied_offset = 0
         self.published_offset = 0
         self._last_publish = 0.0
@@ -164,7 +168,12 @@ class Engine:
     # -- start-up -------------------------------------------------------------------------
     def recover(self) -> None:
         """Newest good version -> trainer state; pending forgets redone. Replay of the log after
-        its feedback_offset happens in the loop, like any new event."""
+        its feedback_offset happens in the loop, like any new event. A canary running when the
+        updater stopped is ended (rolled back): push it again."""
+        if read_split(self.publisher.model_dir) is not None:
+            log.warning("a canary was running when the updater stopped: rolled back (every user "
+                        "on the serving lineage); push it again to restart it")
+            self.publisher.end_canary()
         manifest = self.publisher.recover()
         _, tables = self.publisher.load_tables(manifest.version)
         self.trainer = self._trainer(tables, schema.RetrieveMeta.from_manifest(manifest))
@@ -250,6 +259,7 @@ class Engine:
                 self._run_commands()
                 if self._train_due():
                     self._consume()
+                    self._check_canary()
                 if self._publish_due():
                     self._publish(kind="publish")
             except PublishError as exc:
@@ -297,9 +307,23 @@ class Engine:
         if not events:
             self._read_to = max(self._read_to, newest)
             return []
-        self.quality.measure(events, self.trainer,
-                             self.publisher.model_dir / str(self.publisher.current))
-        self.trainer.apply_many(self._admitted(events))
+        canary = self.canary
+        if canary is None:
+            self.quality.measure(events, self.trainer,
+                                 self.publisher.model_dir / str(self.publisher.current))
+            self.trainer.apply_many(self._admitted(events))
+        else:  # each arm learns, and is judged on, its own users' events
+            ours = canary.split.in_canary([e.user_id for e in events])
+            control = [e for e, mine in zip(events, ours) if not mine]
+            theirs = [e for e, mine in zip(events, ours) if mine]
+            if control:
+                self.quality.measure(control, self.trainer,
+                                     self.publisher.model_dir / str(self.publisher.current))
+                self.trainer.apply_many(self._admitted(control))
+            if theirs:
+                canary.quality.measure(theirs, canary.trainer,
+                                       self.publisher.model_dir / str(self.publisher.canary))
+                canary.trainer.apply_many(theirs)
         if len(events) > 1:
             faults.crash_point("mid_batch")  # trained, the offset not recorded yet
         return events
@@ -339,7 +363,8 @@ class Engine:
                 or now - self._last_publish >= self.policy.every_s)
 
     def _pending(self) -> bool:
-        return self.applied_offset > self.published_offset or self.trainer.has_changes()
+        return (self.applied_offset > self.published_offset or self.trainer.has_changes()
+                or self.canary is not None and self.canary.trainer.has_changes())
 
     def _wait_s(self) -> float:
         """How long the loop may sleep: until the next publish is due when events wait for one
@@ -361,9 +386,14 @@ class Engine:
         return (now - self._last_publish >= self.policy.every_s
                 or self._events_since_publish >= self.policy.every_events)
 
-    def probe_user(self) -> int:
-        ids = self.trainer.t[schema.USER_IDS].live
-        return int(ids[0]) if ids.size else 0
+    def probe_user(self, *, canary: bool = False) -> int:
+        """A user whose recommend a publish probes: of the canary's arm with ``canary``, else
+        of the control's (every user without a running canary)."""
+        trainer = self.canary.trainer if canary else self.trainer
+        ids = trainer.t[schema.USER_IDS].live
+        if self.canary is None:
+            return int(ids[0]) if ids.size else 0
+        return self.canary.probe_user(ids, canary=canary)
 
     def _publish(self, *, kind: str, parent: int | None = None) -> int:
         started = time.thread_time()
@@ -380,6 +410,13 @@ class Engine:
             parent=parent)
         self._superseded(superseded)
         self.trainer.clear_changes()
+        canary = self.canary
+        if canary is not None and canary.trainer.has_changes():
+            self.publisher.publish(
+                canary.trainer.tables(), changed_rows=canary.trainer.changed_rows(),
+                feedback_offset=self.applied_offset, probe_user=self.probe_user(canary=True),
+                kind="canary", split=canary.split)
+            canary.trainer.clear_changes()
         self.published_offset = self.applied_offset
         self._last_publish = time.monotonic()
         self._events_since_publish = 0
@@ -413,6 +450,9 @@ class Engine:
         """Publish a new version whose tables are hard links of `to` (default: the version before
         the current one) and continue training from them. Events already applied are not
         applied again: the rollback version's feedback_offset is the current log position."""
+        if self.canary is not None:
+            raise CommandError("a canary is running: promote it or roll it back "
+                               "(freshrec canary --promote | --rollback) first")
         target = self.publisher.previous_version() if to is None else to
         if target is None:
             raise CommandError("no earlier version is kept to roll back to")
@@ -442,12 +482,16 @@ class Engine:
         self._events_since_publish = 0
         return version, self.published_offset
 
-    def push(self, repository: Path, force: bool = False) -> PushOutcome:
+    def push(self, repository: Path, force: bool = False, canary_share: float = 0.0,
+             auto: bool = False) -> PushOutcome:
         """Serve a retrained base (`freshrec build --feedback-log` output): verify it, judge its
         build's report against the serving base's (refused when worse, unless ``force``), train
         the logged events after its feedback offset into it, and publish it as the next version
         (its user_tower and text_encoder as new versions of those when they differ). The old
-        base's pending updates are published first, so a rollback returns to all of them."""
+        base's pending updates are published first, so a rollback returns to all of them.
+
+        ``canary_share`` in (0, 1): serve it to that share of users only, as a canary beside the
+        serving lineage (updater.canary; ``auto``: promoted or rolled back by the decision rule)."""
         started = time.perf_counter()
         try:
             pushed = read_pushed_base(repository)
@@ -461,16 +505,27 @@ class Engine:
         judged = judge_push(self.trainer.meta.train, pushed.meta.train)
         if judged.worse and not force:
             raise CommandError(f"push refused: {judged.reason}; --force pushes it anyway")
+        if canary_share:
+            self._check_canary_push(pushed, canary_share)
         self._consume()
         if self._pending():
             self._publish(kind="publish")  # the old base's updates, for a rollback
         trainer = self._trainer(pushed.tables, pushed.meta)
+        # a canary catches up to exactly where the control is; a push to all, to the log's end
+        until = self.applied_offset if canary_share else None
         replayed, replayed_to = 0, offset
-        while events := self.log.read_after(replayed_to, limit=READ_BATCH):
+        while events := self._log_between(replayed_to, until):
             trainer.apply_many(events)
             replayed, replayed_to = replayed + len(events), events[-1].offset
         meta = self.publisher.install_side_versions(pushed)
         faults.crash_point(faults.MID_PUSH)
+        if canary_share:
+            version = self._start_canary(trainer, meta, canary_share, auto, replayed_to)
+            log.info("pushed %s as a canary for %.1f %% of users, version %s: %d events "
+                     "replayed after offset %d; %s", repository, 100 * canary_share, version,
+                     replayed, offset, judged.reason)
+            return PushOutcome(version, replayed_to, replayed, judged.reason,
+                               time.perf_counter() - started)
         old, superseded = self.trainer, self.publisher.current
         self.trainer = trainer
         started_publish = time.thread_time()
@@ -497,6 +552,94 @@ class Engine:
         return PushOutcome(version, replayed_to, replayed, judged.reason,
                            time.perf_counter() - started)
 
+    def _log_between(self, after: int, until: int | None) -> list:
+        """The log's next events after offset ``after``, none past ``until`` (None: the end)."""
+        events = self.log.read_after(after, limit=READ_BATCH)
+        return events if until is None else [e for e in events if e.offset <= until]
+
+    # -- canaries (updater.canary) --------------------------------------------------------
+    def _check_canary_push(self, pushed, share: float) -> None:
+        if not 0 < share < 1:
+            raise CommandError(f"canary: the share must be in (0, 1), got {share!r}",
+                               code="INVALID_ARGUMENT")
+        if self.canary is not None:
+            raise CommandError("a canary is running already: promote it or roll it back "
+                               "(freshrec canary --promote | --rollback) first")
+        serving = versions.read_manifest(self.publisher.model_dir / str(self.publisher.current))
+        if pushed.manifest.files.get("model.py") != serving.files.get("model.py"):
+            raise CommandError("canary refused: the base's retrieve model.py differs from the "
+                               "running one, which must serve both arms; push it to all users")
+
+    def _start_canary(self, trainer: SparseTrainer, meta: dict, share: float, auto: bool,
+                      offset: int) -> int:
+        split = CanarySplit.new(share, first_version=versions.next_version_number(
+            self.publisher.model_dir), started_at=time.time())
+        self.canary = CanaryArm(split, trainer, QualityMeter(policy=self.quality.policy),
+                                started_offset=offset, auto=auto,
+                                control_from=(self.quality.asked, self.quality.hits))
+        try:
+            version = self.publisher.publish(
+                trainer.tables(), changed_rows=None, feedback_offset=offset,
+                probe_user=self.probe_user(canary=True), kind="canary push",
+                parent=self.publisher.current, meta={**meta, ARM_KEY: CANARY}, split=split)
+        except BaseException:
+            self.canary = None
+            self.publisher.end_canary()
+            raise
+        trainer.meta = schema.RetrieveMeta.from_manifest(
+            versions.read_manifest(self.publisher.model_dir / str(version)))
+        trainer.clear_changes()
+        self.last_canary = None
+        return version
+
+    def _check_canary(self) -> None:
+        """The decision rule on the arms' counts so far; an automatic canary acts on it."""
+        canary = self.canary
+        if canary is None:
+            return
+        canary.decision = decide(*canary.counts(self.quality))
+        if canary.auto and canary.decision.verdict is not None:
+            log.warning("canary: %s (%s)", canary.decision.verdict, canary.decision.reason)
+            self.end_canary(canary.decision.verdict == PROMOTE)
+
+    def end_canary(self, promote: bool) -> tuple[int, str]:
+        """Promote the canary (its lineage, with the control users' events since it started
+        trained in, becomes every user's) or roll it back (every user on the control lineage
+        again). Returns (the version every user is served from, what happened)."""
+        canary = self.canary
+        if canary is None:
+            raise CommandError("no canary is running")
+        self._consume()
+        canary_user = self.probe_user(canary=True)
+        ended = canary.status(self.quality) | {"version": self.publisher.canary}
+        if promote:
+            after = canary.started_offset
+            while events := self._log_between(after, self.applied_offset):
+                theirs = canary.split.in_canary([e.user_id for e in events])
+                canary.trainer.apply_many([e for e, mine in zip(events, theirs) if not mine])
+                after = events[-1].offset
+            meta = dict(versions.read_manifest(
+                self.publisher.model_dir / str(self.publisher.canary)).meta)
+            meta.pop(ARM_KEY, None)
+            superseded = self.publisher.current
+            version = self.publisher.publish(
+                canary.trainer.tables(), changed_rows=None, feedback_offset=self.applied_offset,
+                probe_user=self.probe_user(), kind="promote", meta=meta)
+            self._superseded(superseded)
+            self.trainer = canary.trainer
+            self.trainer.meta = schema.RetrieveMeta.from_manifest(
+                versions.read_manifest(self.publisher.model_dir / str(version)))
+            self.trainer.clear_changes()
+            self.published_offset = self.applied_offset
+        self.canary = None
+        self.publisher.end_canary()
+        self.publisher.triton.probe(self.publisher.current, canary_user)
+        self._catalogue_changed()
+        what = "promoted" if promote else "rolled back"
+        self.last_canary = {**ended, "ended": what}
+        return self.publisher.current, (f"canary {what}: every user is served from version "
+                                        f"{self.publisher.current}")
+
     def forget_user(self, user_id: int) -> tuple[int, int, list[int]]:
         """(version without the user, events deleted from the log, older versions removed)."""
         deleted = self.log.forget_user(user_id)
@@ -505,6 +648,8 @@ class Engine:
     def _forget(self, user_id: int, *, deleted: int) -> tuple[int, int, list[int]]:
         self._consume()  # the user's events are gone from the log; everyone else's go in
         had_row = self.trainer.forget_user(user_id)
+        if self.canary is not None:
+            had_row = self.canary.trainer.forget_user(user_id) or had_row
         if had_row or self._pending():
             self._publish(kind="forget")
         # a version with the user is unsafe to keep for rollback: it would bring the user back
@@ -535,6 +680,9 @@ class Engine:
         scaled like trained rows), and publish them with every event applied so far. All or
         nothing: a known id adds none (ALREADY_EXISTS), a failed publish takes them out again.
         Returns (the version serving them, seconds the publish took)."""
+        if self.canary is not None:
+            raise CommandError("a canary is running: promote it or roll it back before adding "
+                               "items (both arms would need them)")
         projection = self.text_projection()
         self._consume()
         self.check_new_items(item_ids)
@@ -576,6 +724,8 @@ class Engine:
             "new_users_last_min": self.new_users.last_min(),
             "max_new_users_per_min": self.new_users.per_min,
             "deferred_new_user_events": self.new_users.deferred_events,
+            "canary": (self.canary.status(self.quality) | {"version": self.publisher.canary}
+                       if self.canary is not None else self.last_canary),
             "new_user_rows": ({"mode": trainer.config.new_user_rows,
                                **trainer.new_user_rows.status()} if trainer else None),
         }

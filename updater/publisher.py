@@ -25,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from model_repository import canary as canary_module
 from model_repository import configs, templates, versions
 from model_repository import contract as c
 from model_repository import retrieve_schema as schema
+from model_repository.canary import CANARY, CanarySplit, arm_of, read_split
 from model_repository.live_version import swap_blocker
 from updater import faults
 from updater.quality import QualityRecord
@@ -71,6 +73,7 @@ class Publisher:
         self.keep_versions = keep_versions
         self.shard_bytes = shard_bytes
         self.current: int | None = None  # the last good version, served by Triton
+        self.canary: int | None = None  # a running canary's newest version (its own lineage)
         self.records: list[PublishRecord] = []
         self.quality: list[QualityRecord] = []  # superseded versions' final records, newest last
         self.failed: list[FailedVersion] = []
@@ -84,6 +87,8 @@ class Publisher:
         for version in reversed(versions.list_versions(self.model_dir)):
             version_dir = self.model_dir / str(version)
             try:
+                if arm_of(versions.read_manifest(version_dir).meta) == CANARY:
+                    continue  # a canary's lineage: never the control (engine.recover ends it)
                 manifest = versions.verify_version(version_dir)
                 started, timings = time.time(), {}
                 ids = versions.load_table(version_dir, manifest, schema.USER_IDS)
@@ -107,11 +112,14 @@ class Publisher:
     # -- publishing -----------------------------------------------------------------------
     def publish(self, tables: dict[str, np.ndarray], *, changed_rows: dict[str, np.ndarray] | None,
                 feedback_offset: int, probe_user: int, kind: str = "publish",
-                parent: int | None = None, meta: dict | None = None) -> int:
+                parent: int | None = None, meta: dict | None = None,
+                split: CanarySplit | None = None) -> int:
         """Write, verify and serve a new version, then probe it; returns its number. `parent`
-        defaults to the current version (a rollback passes its target); `meta` to the parent's
-        (a push brings its base's). Raises PublishError on failure."""
-        parent = self.current if parent is None else parent
+        defaults to the current version (a rollback passes its target), or with ``split`` (a
+        canary's version: its meta says so) to the canary's newest; `meta` to the parent's (a
+        push brings its base's). Raises PublishError on failure."""
+        if parent is None:
+            parent = self.canary if split is not None and self.canary is not None else self.current
         parent_dir = self.model_dir / str(parent)
         meta = versions.read_manifest(parent_dir).meta if meta is None else meta
         version = versions.next_version_number(self.model_dir)
@@ -131,7 +139,14 @@ class Publisher:
             t0 = time.perf_counter()
             versions.verify_new_shards(version_dir, parent_dir)
             timings["verify_s"] = time.perf_counter() - t0
-            self._serve(version, probe_user, timings, serving=self.current)
+            if split is None:
+                self._serve(version, probe_user, timings, serving=self.current)
+            else:  # the running retrieve opens it for the canary's users itself
+                if read_split(self.model_dir) != split:
+                    canary_module.write_split(self.model_dir, split)
+                t0 = time.perf_counter()
+                self.triton.probe(version, probe_user)
+                timings["swap_s"] = time.perf_counter() - t0
             faults.crash_point("after_load")  # served, not yet recorded as the current version
         except (versions.VersionError, TritonError) as exc:
             if isinstance(exc, TritonError) and not self.triton.is_live():
@@ -142,7 +157,10 @@ class Publisher:
             if loaded:  # Triton runs the bad version's code: back to the last good one
                 self._restore_serving()
             raise PublishError(f"version {version} not served: {exc}") from exc
-        self.current = version
+        if split is None:
+            self.current = version
+        else:
+            self.canary = version
         self._record(version, feedback_offset, started, kind, timings)
         self.collect_garbage()
         log.info("published retrieve %s (offset %s, %s): %s", version, feedback_offset, kind,
@@ -226,7 +244,8 @@ class Publisher:
         """Delete all but the newest `keep_versions` versions (never the current one), then the
         user_tower and text_encoder versions no kept retrieve version names."""
         kept = self.kept_versions()
-        doomed = [v for v in kept[: max(0, len(kept) - self.keep_versions)] if v != self.current]
+        doomed = [v for v in kept[: max(0, len(kept) - self.keep_versions)]
+                  if v not in (self.current, self.canary)]
         for version in doomed:
             versions.remove_version(self.model_dir, version)
         self._collect_side_versions()
@@ -291,12 +310,18 @@ class Publisher:
     def load_tables(self, version: int) -> tuple[versions.Manifest, dict[str, np.ndarray]]:
         return versions.load_tables(self.model_dir / str(version))
 
+    def end_canary(self) -> None:
+        """Every user back on the control lineage (the canary's versions stay until collected)."""
+        canary_module.remove_split(self.model_dir)
+        self.canary = None
+
     def remove_versions_holding_user(self, user_id: int) -> list[int]:
         """Delete every kept version except the current one, and every quarantined folder, whose
         user_ids hold `user_id`. Returns the numbers of the kept versions removed."""
         removed = []
         for version in self.kept_versions():
-            if version != self.current and _holds_user(self.model_dir / str(version), user_id):
+            if (version not in (self.current, self.canary)
+                    and _holds_user(self.model_dir / str(version), user_id)):
                 versions.remove_version(self.model_dir, version)
                 removed.append(version)
         for _, path in versions.list_quarantined(self.model_dir):

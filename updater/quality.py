@@ -123,6 +123,7 @@ class QualityMeter:
     def __init__(self, *, policy: QualityPolicy | None = None):
         self.policy = policy or QualityPolicy()
         self.cpu_s = 0.0  # thread CPU s spent measuring, since start
+        self.asked, self.hits = 0, 0  # over every version measured, since start (a canary's arms)
         self.record: QualityRecord | None = None  # of the version measured last
         self._reader = _HistoryBefore()
         self._retriever: Retriever | None = None
@@ -183,6 +184,7 @@ class QualityMeter:
                                .round().astype(int))
         asked = self._before(positives, set(picked.tolist()), clocks, trainer)
         hits = sum(self._ask(round_) for round_ in _rounds(asked))
+        self.asked, self.hits = self.asked + len(asked), self.hits + hits
         record = self.record
         self.record = replace(record, events=record.events + len(asked), hits=record.hits + hits,
                               first_offset=record.first_offset or events[0].offset,

@@ -160,6 +160,10 @@ class AdminService(pb_grpc.AdminServicer):
             reply.triton_restarts = int(read_supervisor_state(self.state_dir)["triton_restarts"])
         if snap["new_user_rows"] is not None:
             reply.new_user_rows.CopyFrom(pb.NewUserRows(**snap["new_user_rows"]))
+        if snap["canary"] is not None:
+            canary = dict(snap["canary"])
+            arms = {arm: pb.CanaryArm(**canary.pop(arm)) for arm in ("control", "canary")}
+            reply.canary.CopyFrom(pb.CanaryStatus(**canary, **arms))
         running, superseded = snap["quality"]
         reply.serving_quality.CopyFrom(_quality_message(running))
         reply.recent_quality.extend(_quality_message(r) for r in superseded)
@@ -191,9 +195,22 @@ class AdminService(pb_grpc.AdminServicer):
         if not path.is_absolute():
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"path: must be absolute (the updater's own view), got {request.path!r}")
-        done = self._wait(self.engine.submit(self.engine.push, path, request.force), context)
+        share = request.canary_share
+        if share and not 0 < share < 1:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"canary_share: must be in (0, 1), got {share}")
+        if request.auto and not share:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "auto: needs a canary_share")
+        done = self._wait(self.engine.submit(self.engine.push, path, request.force, share,
+                                             request.auto), context)
         return pb.PushReply(version=done.version, feedback_offset=done.feedback_offset,
                             replayed=done.replayed, judged=done.judged, push_s=done.push_s)
+
+    def EndCanary(self, request, context):  # noqa: N802
+        version, message = self._wait(self.engine.submit(self.engine.end_canary, request.promote),
+                                      context)
+        return pb.PublishReply(published=True, version=version,
+                               feedback_offset=self.engine.published_offset, message=message)
 
     def ForgetUser(self, request, context):  # noqa: N802
         user_id = _optional(request, "user_id")

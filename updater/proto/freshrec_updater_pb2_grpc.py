@@ -231,6 +231,11 @@ class AdminStub:
                 request_serializer=freshrec__updater__pb2.PushRequest.SerializeToString,
                 response_deserializer=freshrec__updater__pb2.PushReply.FromString,
                 _registered_method=True)
+        self.EndCanary = channel.unary_unary(
+                '/freshrec.updater.v1.Admin/EndCanary',
+                request_serializer=freshrec__updater__pb2.EndCanaryRequest.SerializeToString,
+                response_deserializer=freshrec__updater__pb2.PublishReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -277,6 +282,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EndCanary(self, request, context):
+        """FAILED_PRECONDITION when no canary runs. Returns once every user is served from the result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -309,6 +321,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Push,
                     request_deserializer=freshrec__updater__pb2.PushRequest.FromString,
                     response_serializer=freshrec__updater__pb2.PushReply.SerializeToString,
+            ),
+            'EndCanary': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndCanary,
+                    request_deserializer=freshrec__updater__pb2.EndCanaryRequest.FromString,
+                    response_serializer=freshrec__updater__pb2.PublishReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -473,6 +490,33 @@ class Admin:
             '/freshrec.updater.v1.Admin/Push',
             freshrec__updater__pb2.PushRequest.SerializeToString,
             freshrec__updater__pb2.PushReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndCanary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/freshrec.updater.v1.Admin/EndCanary',
+            freshrec__updater__pb2.EndCanaryRequest.SerializeToString,
+            freshrec__updater__pb2.PublishReply.FromString,
             options,
             channel_credentials,
             insecure,
