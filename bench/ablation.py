@@ -67,6 +67,56 @@ def answers_in_process(retriever: Retriever, recent: RecentItems, user_ids: np.n
     return [answer.item_ids for answer in retriever.answer(queries)]
 
 
+class RetrainPusher:
+    """Online plus a nightly retrain: every ``every`` windows (after that window's publish) the
+    base model's settings refitted on every event so far (as RetrainedBase fits them), written
+    as a build that records the log offset its events reach, and pushed to the running updater
+    (Admin.Push, --force: this measures the loop, not the gate), which replays what came after
+    and serves it with the online learning going on on top."""
+
+    def __init__(self, train: Interactions, items: Items | None, model, scratch: Path, *,
+                 every: int):
+        self.items, self.scratch, self.every = items, Path(scratch), every
+        self.config, self.prior = model.config, prior_of(model)
+        self.events = [train]
+        self.windows = self.pushes = 0
+        self.fit_cpu_s = 0.0
+        self.replayed = 0
+
+    def __call__(self, online, window: Interactions) -> None:
+        from exporter.build import train_model, write_repository
+
+        self.events.append(window)
+        self.windows += 1
+        if self.windows % self.every:
+            return
+        offset = online.updater.status()["log_offset"]  # every sent event is durable by now
+        cpu_started = time.process_time()
+        model, _ = train_model(concatenated(self.events), items=self.items, config=self.config,
+                               search=False, progress=False, **self.prior)
+        self.fit_cpu_s += time.process_time() - cpu_started
+        out = self.scratch / f"nightly-{self.pushes}"
+        write_repository(model, out, tensorrt=False, feedback_offset=offset)
+        self.replayed += online.updater.push(out, force=True)["replayed"]
+        self.pushes += 1
+        if self.pushes > 1:
+            shutil.rmtree(self.scratch / f"nightly-{self.pushes - 2}", ignore_errors=True)
+
+
+def prior_of(model) -> dict:
+    """A trained model's popularity prior, as exporter.build.train_model takes it by hand."""
+    return dict(popularity_weight=model.popularity_weight,
+                popularity_half_life_s=model.popularity_half_life_s,
+                session_s=model.session_s,
+                session_popularity_weight=model.session_popularity_weight)
+
+
+def concatenated(parts: Sequence[Interactions]) -> Interactions:
+    return Interactions.from_arrays(*(np.concatenate([getattr(e, name) for e in parts])
+                                      for name in ("user_ids", "item_ids", "values",
+                                                   "timestamps")))
+
+
 class RetrainedBase:
     """Full retraining: the base model's settings refitted on every event so far every
     ``every`` windows (exporter.build.train_model, no search), served in process by
@@ -75,11 +125,7 @@ class RetrainedBase:
     def __init__(self, train: Interactions, items: Items | None, model, scratch: Path, *,
                  every: int, history_len: int):
         self.items, self.scratch, self.every = items, Path(scratch), every
-        self.config = model.config
-        self.prior = dict(popularity_weight=model.popularity_weight,
-                          popularity_half_life_s=model.popularity_half_life_s,
-                          session_s=model.session_s,
-                          session_popularity_weight=model.session_popularity_weight)
+        self.config, self.prior = model.config, prior_of(model)
         self.events = [train]
         self.recent = RecentItems(history_len, train)
         self.windows = self.fits = 0
@@ -108,10 +154,7 @@ class RetrainedBase:
         if self.windows % self.every:
             return
         started, cpu_started = time.perf_counter(), time.process_time()
-        so_far = Interactions.from_arrays(*(np.concatenate([getattr(e, name) for e in self.events])
-                                            for name in ("user_ids", "item_ids", "values",
-                                                         "timestamps")))
-        model, _ = train_model(so_far, items=self.items,
+        model, _ = train_model(concatenated(self.events), items=self.items,
                                config=self.config, search=False, progress=False, **self.prior)
         self.fit_s += time.perf_counter() - started
         self.fit_cpu_s += time.process_time() - cpu_started
@@ -193,8 +236,8 @@ def new_after_the_cut(train: Interactions, compared: Sequence[tuple[str, ReplayR
 def ablation_rows(repository: Path, train: Interactions, test: Interactions,
                   items: Items | None, model, served: dict[str, ReplayResult], *,
                   window_events: int, scored: list[int], updater_args: Sequence[str],
-                  intake: str, redis_fsync: str, retrain_every: int, app_history: int
-                  ) -> tuple[list[tuple[str, ReplayResult]], list[str]]:
+                  intake: str, redis_fsync: str, retrain_every: int, app_history: int,
+                  push_every: int = 0) -> tuple[list[tuple[str, ReplayResult]], list[str]]:
     """The ablation's rows after bench.quality's served ones (``served``: its "static", "app"
     and "online" results on the same questions; "online" is the as-shipped row) and the lines
     that set every row against publishing off. Returns ([(row name, result)], lines)."""
@@ -213,6 +256,21 @@ def ablation_rows(repository: Path, train: Interactions, test: Interactions,
                 (f"frozen + app-sent history (last {app_history})", served["app"]),
                 *((name, result) for name, (result, _) in online.items() if name != PUBLISHING_OFF),
                 (AS_SHIPPED, served["online"]), ("full retraining", retrained)]
+    pushed_lines = []
+    if push_every:
+        pushed, pusher = pushed_result(repository, train, test, items, model,
+                                       window_events=window_events, scored=scored,
+                                       updater_args=updater_args, intake=intake,
+                                       redis_fsync=redis_fsync, every=push_every)
+        name = f"online + a retrained base pushed every {push_every} window(s)"
+        rows.append((f"{name} ({pusher.pushes} pushes, {pusher.replayed} events replayed, fits "
+                     f"{pusher.fit_cpu_s:.0f} CPU s)", pushed))
+        compared.append((name, pushed))
+        pushed_lines.append(
+            f"  {name}: learning {pushed.learn_cpu_s:.1f} CPU s (the updater's, pushes included) "
+            f"+ fits {pusher.fit_cpu_s:.1f} CPU s = x"
+            f"{(pushed.learn_cpu_s + pusher.fit_cpu_s) / max(base.fit_cpu_s, 1e-9):.3f} of full "
+            f"retraining's CPU")
     lines = [f"recall@{ABLATION_K} against {PUBLISHING_OFF} (95 % paired bootstrap over users):"]
     lines += [f"  {name}: {against(result, reference)}" for name, result in compared]
     lines += new_after_the_cut(train, [(PUBLISHING_OFF, reference), *compared])
@@ -226,4 +284,24 @@ def ablation_rows(repository: Path, train: Interactions, test: Interactions,
                      f"{base.fit_cpu_s:.1f} s)")
     else:
         lines.append("  full retraining does not beat the frozen model + app-sent history here")
-    return rows, lines
+    return rows, lines + pushed_lines
+
+
+def pushed_result(repository: Path, train: Interactions, test: Interactions, items: Items | None,
+                  model, *, window_events: int, scored: list[int], updater_args: Sequence[str],
+                  intake: str, redis_fsync: str, every: int) -> tuple[ReplayResult, RetrainPusher]:
+    """Online as shipped on a fresh copy of ``repository``, plus a RetrainPusher every
+    ``every`` windows."""
+    from freshrec.stack import serving_stack
+    from model_repository import contract as c
+
+    with tempfile.TemporaryDirectory(prefix="freshrec-pushed-") as scratch:
+        copy = Path(shutil.copytree(repository, Path(scratch) / "repository"))
+        pusher = RetrainPusher(train, items, model, Path(scratch) / "nightly", every=every)
+        with serving_stack(copy, models=(c.USER_TOWER, c.RETRIEVE, c.RECOMMEND),
+                           log_dir=Path(scratch)) as stack:
+            result, _ = online_replay(stack, train, test, window_events=window_events,
+                                      scored=scored, updater_args=updater_args, intake=intake,
+                                      redis_fsync=redis_fsync, scratch=Path(scratch),
+                                      after_learn=pusher)
+    return result, pusher

@@ -16,7 +16,7 @@ from exporter.data import Interactions
 def online_replay(stack, train: Interactions, test: Interactions, *, window_events: int,
                   scored: list[int], updater_args: Sequence[str] = (), publish: bool = True,
                   shown_skips: int = 0, intake: str = "grpc", redis_fsync: str = "always",
-                  scratch: Path) -> tuple[ReplayResult, int]:
+                  scratch: Path, after_learn=None) -> tuple[ReplayResult, int]:
     """freshrec online over ``stack`` (a running serving_stack): a fresh updater (no publish of
     its own), each event sent right after its question, a publish per window when ``publish``.
     Returns (the result with its CPU seconds, the publishes made)."""
@@ -30,7 +30,7 @@ def online_replay(stack, train: Interactions, test: Interactions, *, window_even
         online = OnlineRecommender(stack.grpc_url, updater.url, shown_skips=shown_skips,
                                    redis_url=redis.url if redis is not None else None,
                                    ask_meter=redis.run_time_s if redis is not None else None,
-                                   publish=publish)
+                                   publish=publish, after_learn=after_learn)
         try:
             cpu_started, learned = updater.cpu_s(), learning_cpu_s(online.updater.status())
             redis_started = redis.run_time_s() if redis is not None else 0.0

@@ -143,7 +143,7 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
                     updater_args: tuple[str, ...] = (), search: bool = True,
                     shown_skips: int = 0, intake: str = "grpc", redis_fsync: str = "always",
                     ablation: bool = False, retrain_every: int = DEFAULT_RETRAIN_EVERY,
-                    with_peers: bool = True) -> None:
+                    push_every: int = 0, with_peers: bool = True) -> None:
     from exporter.build import write_repository
 
     started = time.perf_counter()
@@ -181,7 +181,7 @@ def run_prequential(*, data: Path | None, window_events: int, replay_fraction: f
                 base, train, test, dataset.items, model, served,
                 window_events=window_events, scored=scored, updater_args=updater_args,
                 intake=intake, redis_fsync=redis_fsync, retrain_every=retrain_every,
-                app_history=app_history)
+                app_history=app_history, push_every=push_every)
             rows += [_row(name, result, result.learn_s, result.recommend_s,
                           ingest_s=result.send_s) for name, result in extra]
     fit_s: dict[str, float] = {}
@@ -363,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retrain-every", type=int, default=DEFAULT_RETRAIN_EVERY,
                         help="with --ablation: refit the base model every N windows (default "
                              f"{DEFAULT_RETRAIN_EVERY})")
+    parser.add_argument("--push-every", type=int, default=0,
+                        help="with --ablation: also online plus the base refitted on every event "
+                             "so far and pushed (freshrec push) every N windows (default 0: not)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.quick:
@@ -375,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--shown-skips must be >= 0")
     if args.retrain_every < 1:
         parser.error("--retrain-every must be >= 1")
+    if args.push_every < 0 or args.push_every and not args.ablation:
+        parser.error("--push-every must be >= 0, and goes with --ablation")
     if args.cuts is not None:
         if args.protocol != "split":
             parser.error("--cuts goes with --protocol split")
@@ -398,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
                     updater_args=tuple(shlex.split(args.updater_args)),
                     search=not args.no_search, shown_skips=args.shown_skips, intake=args.intake,
                     redis_fsync=args.redis_fsync, ablation=args.ablation,
-                    retrain_every=args.retrain_every, with_peers=not args.no_peers)
+                    retrain_every=args.retrain_every, push_every=args.push_every,
+                    with_peers=not args.no_peers)
     return 0
 
 

@@ -322,13 +322,16 @@ class OnlineRecommender(ServedRecommender):
     def __init__(self, triton_url: str, updater_url: str, *, feedback_kind: str = "click",
                  shown_skips: int = 0, concurrency: int = SERVED_CONCURRENCY,
                  redis_url: str | None = None, ask_meter: Callable[[], float] | None = None,
-                 publish: bool = True):
+                 publish: bool = True,
+                 after_learn: Callable[[OnlineRecommender, Interactions], None] | None = None):
         """``publish`` False: `learn` publishes nothing, so the server answers from the base
         version and the live history alone (issue 33's "publishing off").
         ``redis_url``: the updater keeps its log in this Redis (--redis), and the app writes
         each send straight to it (clients.RedisEventWriter) instead of to the updater.
         ``ask_meter``: a CPU clock (the redis-server's) read around each ask; `ask_cpu_s` sums
-        what it ran while the app asked, i.e. while retrieve read the live histories."""
+        what it ran while the app asked, i.e. while retrieve read the live histories.
+        ``after_learn``: called with this and the window's events after each window's publish
+        (bench.ablation.RetrainPusher: a retrained base pushed every few windows)."""
         from clients import RedisEventWriter, UpdaterClient
 
         super().__init__(triton_url, concurrency=concurrency)
@@ -343,6 +346,7 @@ class OnlineRecommender(ServedRecommender):
         self.ask_meter = ask_meter
         self.ask_cpu_s = 0.0
         self.publish = publish
+        self.after_learn = after_learn
 
     def recommend(self, user_ids, excludes, k):
         started = self.ask_meter() if self.ask_meter is not None else 0.0
@@ -381,6 +385,8 @@ class OnlineRecommender(ServedRecommender):
         if self.publish:
             self.updater.publish()
             self.publishes += 1
+        if self.after_learn is not None:
+            self.after_learn(self, events)
 
     def close(self) -> None:
         super().close()

@@ -71,3 +71,49 @@ def test_full_retraining_refits_on_every_event_so_far_and_then_knows_new_items(b
     assert len(list(tmp_path.glob("retrain-*"))) == 1
     answers = base.recommend(np.array([int(test.user_ids[0])]), [np.array([new_item])], 10)
     assert len(answers[0]) == 10 and new_item not in answers[0].tolist()
+
+
+class _PushRecorder:
+    """The updater's Status and Push as RetrainPusher calls them: the log offset the sends
+    reached, and each pushed folder with what its manifest records."""
+
+    def __init__(self):
+        self.log_offset, self.pushed = 0, []
+
+    def status(self):
+        return {"log_offset": self.log_offset}
+
+    def push(self, repository, *, force):
+        from model_repository import contract as c
+        from model_repository import versions
+
+        manifest = versions.read_manifest(repository / c.RETRIEVE / "1")
+        users = versions.load_table(repository / c.RETRIEVE / "1", manifest, "user_ids")
+        self.pushed.append((manifest.feedback_offset, force, set(users.tolist())))
+        return {"replayed": 7}
+
+
+def test_a_pushed_retrain_is_fitted_on_every_event_so_far_and_records_the_offset(builds, tmp_path):
+    from types import SimpleNamespace
+
+    from bench.ablation import RetrainPusher
+
+    data = read_dataset(builds.get(SMALL).ratings)
+    train, test = split_by_time(data.interactions)
+    model = train_base_model(train, config=TrainConfig(dim=8, epochs=1, seed=1), progress=False)
+    online = SimpleNamespace(updater=_PushRecorder())
+    pusher = RetrainPusher(train, None, model, tmp_path, every=2)
+    new_user = 9_999_999
+    windows = [test.take(slice(0, 50)), test.take(slice(50, 100)), test.take(slice(100, 150))]
+    windows[1] = Interactions.from_arrays(
+        np.concatenate([windows[1].user_ids, [new_user]]),
+        np.concatenate([windows[1].item_ids, [int(train.item_ids[0])]]),
+        np.ones(len(windows[1]) + 1), np.concatenate([windows[1].timestamps,
+                                                      [windows[1].timestamps[-1]]]))
+    for n, window in enumerate(windows):
+        online.updater.log_offset = 50 * (n + 1)
+        pusher(online, window)
+    assert pusher.pushes == 1 and pusher.replayed == 7 and pusher.fit_cpu_s > 0
+    ((offset, force, users),) = online.updater.pushed
+    assert offset == 100 and force  # the offset its events reach; the gate is not measured
+    assert new_user in users  # fitted on the windows so far, not the training window alone
