@@ -106,6 +106,11 @@ def test_a_canary_serves_a_stable_share_and_each_arm_learns_its_own_users(
         assert client.recommend(mine, k=5).version == status["published_version"]
         # the arms' counts: each arm's own users' events, asked of its own version
         assert status["canary"]["canary"]["events"] >= 1 and status["canary"]["control"]["events"] >= 1
+        # forgetting a user forgets them in both arms
+        up.forget_user(theirs)
+        status = up.status()
+        for version in (status["canary"]["version"], status["published_version"]):
+            assert _history(_tables(repository, version)[1], theirs) is None
         # a second canary waits for this one; a rollback of versions too
         with pytest.raises(grpc.RpcError) as again:
             up.push(base, canary=0.1, force=True)
@@ -204,3 +209,25 @@ def test_an_automatic_canary_of_a_worse_base_is_rolled_back_by_its_users_hit_rat
         assert not (repository / c.RETRIEVE / CANARY_FILE).exists()
         answer = client.recommend(pairs[0][0], k=5)
         assert answer.arm == "control" and answer.version != pushed["version"]
+
+
+def test_an_updater_restart_ends_a_running_canary(builds, repository, stack, start_updater,
+                                                 tmp_path):
+    updater = start_updater()
+    base = _retrain(builds, repository, tmp_path / "nightly")
+    with UpdaterClient(updater.url) as up:
+        pushed = up.push(base, canary=0.5, force=True)
+    split = read_split(repository / c.RETRIEVE)
+    theirs = next(u for u in _new_ids(50) if split.in_canary([u])[0])
+    with Client(stack.grpc_url) as client:
+        assert client.recommend(theirs, k=3).version == pushed["version"]
+        updater.kill()
+        updater.wait_exit()
+        restarted = start_updater()
+        assert not (repository / c.RETRIEVE / CANARY_FILE).exists()  # rolled back on recovery
+        with UpdaterClient(restarted.url) as up:
+            status = up.status()
+            assert status["canary"] is None
+        answer = wait_until(lambda: (a := client.recommend(theirs, k=3)).arm == "control" and a,
+                            timeout_s=WAIT_S, what="the canary's user back on the control")
+        assert answer.version == status["published_version"]
