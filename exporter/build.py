@@ -93,7 +93,8 @@ def retrieve_tables(model: TrainedModel, projection: TextProjection | None = Non
         text_projection=None if projection is None else projection.tables(),
         trend=((model.item_trend, model.trend_as_of) if model.popularity_half_life_s > 0
                else None),
-        user_last_at=model.user_last_at, item_cooccurrence=model.item_cooccurrence)
+        user_last_at=model.user_last_at, item_cooccurrence=model.item_cooccurrence,
+        user_cooccurrence=model.user_cooccurrence)
 
 
 def write_repository(model: TrainedModel, repository: Path, *, tensorrt: bool = True,

@@ -179,6 +179,8 @@ class TrainedModel:
     # the closed form's (I, d) co-occurrence map (exporter.closed_form.cooccurrence_map): how the
     # updater learns rows for items the fit did not see; None for a trained tower
     item_cooccurrence: np.ndarray | None = None
+    # with it, each user's sum of the map's rows over their whole training history, x_u M
+    user_cooccurrence: np.ndarray | None = None
 
     def prior_weights(self, ages_s: np.ndarray) -> np.ndarray:
         """(B,) float32: the prior's weight for queries whose histories are ``ages_s`` old."""
@@ -330,10 +332,16 @@ def fit_closed_form(train: Interactions, *, items: Items | None = None,
                 cooccurrence=cooccurrence), history)
         factors, history = fits[key]
         user_rows, item_rows, cooc = closed_form.served_rows(factors, config.history_weight)
+        user_cooc = None
+        if cooc is not None:  # x_u M over each user's whole history (updater.cooccurrence)
+            matrix = closed_form.binary_matrix(seqs.users, seqs.items,
+                                               (len(user_ids), len(item_ids)))
+            user_cooc = np.asarray(matrix @ cooc, dtype=np.float32)
         models.append(TrainedModel(
             user_ids=user_ids.astype(np.int64), item_ids=item_ids.astype(np.int64),
             user_rows=user_rows, item_rows=item_rows, user_history=history,
             item_popularity=popularity.copy(), item_cooccurrence=cooc,
+            user_cooccurrence=user_cooc,
             tower=_linear_tower(config.dim, config.seed), config=config,
             user_last_at=last_event_times(user_ids, train)))
     return models

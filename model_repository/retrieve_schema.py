@@ -19,6 +19,10 @@ a table is one edit here.
                                          non-zero rows are the fitted ones)
     new_user_row_scale (1,)     float32  the scale `a` of the rows the updater gives users the
                                          build did not fit (updater.new_user_rows; none: 0)
+    user_cooccurrence (U, d)    float32  the closed form's only: each user's sum of the
+                                         co-occurrence map's rows over their whole history,
+                                         ``x_u M`` (updater.cooccurrence); none: the stored
+                                         history stands in for the whole one
     item_ids         (I,)       int64    external item ids, in row order
     item_rows        (I, d)     float32  item embeddings
     item_popularity  (I,)       float32  event counts (the updater's fold-in reads them)
@@ -63,6 +67,7 @@ USER_HISTORY = "user_history"
 USER_ADAGRAD = "user_adagrad"
 USER_LAST_AT = "user_last_at"
 USER_FITTED = "user_fitted"
+USER_COOCCURRENCE = "user_cooccurrence"
 NEW_USER_ROW_SCALE = "new_user_row_scale"
 ITEM_IDS = "item_ids"
 ITEM_ROWS = "item_rows"
@@ -82,6 +87,8 @@ ITEM_COOCCURRENCE = "item_cooccurrence"
 
 # tables with one row per user / per item: they grow, shrink (forget-user) and train together
 USER_TABLES = (USER_IDS, USER_ROWS, USER_HISTORY, USER_ADAGRAD, USER_LAST_AT, USER_FITTED)
+# per-user tables a version has only when its model keeps them (the closed form's)
+OPTIONAL_USER_TABLES = (USER_COOCCURRENCE,)
 ITEM_TABLES = (ITEM_IDS, ITEM_ROWS, ITEM_POPULARITY, ITEM_ADAGRAD, ITEM_TREND)
 TREND_TABLES = (ITEM_TREND, TREND_AS_OF)
 TOWER_TABLES = (TOWER_W1, TOWER_B1, TOWER_W2, TOWER_B2)
@@ -101,6 +108,7 @@ REQUIRED_TABLES = (USER_IDS, USER_ROWS, USER_HISTORY, ITEM_IDS, ITEM_ROWS, ITEM_
 DTYPES = {
     USER_IDS: np.int64, USER_ROWS: np.float32, USER_HISTORY: np.int64, USER_ADAGRAD: np.float32,
     USER_LAST_AT: np.float64, USER_FITTED: np.uint8, NEW_USER_ROW_SCALE: np.float32,
+    USER_COOCCURRENCE: np.float32,
     ITEM_IDS: np.int64, ITEM_ROWS: np.float32, ITEM_POPULARITY: np.float32,
     ITEM_ADAGRAD: np.float32, ITEM_TREND: np.float32, TREND_AS_OF: np.float64,
     **dict.fromkeys(TOWER_TABLES, np.float32),
@@ -110,7 +118,7 @@ DTYPES = {
 }
 # the row a new user or item starts a growing table with, where no row is computed for it
 EMPTY_ROW_FILL = {USER_IDS: -1, USER_ROWS: 0.0, USER_HISTORY: -1, USER_ADAGRAD: 0.0,
-                  USER_LAST_AT: -np.inf, USER_FITTED: 0,
+                  USER_LAST_AT: -np.inf, USER_FITTED: 0, USER_COOCCURRENCE: 0.0,
                   ITEM_IDS: -1, ITEM_ROWS: 0.0, ITEM_POPULARITY: 0.0, ITEM_ADAGRAD: 0.0,
                   ITEM_TREND: 0.0}
 
@@ -219,7 +227,7 @@ def check_tables(tables: dict[str, np.ndarray], *, where: str) -> None:
         if want is not None and np.dtype(table.dtype) != np.dtype(want):
             raise SchemaError(f"{where}: table {name} is {table.dtype}, expected "
                               f"{np.dtype(want).name}")
-    for group, ids in ((USER_TABLES, USER_IDS), (ITEM_TABLES, ITEM_IDS)):
+    for group, ids in (((*USER_TABLES, *OPTIONAL_USER_TABLES), USER_IDS), (ITEM_TABLES, ITEM_IDS)):
         n = len(tables[ids])
         for name in group:
             if name in tables and len(tables[name]) != n:
@@ -237,7 +245,8 @@ def make_tables(*, user_ids, item_ids, user_rows, item_rows, user_history, item_
                 text_projection: dict[str, np.ndarray] | None = None,
                 trend: tuple[np.ndarray, float] | None = None,
                 user_last_at: np.ndarray | None = None,
-                item_cooccurrence: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                item_cooccurrence: np.ndarray | None = None,
+                user_cooccurrence: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """A retrieve version's tables by name, cast to the schema's dtypes and checked.
 
     ``trend``: (item_trend, trend_as_of) for a version with a popularity half-life, else None;
@@ -255,6 +264,8 @@ def make_tables(*, user_ids, item_ids, user_rows, item_rows, user_history, item_
         tables[USER_LAST_AT] = user_last_at
     if item_cooccurrence is not None:
         tables[ITEM_COOCCURRENCE] = item_cooccurrence
+    if user_cooccurrence is not None:
+        tables[USER_COOCCURRENCE] = user_cooccurrence
     tables = {name: np.asarray(table, dtype=DTYPES[name]) for name, table in tables.items()}
     check_tables(tables, where="new retrieve version")
     return tables

@@ -44,3 +44,25 @@ class CooccurrenceRows:
             return False
         item_rows[item_row] += self.map[rows].sum(axis=0)
         return True
+
+    def learn_whole(self, item_rows: np.ndarray, item_row: int, user_sum: np.ndarray,
+                    history: np.ndarray) -> bool:
+        """As `learn`, but an item outside the fit takes the user's whole history: ``user_sum``
+        is their row of the version's user_cooccurrence, ``x_u M`` over every item they took
+        before this event, so its row is exactly the coordinates of EASE's ``P c_j`` (the stored
+        history holds the last H items only). A fitted item (with ``fitted_too``) still takes
+        the stored history's: its first-order update leaves out the term that shrinks its
+        column, which grows with the history (whole histories cost recall on ml-latest-small,
+        updater/settings.py). Then the event's own item joins the sum, in place. Returns
+        whether ``item_rows`` changed."""
+        if self.map is None:
+            return False
+        fitted = item_row < len(self.fitted) and bool(self.fitted[item_row])
+        if fitted:
+            changed = self.learn(item_rows, item_row, history)
+            user_sum += self.map[item_row]
+            return changed
+        if not np.any(user_sum):
+            return False
+        item_rows[item_row] += user_sum
+        return True

@@ -85,6 +85,12 @@ DEFAULT_FOLD_IN_USERS = False
 # 2018 x1.023 / x1.026; ml-latest-small 2016 x1.040 / x1.072 (1.050-1.094); MovieTweetings
 # x1.408 / x1.647 (1.598-1.698). ml-100k's base is a trained tower (no map): no change.
 DEFAULT_COOCCURRENCE_FITTED = True
+# The co-occurrences an event adds are those with the user's whole history (the version's
+# user_cooccurrence, x_u M, kept per user), as EASE counts them; before 2026-12-08 the stored
+# history stood in for it, the last H = 20 items, while ml-latest-small's users have taken about
+# 150 each, and items new after the cut got rows a sixth of a fitted item's norm. Measured:
+# docs/results/quality-online.md, "Whole histories".
+DEFAULT_WHOLE_HISTORY_COOCCURRENCE = True
 USER_STEPS = ("trained", "all", "none")
 DEFAULT_USER_STEPS = "trained"
 # The row a user the build did not fit gets (updater.new_user_rows): "auto" chooses its scale
@@ -188,6 +194,8 @@ class TrainerConfig:
     # a closed form's fitted items learn from co-occurrences too, not only those outside the fit
     # (updater.cooccurrence; DEFAULT_COOCCURRENCE_FITTED)
     cooccurrence_fitted: bool = DEFAULT_COOCCURRENCE_FITTED
+    # ... with the user's whole history (the version's user_cooccurrence), not the stored last H
+    whole_history_cooccurrence: bool = DEFAULT_WHOLE_HISTORY_COOCCURRENCE
     seed: int = 0
 
     def __post_init__(self):

@@ -96,9 +96,12 @@ class SparseTrainer:
                  schema.USER_FITTED: fitted,
                  schema.ITEM_ADAGRAD: np.zeros(n_items, np.float32),
                  schema.ITEM_TREND: np.zeros(n_items, np.float32)}
+        # the optional per-user tables this version has (the closed form's co-occurrence sums)
+        self.user_tables = (*schema.USER_TABLES,
+                            *(name for name in schema.OPTIONAL_USER_TABLES if name in tables))
         self.t = {name: Grown(tables[name] if name in tables else zeros[name],
                                schema.EMPTY_ROW_FILL[name])
-                  for name in (*schema.USER_TABLES, *self.item_tables)}
+                  for name in (*self.user_tables, *self.item_tables)}
         history_len = tables[schema.USER_HISTORY].shape[1]
         trained = (*self.t, schema.NEW_USER_ROW_SCALE,
                    *((schema.TREND_AS_OF,) if self.half_life_s > 0 else ()))
@@ -228,8 +231,10 @@ class SparseTrainer:
             self.t[schema.USER_ADAGRAD].append(0.0)
             self.t[schema.USER_LAST_AT].append(-np.inf)
             self.t[schema.USER_FITTED].append(0)
+            if schema.USER_COOCCURRENCE in self.t:
+                self.t[schema.USER_COOCCURRENCE].append(np.zeros(dim, np.float32))
             self.user_index[user_id] = row
-            for name in schema.USER_TABLES:
+            for name in self.user_tables:
                 self.changed[name].add(row)
         return row
 
@@ -329,8 +334,16 @@ class SparseTrainer:
         (``trend``: and its trend count; `apply_many` counts a batch's at once); an item outside
         the closed-form fit first takes what the history co-occurs with (updater.cooccurrence)."""
         history = self.t[schema.USER_HISTORY].data[user_row]
-        if self.config.row_updates and self.cooccurrence.learn(self.t[schema.ITEM_ROWS].data,
-                                                               item_row, history):
+        sums = (self.t.get(schema.USER_COOCCURRENCE)
+                if self.config.whole_history_cooccurrence else None)
+        if not self.config.row_updates:
+            pass
+        elif sums is not None:  # the user's whole history, as EASE counts co-occurrences
+            if self.cooccurrence.learn_whole(self.t[schema.ITEM_ROWS].data, item_row,
+                                             sums.data[user_row], history):
+                self.changed[schema.ITEM_ROWS].add(item_row)
+            self.changed[schema.USER_COOCCURRENCE].add(user_row)
+        elif self.cooccurrence.learn(self.t[schema.ITEM_ROWS].data, item_row, history):
             self.changed[schema.ITEM_ROWS].add(item_row)
         history[:-1] = history[1:].copy()
         history[-1] = item_row
@@ -580,7 +593,7 @@ class SparseTrainer:
         row = self.user_index.pop(user_id, None)
         if row is None:
             return False
-        for name in schema.USER_TABLES:
+        for name in self.user_tables:
             self.t[name].delete(row)
             self.rewritten.add(name)
         self.user_index = {int(u): r for r, u in enumerate(self.t[schema.USER_IDS].live)}

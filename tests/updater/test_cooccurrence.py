@@ -22,6 +22,7 @@ from updater.settings import TrainerConfig
 from updater.trainer import SparseTrainer
 
 ITEMS, DIM = 40, 8
+DIM_DRIFT = 32  # the drifting fixture's closed form
 
 
 def _map(seed=0, fitted=30):
@@ -139,3 +140,68 @@ def test_a_published_version_ranks_new_items_a_frozen_one_cannot(drifting):
           "with gradient steps alone")
     # measured 2026-12-07: 82 / 670 (0.12) against 3 / 670 (0.004)
     assert learned >= 0.03 * asked and learned >= 5 * max(stepped, 1)
+
+
+def test_with_whole_histories_an_item_outside_the_fit_takes_the_users_sum():
+    cooc = _map()
+    rows = np.zeros((ITEMS + 5, DIM), np.float32)
+    learner = CooccurrenceRows(cooc, fitted_too=True)
+    user_sum = cooc[[1, 2, 3, 7]].sum(0)  # x_u M over a history longer than the stored one
+    before = user_sum.copy()
+    stored = np.array([-1, 3, 7])  # the stored history: its last items only
+    assert learner.learn_whole(rows, 35, user_sum, stored)  # an item new since the build
+    np.testing.assert_allclose(rows[35], before, rtol=1e-6)
+    np.testing.assert_array_equal(user_sum, before)  # its map row is zero: the sum stays
+    # a fitted item takes the stored history's rows (first order), and joins the sum
+    assert learner.learn_whole(rows, 5, user_sum, stored)
+    np.testing.assert_allclose(rows[5], cooc[3] + cooc[7], rtol=1e-6)
+    np.testing.assert_allclose(user_sum, before + cooc[5], rtol=1e-6)
+    fresh = np.zeros(DIM, np.float32)  # a new user's first event: nothing co-occurs yet
+    empty = np.array([-1, -1])
+    assert not CooccurrenceRows(cooc).learn_whole(rows, 36, fresh, empty)
+    assert not CooccurrenceRows(cooc).learn_whole(rows, 5, fresh, empty)  # not fitted_too
+    np.testing.assert_allclose(fresh, cooc[5], rtol=1e-6)  # ... but the sum takes it
+
+
+def test_a_closed_form_keeps_each_users_map_sum_over_the_whole_training_history(drifting):
+    model, _, _ = drifting
+    tables = retrieve_tables(model)
+    sums = tables[schema.USER_COOCCURRENCE]
+    assert sums.shape == (len(model.user_ids), DIM_DRIFT)
+    train_items = {}
+    data = generate_synthetic(n_users=600, n_items=200, n_events=30_000, n_categories=5, seed=3)
+    train, _ = split_by_time(data.interactions, train_fraction=0.5)
+    for user, item in zip(train.user_ids.tolist(), train.item_ids.tolist()):
+        train_items.setdefault(user, set()).add(item)
+    item_row = {int(i): r for r, i in enumerate(model.item_ids)}
+    for row in (0, 7, 42):
+        user = int(model.user_ids[row])
+        want = model.item_cooccurrence[[item_row[i] for i in train_items[user]]].sum(0)
+        np.testing.assert_allclose(sums[row], want, rtol=1e-4, atol=1e-5)
+    # histories longer than the stored one: the sums cover what the last H items do not
+    assert any(len(train_items[int(model.user_ids[row])]) > model.user_history.shape[1]
+               for row in (0, 7, 42))
+
+
+def test_the_trainer_learns_with_the_whole_history_sum_and_grows_it_for_new_users():
+    cooc = _map()
+    tables = {**_tables(), schema.ITEM_COOCCURRENCE: cooc}
+    n_users = len(tables["user_ids"])
+    sums = np.random.default_rng(1).normal(0, 0.1, (n_users, DIM)).astype(np.float32)
+    tables[schema.USER_COOCCURRENCE] = sums
+    trainer = SparseTrainer(tables, _numpy_tower(), config=TrainerConfig(negatives=4))
+    plain = SparseTrainer({**_tables(), schema.ITEM_COOCCURRENCE: cooc}, _numpy_tower(),
+                          config=TrainerConfig(negatives=4))
+    for learner in (trainer, plain):
+        learner.apply(_event(1, 1020, 9999))  # a new item, taken by user 1020 (row 2)
+    got = np.array(trainer.tables()["item_rows"][ITEMS]) - np.array(plain.tables()["item_rows"][ITEMS])
+    history = _tables()["user_history"][2]
+    want = sums[2] - cooc[history[history >= 0]].sum(0)  # the whole sum, not the stored history
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert 2 in trainer.changed_rows()[schema.USER_COOCCURRENCE].tolist()
+    trainer.apply(_event(2, 777_777, 500 + 7 * 3))  # a new user: a zero sum, then row 3 of the map
+    out = trainer.tables()
+    row = int(np.flatnonzero(out["user_ids"] == 777_777)[0])
+    np.testing.assert_allclose(out[schema.USER_COOCCURRENCE][row], cooc[3], rtol=1e-6)
+    assert trainer.forget_user(777_777)
+    assert len(trainer.tables()[schema.USER_COOCCURRENCE]) == len(trainer.tables()["user_ids"])
