@@ -88,8 +88,12 @@ DEFAULT_COOCCURRENCE_FITTED = True
 # The co-occurrences an event adds are those with the user's whole history (the version's
 # user_cooccurrence, x_u M, kept per user), as EASE counts them; before 2026-12-08 the stored
 # history stood in for it, the last H = 20 items, while ml-latest-small's users have taken about
-# 150 each, and items new after the cut got rows a sixth of a fitted item's norm. Measured:
-# docs/results/quality-online.md, "Whole histories".
+# 150 each, and items new after the cut got rows a sixth of a fitted item's norm. Fitted items
+# keep the stored history (whole histories for them cost recall: 2016 x1.048 against x1.072).
+# In process (python -m bench.trainer_replay off shipped whole_history_cooccurrence=False, AMD
+# EPYC VM, 2026-12-08), stored / whole, against publishing off: ml-latest-small 2016 x1.072 /
+# x1.095 (1.062-1.129), 2018 x1.026 / x1.029, synthetic x1.059 / x1.061, MovieTweetings x1.647 /
+# x1.656 (docs/results/quality-online.md, "Whole histories for items outside the fit").
 DEFAULT_WHOLE_HISTORY_COOCCURRENCE = True
 USER_STEPS = ("trained", "all", "none")
 DEFAULT_USER_STEPS = "trained"
