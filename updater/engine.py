@@ -539,8 +539,7 @@ class Engine:
         finally:
             self.cpu_s["publishing"] += time.thread_time() - started_publish
         self._superseded(superseded)
-        trainer.meta = schema.RetrieveMeta.from_manifest(
-            versions.read_manifest(self.publisher.model_dir / str(version)))
+        trainer.meta = self._meta_of(version)
         trainer.clear_changes()
         self.applied_offset = self.published_offset = replayed_to
         self._read_to = max(self._read_to, replayed_to)
@@ -552,6 +551,11 @@ class Engine:
         return PushOutcome(version, replayed_to, replayed, judged.reason,
                            time.perf_counter() - started)
 
+    def _meta_of(self, version: int) -> schema.RetrieveMeta:
+        """A published version's meta (a push's names the tower versions written for it)."""
+        return schema.RetrieveMeta.from_manifest(
+            versions.read_manifest(self.publisher.model_dir / str(version)))
+
     def _log_between(self, after: int, until: int | None) -> list:
         """The log's next events after offset ``after``, none past ``until`` (None: the end)."""
         events = self.log.read_after(after, limit=READ_BATCH)
@@ -560,7 +564,7 @@ class Engine:
     # -- canaries (updater.canary) --------------------------------------------------------
     def _check_canary_push(self, pushed, share: float) -> None:
         if not 0 < share < 1:
-            raise CommandError(f"canary: the share must be in (0, 1), got {share!r}",
+            raise CommandError(f"canary_share: must be in (0, 1), got {share!r}",
                                code="INVALID_ARGUMENT")
         if self.canary is not None:
             raise CommandError("a canary is running already: promote it or roll it back "
@@ -586,8 +590,7 @@ class Engine:
             self.canary = None
             self.publisher.end_canary()
             raise
-        trainer.meta = schema.RetrieveMeta.from_manifest(
-            versions.read_manifest(self.publisher.model_dir / str(version)))
+        trainer.meta = self._meta_of(version)
         trainer.clear_changes()
         self.last_canary = None
         return version
@@ -627,8 +630,7 @@ class Engine:
                 probe_user=self.probe_user(), kind="promote", meta=meta)
             self._superseded(superseded)
             self.trainer = canary.trainer
-            self.trainer.meta = schema.RetrieveMeta.from_manifest(
-                versions.read_manifest(self.publisher.model_dir / str(version)))
+            self.trainer.meta = self._meta_of(version)
             self.trainer.clear_changes()
             self.published_offset = self.applied_offset
         self.canary = None

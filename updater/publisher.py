@@ -74,6 +74,7 @@ class Publisher:
         self.shard_bytes = shard_bytes
         self.current: int | None = None  # the last good version, served by Triton
         self.canary: int | None = None  # a running canary's newest version (its own lineage)
+        self._side_unchecked = True  # tower versions a crash may have left unreferenced
         self.records: list[PublishRecord] = []
         self.quality: list[QualityRecord] = []  # superseded versions' final records, newest last
         self.failed: list[FailedVersion] = []
@@ -248,7 +249,11 @@ class Publisher:
                   if v not in (self.current, self.canary)]
         for version in doomed:
             versions.remove_version(self.model_dir, version)
-        self._collect_side_versions()
+        # side versions lose their last reference only with retrieve versions (or a crash
+        # mid-push, before this process): not looked at on every publish
+        if doomed or self._side_unchecked:
+            self._side_unchecked = False
+            self._collect_side_versions()
         return doomed
 
     # -- pushed bases (issue 28) ----------------------------------------------------------

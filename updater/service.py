@@ -195,10 +195,7 @@ class AdminService(pb_grpc.AdminServicer):
         if not path.is_absolute():
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"path: must be absolute (the updater's own view), got {request.path!r}")
-        share = request.canary_share
-        if share and not 0 < share < 1:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"canary_share: must be in (0, 1), got {share}")
+        share = request.canary_share  # its range is the engine's to check
         if request.auto and not share:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "auto: needs a canary_share")
         done = self._wait(self.engine.submit(self.engine.push, path, request.force, share,

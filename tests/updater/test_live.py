@@ -20,6 +20,7 @@ from clients import Client, UpdaterClient
 from freshrec.child_process import wait_until
 from model_repository import contract as c
 from model_repository import versions
+from tests.updater.load import recommend_load
 from updater import faults
 from updater.main import LOG_FILE
 
@@ -197,39 +198,17 @@ def test_resent_events_count_once_and_bad_events_name_their_field(repository, st
 def test_reloads_under_concurrent_load_fail_no_request(repository, stack, start_updater):
     updater = start_updater()
     user_ids = [int(u) for u in _serving_tables(repository)[1]["user_ids"][:8]]
-    stop, failures, seen = threading.Event(), [], set()
-    served = [0]
-
-    def hammer(seed):
-        with Client(stack.grpc_url) as client:
-            n = 0
-            while not stop.is_set():
-                try:
-                    seen.add(client.recommend(user_ids[(seed + n) % len(user_ids)], k=5).version)
-                    served[0] += 1
-                except Exception as exc:  # noqa: BLE001 - any failure is the finding
-                    failures.append(repr(exc))
-                n += 1
-
-    threads = [threading.Thread(target=hammer, args=(s,)) for s in range(4)]
-    for t in threads:
-        t.start()
-    try:
-        with UpdaterClient(updater.url) as up:
-            start_version = up.status()["published_version"]
-            for n in range(4):  # four publishes, each a Triton reload, under load
-                result = up.feedback(user_ids[n], int(_serving_tables(repository)[1]["item_ids"][n]))
-                status = _wait_published(up, result.last_offset)
-            # keep the load on until it has been answered by the last version published
-            wait_until(lambda: status["published_version"] in seen, timeout_s=WAIT_S,
-                       what="an answer from the last published version")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    assert failures == []
+    with recommend_load(stack.grpc_url, user_ids) as load, UpdaterClient(updater.url) as up:
+        start_version = up.status()["published_version"]
+        for n in range(4):  # four publishes, each a Triton reload, under load
+            result = up.feedback(user_ids[n], int(_serving_tables(repository)[1]["item_ids"][n]))
+            status = _wait_published(up, result.last_offset)
+        # keep the load on until it has been answered by the last version published
+        wait_until(lambda: status["published_version"] in load.seen, timeout_s=WAIT_S,
+                   what="an answer from the last published version")
+    assert load.failures == []
     assert status["published_version"] >= start_version + 4
-    assert len(seen) >= 2 and served[0] > 0  # answers really came from several versions
+    assert len(load.seen) >= 2 and load.served > 0  # answers really came from several versions
 
 
 def _check_recovered(repository, up, client, *, user_id, items):

@@ -7,9 +7,7 @@ saw (its own users and events, the versions it saw published), so each passes al
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 import uuid
 
 import grpc
@@ -25,6 +23,7 @@ from freshrec.retrain import logged_feedback
 from model_repository import contract as c
 from model_repository import versions
 from tests.fixtures.builds import UPDATER
+from tests.updater.load import recommend_load
 from updater import faults
 from updater.main import LOG_FILE
 
@@ -72,32 +71,6 @@ def _retrain(builds, repository, out, config, **kwargs):
                  feedback_offset=offset, **kwargs)
 
 
-@contextlib.contextmanager
-def _load(stack, user_ids, threads=4):
-    """Recommend calls from ``threads`` clients until the block ends: (failures, versions seen)."""
-    stop, failures, seen = threading.Event(), [], set()
-
-    def hammer(seed):
-        with Client(stack.grpc_url) as client:
-            n = 0
-            while not stop.is_set():
-                try:
-                    seen.add(client.recommend(user_ids[(seed + n) % len(user_ids)], k=5).version)
-                except Exception as exc:  # noqa: BLE001 - any failure is the finding
-                    failures.append(repr(exc))
-                n += 1
-
-    running = [threading.Thread(target=hammer, args=(s,)) for s in range(threads)]
-    for t in running:
-        t.start()
-    try:
-        yield failures, seen
-    finally:
-        stop.set()
-        for t in running:
-            t.join()
-
-
 def test_a_push_serves_the_retrained_base_with_the_events_since_under_load(
         builds, repository, stack, start_updater, tmp_path):
     updater = start_updater()
@@ -111,11 +84,11 @@ def test_a_push_serves_the_retrained_base_with_the_events_since_under_load(
         base_offset = versions.read_manifest(retrained.repository / c.RETRIEVE / "1").feedback_offset
         last = up.feedback_batch(_clicks(late, items[20:23])).last_offset  # after the build's cut
         assert last > base_offset
-        with _load(stack, [*users, early, late]) as (failures, seen):
+        with recommend_load(stack.grpc_url, [*users, early, late]) as load:
             pushed = up.push(retrained.repository, force=FORCE)
-            wait_until(lambda: pushed["version"] in seen, timeout_s=WAIT_S,
+            wait_until(lambda: pushed["version"] in load.seen, timeout_s=WAIT_S,
                        what="an answer from the pushed version")
-        assert failures == []
+        assert load.failures == []
         assert pushed["feedback_offset"] >= last and pushed["replayed"] >= 3
         assert "recall@10" in pushed["judged"]
         status = up.status()
@@ -242,12 +215,12 @@ def test_a_base_of_another_tower_and_size_is_loaded_under_load_from_the_cli(
     out = tmp_path / "sequence"
     _retrain(builds, repository, out,
              TrainConfig(dim=8, epochs=1, history_len=5, tower="sequence", seed=2))
-    with _load(stack, users) as (failures, seen):
+    with recommend_load(stack.grpc_url, users) as load:
         assert cli_main(["push", str(out), "--updater", updater.url, "--force"]) == 0
         pushed = json.loads(capsys.readouterr().out)
-        wait_until(lambda: pushed["version"] in seen, timeout_s=WAIT_S,
+        wait_until(lambda: pushed["version"] in load.seen, timeout_s=WAIT_S,
                    what="an answer from the pushed version")
-    assert failures == []
+    assert load.failures == []
     with UpdaterClient(updater.url) as up:
         record = [r for r in up.status()["recent_publishes"] if r["version"] == pushed["version"]][0]
     assert record["kind"] == "push" and record["load_s"] > 0  # another size: Triton loads it
