@@ -13,6 +13,10 @@ One tritonserver serves, in one run:
   and publishes a new version every few seconds through its Admin Publish, so Triton loads a new
   `retrieve` version under load.
 
+Every row records impressions (retrieve writes each answer for the updater's attribution,
+model_repository.impressions) except `recommend, impressions off`: its cost per request is the
+difference between that row and `recommend`, and the bytes it writes are in `recommend`'s note.
+
 `retrieve, no ensemble` sends the same load to `retrieve` itself: the cost of the ensemble hop
 that keeps clients on one stable name. `recommend, unpadded inputs` is the same load with unused
 HISTORY / EXCLUDE omitted rather than sent empty: Triton only batches requests with the same set
@@ -27,7 +31,9 @@ ms below 100 ms). Timings are never asserted by tests.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -139,10 +145,30 @@ def _row(users: int, label: str, result, floor_rps: float, reloads: str = "") ->
             result.failures, result.rps / floor_rps if floor_rps else float("nan"), reloads]
 
 
+def _impression_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.glob("*.imp")) if folder.is_dir() else 0
+
+
+@contextlib.contextmanager
+def _impressions_off(folder: Path):
+    """Retrieve records impressions while the updater keeps their folder: take it away for a
+    row (retrieve looks each CHECK_DIR_S), then give it back."""
+    from model_repository.impressions import CHECK_DIR_S
+
+    shutil.rmtree(folder, ignore_errors=True)
+    time.sleep(2 * CHECK_DIR_S)
+    try:
+        yield
+    finally:
+        folder.mkdir(exist_ok=True)
+        time.sleep(2 * CHECK_DIR_S)
+
+
 def _measure(grpc_url: str, updater_url: str, users: int, *, n_users_model: int, n_items: int,
-             duration: str, reload_every_s: float) -> tuple[list[list], float, int, int]:
+             duration: str, reload_every_s: float,
+             impressions: Path) -> tuple[list[list], float, int, int]:
     """The rows of one user count: (rows, recommend / floor req/s, failures while reloading,
-    versions published while reloading)."""
+    versions published while reloading). ``impressions``: retrieve's impressions folder."""
     from clients.loadtest import AGGREGATED, LoadMix, LoadResult, LoadTestError, run_locust
     from model_repository import contract as c
 
@@ -156,7 +182,11 @@ def _measure(grpc_url: str, updater_url: str, users: int, *, n_users_model: int,
             return LoadResult("", AGGREGATED, 0, 0, nan, nan, nan, nan)
 
     floor = load(FLOOR)
+    written = _impression_bytes(impressions)
     ours = load(c.RECOMMEND)
+    per_request = (_impression_bytes(impressions) - written) / max(ours.requests, 1)
+    with _impressions_off(impressions):
+        unrecorded = load(c.RECOMMEND)
     direct = load(c.RETRIEVE)
     unpadded = load(c.RECOMMEND, pad_inputs=False)
     with Reloader(updater_url, n_users_model, n_items, every_s=reload_every_s) as reloader:
@@ -164,7 +194,8 @@ def _measure(grpc_url: str, updater_url: str, users: int, *, n_users_model: int,
     note = f"{reloader.published} published" + (f", {len(reloader.errors)} errors"
                                                 if reloader.errors else "")
     rows = [_row(users, "floor (empty python model)", floor, floor.rps),
-            _row(users, "recommend", ours, floor.rps),
+            _row(users, "recommend", ours, floor.rps, f"{per_request:.0f} B impressions/req"),
+            _row(users, "recommend, impressions off", unrecorded, floor.rps),
             _row(users, "retrieve, no ensemble", direct, floor.rps),
             _row(users, "recommend, unpadded inputs", unpadded, floor.rps),
             _row(users, "recommend + reloads", reloading, floor.rps, note)]
@@ -177,6 +208,7 @@ def run_bench(*, n_items: int, n_users_model: int, user_counts, duration: str,
     from freshrec.stack import serving_stack
     from model_repository import configs
     from model_repository import contract as c
+    from model_repository.impressions import impressions_dir
 
     started = time.perf_counter()
     rows, ratios, reload_failures, publishes = [], {}, 0, 0
@@ -191,7 +223,8 @@ def run_bench(*, n_items: int, n_users_model: int, user_counts, duration: str,
             for users in user_counts:
                 got, ratios[users], failures, published = _measure(
                     stack.grpc_url, stack.updater.url, users, n_users_model=n_users_model,
-                    n_items=n_items, duration=duration, reload_every_s=reload_every_s)
+                    n_items=n_items, duration=duration, reload_every_s=reload_every_s,
+                    impressions=impressions_dir(repository / c.RETRIEVE))
                 rows += got
                 reload_failures += failures
                 publishes += published
@@ -209,7 +242,7 @@ def run_bench(*, n_items: int, n_users_model: int, user_counts, duration: str,
         f"repository written in {built_s:.1f} s; whole run {time.perf_counter() - started:.0f} s",
     ]))
     print_table(["users", "model", "req/s", "p50 ms", "p95 ms", "p99 ms", "failures",
-                 "x floor req/s", "reloads"], rows)
+                 "x floor req/s", "note"], rows)
     worst = min(ratios.values()) if ratios else float("nan")
     print(f"goal: recommend >= 0.70 x floor req/s at every user count: worst {worst:.2f} "
           f"({'met' if worst >= 0.7 else 'NOT met'}); zero failures during reloads: "

@@ -149,17 +149,20 @@ def popularity_only(repository: Path, out: Path) -> Path:
 
 
 def canary_replay(data: Path, scratch: Path, *, share: float, batch: int = 50) -> list[list]:
-    """The log's latest 20 % sent as feedback, in time order with their own timestamps, to a
-    server whose pushed canary decides itself (--auto): a worse canary (popularity only) beside
-    the model, then the model as the canary beside popularity only. Per run: the decision, the
-    log events it took, each arm's asked events and hit rate then."""
+    """The log's latest 20 % replayed in time order, to a server whose pushed canary decides
+    itself (--auto): a worse canary (popularity only) beside the model, then the model as the
+    canary beside popularity only. Each event's user first asks for its top 10 (the answer its
+    arm serves, recorded as an impression), then the event is sent as a click with its own
+    timestamp. Per run: the decision, the log events it took, each arm's exposed events and hit
+    rate then (what the rule reads), and the same on recomputed answers (asked)."""
     import shutil
 
     from bench.quality_cut import train_on_the_cut
-    from clients import UpdaterClient
+    from clients import Client, UpdaterClient
     from exporter.build import write_repository
     from freshrec.stack import serving_stack
     from model_repository import contract as c
+    from model_repository.impressions import wait_recording
 
     say = lambda message: print(f"bench.push: {message}", flush=True)  # noqa: E731
     _, source, _, test, model, train_s, _ = train_on_the_cut(data, seed=0)
@@ -171,13 +174,17 @@ def canary_replay(data: Path, scratch: Path, *, share: float, batch: int = 50) -
                                    ("the model as canary beside popularity only", popular, real)):
         run_dir = scratch / label.split()[0]
         repository = Path(shutil.copytree(serving, run_dir / "repository"))
+        arms: dict[int, set] = {}
         with serving_stack(repository, models=(c.USER_TOWER, c.RETRIEVE, c.RECOMMEND),
                            log_dir=run_dir, updater=True) as stack, \
-                UpdaterClient(stack.updater.url) as up:
+                UpdaterClient(stack.updater.url) as up, Client(stack.grpc_url) as client:
             up.push(canary, canary=share, auto=True, force=True)
+            wait_recording(repository / c.RETRIEVE, lambda: client.recommend(1, k=1))
             sent, state = 0, up.status()["canary"]
             for start in range(0, len(test), batch):
                 end = min(start + batch, len(test))
+                asked = [(user, client.recommend(user, k=10).arm)
+                         for user in test.user_ids[start:end].tolist()]
                 up.feedback_batch([dict(event_id=f"r{n}", user_id=int(test.user_ids[n]),
                                         item_id=int(test.item_ids[n]), kind="click",
                                         timestamp=float(test.timestamps[n]))
@@ -185,13 +192,17 @@ def canary_replay(data: Path, scratch: Path, *, share: float, batch: int = 50) -
                 sent = end
                 if (start // batch) % 10 == 9 or end == len(test):
                     up.publish()
-                    state = up.status()["canary"]
-                    if state["ended"]:
-                        break
+                state = up.status()["canary"]
+                if state["ended"]:
+                    break  # this batch's asks may straddle the end: not counted as switches
+                for user, arm in asked:  # all asked while the canary ran
+                    arms.setdefault(user, set()).add(arm)
             say(f"{label}: {state['ended'] or 'undecided'} after {sent} events: {state['reason']}")
+            switched = sum(len(a) > 1 for a in arms.values())
             rows.append([label, state["ended"] or "undecided", sent,
-                         state["control"]["events"], f"{state['control']['hit_rate']:.4f}",
-                         state["canary"]["events"], f"{state['canary']['hit_rate']:.4f}"])
+                         *(f"{state[arm]['hit_rate']:.4f} ({state[arm]['events']})"
+                           for arm in ("control", "canary", "control_asked", "canary_asked")),
+                         f"{switched} of {len(arms)}"])
     return rows
 
 
@@ -206,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                               f"a canary at {args.share:.0%} pushed with --auto first"]))
         with tempfile.TemporaryDirectory(prefix="freshrec-canary-") as scratch:
             rows = canary_replay(args.canary_data, Path(scratch), share=args.share)
-        print_table(["run", "decision", "log events until it", "control asked",
-                     "control hit@10", "canary asked", "canary hit@10"], rows)
+        print_table(["run", "decision", "log events until it", "control hit@10 shown (events)",
+                     "canary hit@10 shown", "control hit@10 asked", "canary hit@10 asked",
+                     "users switching arms"], rows)
         return 0
     print(machine_header([f"method: {CLIENTS} closed-loop recommend threads over gRPC; each "
                           f"phase {PHASE_S:.0f} s of load from the RPC on; {BASE_DATA}"]))

@@ -2,13 +2,14 @@
 
 `freshrec push DIR --canary 10%` serves the pushed base to a stable hash-chosen share of users
 (model_repository.canary) while the rest keep the serving lineage; each arm learns online from
-its own users' events and publishes its own versions. Each arm is judged on its own users:
-before each positive event of a user is learned, the user's arm's serving version is asked for
-the user's top K as retrieve answers it (updater.quality, the same question the per-version
-quality record asks), and a hit is the event's item in it. So each arm's hit rate is that of the
-answers its users were getting, measured on the same kind of event in both arms.
+its own users' events and publishes its own versions. Each arm is judged on what its users were
+shown: retrieve records every answer as an impression, and the updater attributes each later
+positive event of the user to the arm whose answer held the item (updater.exposure: hit@K
+within a window, K at most 10). The arms' hit rates on their recomputed answers (the question
+updater.quality asks of every positive event, whether or not its user was shown anything) are
+in the status beside them (``control_asked``, ``canary_asked``) but decide nothing.
 
-The decision (`decide`), checked after every batch once each arm has MIN_EVENTS asked:
+The decision (`decide`), checked after every batch once each arm has MIN_EVENTS exposed events:
 
     d = p_canary - p_control,  se = sqrt(p_c (1 - p_c) / n_c + p_t (1 - p_t) / n_t)
     roll back when d + Z se < 0                    (the canary is worse, beyond the noise)
@@ -27,11 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model_repository.canary import CanarySplit
+from model_repository.canary import ARM_CODES, CANARY, CONTROL, CanarySplit
 
 Z = 3.0
 MARGIN = 0.05  # relative: a canary within 5 % of the control's hit rate is "not worse"
-MIN_EVENTS = 200  # asked events per arm before any decision
+MIN_EVENTS = 200  # exposed positive events per arm before any decision
 MAX_EVENTS = 50_000  # per arm: past this, no automatic decision
 
 PROMOTE, ROLL_BACK = "promote", "roll back"
@@ -39,7 +40,7 @@ PROMOTE, ROLL_BACK = "promote", "roll back"
 
 @dataclass(frozen=True)
 class ArmCount:
-    events: int = 0  # positive events asked
+    events: int = 0  # positive events counted (exposed, or asked)
     hits: int = 0    # of them, the item in the arm's top K
 
     @property
@@ -70,7 +71,7 @@ def decide(control: ArmCount, canary: ArmCount, *, z: float = Z, margin: float =
            min_events: int = MIN_EVENTS, max_events: int = MAX_EVENTS) -> Decision:
     """The sequential rule in the module docstring."""
     if min(control.events, canary.events) < min_events:
-        return Decision(None, f"waiting for {min_events} asked events in each arm "
+        return Decision(None, f"waiting for {min_events} exposed events in each arm "
                               f"(control {control.events}, canary {canary.events})")
     d = canary.rate - control.rate
     se = math.sqrt(canary.rate * (1 - canary.rate) / canary.events
@@ -91,7 +92,8 @@ def decide(control: ArmCount, canary: ArmCount, *, z: float = Z, margin: float =
 class CanaryArm:
     """The running canary, as the updater keeps it: its split, its own trainer and quality meter
     (updater.trainer.SparseTrainer, updater.quality.QualityMeter), the log offset it started
-    from, whether it decides itself, and the control meter's counts at its start."""
+    from, whether it decides itself, and the counts at its start of the control's meter and of
+    the updater's exposure (updater.exposure: arm code -> ArmCount)."""
 
     split: CanarySplit
     trainer: object
@@ -99,10 +101,20 @@ class CanaryArm:
     started_offset: int
     auto: bool
     control_from: tuple[int, int]  # the control's QualityMeter (asked, hits) at the start
+    exposure_from: dict  # Exposure.counts at the start
     decision: Decision = Decision(None, "just started")
 
-    def counts(self, control_quality) -> tuple[ArmCount, ArmCount]:
-        """(control, canary): each arm's asked events and hits since the canary started."""
+    def counts(self, exposure) -> tuple[ArmCount, ArmCount]:
+        """(control, canary): each arm's exposed positive events and hits since the canary
+        started, from the answers its users were shown (what the decision reads)."""
+        def since(arm: int) -> ArmCount:
+            now, then = exposure.count(arm), self.exposure_from.get(arm, ArmCount())
+            return ArmCount(now.events - then.events, now.hits - then.hits)
+        return since(ARM_CODES[CONTROL]), since(ARM_CODES[CANARY])
+
+    def asked(self, control_quality) -> tuple[ArmCount, ArmCount]:
+        """(control, canary): the same on each arm's recomputed answers (updater.quality's
+        question, asked of every positive event whether or not its user was shown anything)."""
         return (ArmCount(control_quality.asked - self.control_from[0],
                          control_quality.hits - self.control_from[1]),
                 ArmCount(self.quality.asked, self.quality.hits))
@@ -118,16 +130,17 @@ class CanaryArm:
                     return int(mine[0])
         raise RuntimeError("no user id of this arm found")  # share outside (0, 1): unreachable
 
-    def status(self, control_quality) -> dict:
-        control, canary = self.counts(control_quality)
-
+    def status(self, control_quality, exposure) -> dict:
         def arm(count: ArmCount) -> dict:
             low, high = count.interval()
             return {"events": count.events, "hits": count.hits, "hit_rate": count.rate,
                     "low": low, "high": high}
 
+        control, canary = self.counts(exposure)
+        control_asked, canary_asked = self.asked(control_quality)
         return {"share": self.split.share, "first_version": self.split.first_version,
                 "started_at": self.split.started_at, "started_offset": self.started_offset,
                 "auto": self.auto, "control": arm(control), "canary": arm(canary),
+                "control_asked": arm(control_asked), "canary_asked": arm(canary_asked),
                 "decision": self.decision.verdict or "", "reason": self.decision.reason,
                 "ended": ""}

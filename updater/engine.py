@@ -42,12 +42,14 @@ from model_repository import contract as c
 from model_repository import retrieve_schema as schema
 from model_repository import versions
 from model_repository.canary import ARM_KEY, CANARY, CanarySplit, read_split
+from model_repository.impressions import ImpressionReader
 from model_repository.projection import TextProjection, rows_from_text
 from model_repository.sequence_tower import NumpySequenceTower
 from model_repository.tower import TOWER_FILE, NumpyTower, tower_from_tables
 from updater import faults
 from updater.admission import Catalogue, NewUserBudget
 from updater.canary import PROMOTE, CanaryArm, decide
+from updater.exposure import Arrivals, Exposure
 from updater.feedback_log import EventLog
 from updater.publisher import Publisher, PublishError, read_pushed_base
 from updater.quality import QualityMeter, QualityRecord
@@ -145,6 +147,9 @@ class Engine:
         self.new_users = NewUserBudget(self.intake.max_new_users_per_min)
         self.trainer_config = trainer_config or TrainerConfig()
         self.quality = QualityMeter(policy=quality)
+        self.exposure = Exposure(window_s=self.quality.policy.attribution_window_s)
+        self.arrivals = Arrivals()
+        self.impressions: ImpressionReader | None = None  # opened by recover()
         self.trainer: SparseTrainer | None = None
         self.canary: CanaryArm | None = None  # a running canary (updater.canary)
         self.last_canary: dict | None = None  # the last one's end, for Status
@@ -184,6 +189,9 @@ class Engine:
                  manifest.version, manifest.feedback_offset, max(behind, 0))
         self.log.open_intake(history_len=self.trainer.history_len,
                              after_offset=manifest.feedback_offset)
+        self.arrivals = Arrivals(base=self.log.last_offset())
+        if self.impressions is None:  # retrieve records while its folder exists
+            self.impressions = ImpressionReader(self.publisher.model_dir)
         self._catalogue_changed()
         for user_id in self.log.pending_forgets():
             log.warning("redoing the forget of a user interrupted by a crash")
@@ -210,11 +218,14 @@ class Engine:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=30)
+        if self.impressions is not None:
+            self.impressions.remove()
 
     def notify(self, accepted: int, last_offset: int = 0) -> None:
         """Called by the intake after a durable append (``last_offset``: its newest event's).
         Wakes the thread only when it waits with nothing to do (so the publish clock starts at
         once) or a publish's worth of events is not applied yet."""
+        self.arrivals.stamp(last_offset)
         with self._lock:
             self._notified_offset = max(self._notified_offset, last_offset)
             wake = accepted and (self._idle or self._notified_offset - self.applied_offset
@@ -226,6 +237,7 @@ class Engine:
         """The log's newest offset (a query, or a GET in Redis), sampled for events_per_s: both
         logs hand offsets only to stored events, so offsets count what every writer stored."""
         newest = self.log.last_offset()
+        self.arrivals.stamp(newest)  # an app writing straight to the log tells no one
         now = time.monotonic()
         with self._lock:
             if not self._offsets or now - self._offsets[-1][0] >= RATE_SAMPLE_S:
@@ -296,6 +308,7 @@ class Engine:
                 return
             # the offset moves after its CPU is counted: a status showing it shows that CPU
             self.applied_offset = events[-1].offset
+            self.arrivals.forget_through(self.applied_offset)
             self._events_since_publish += len(events)
             if self._events_since_publish >= self.policy.every_events:
                 return  # publish before reading more
@@ -307,15 +320,16 @@ class Engine:
         if not events:
             self._read_to = max(self._read_to, newest)
             return []
+        train = self._attribute(events)
         canary = self.canary
         if canary is None:
             self.quality.measure(events, self.trainer,
                                  self.publisher.model_dir / str(self.publisher.current))
-            self.trainer.apply_many(self._admitted(events))
+            self.trainer.apply_many(self._admitted(train))
         else:  # each arm learns, and is judged on, its own users' events
-            ours = canary.split.in_canary([e.user_id for e in events])
-            control = [e for e, mine in zip(events, ours) if not mine]
-            theirs = [e for e, mine in zip(events, ours) if mine]
+            ours = canary.split.in_canary([e.user_id for e in train])
+            control = [e for e, mine in zip(train, ours) if not mine]
+            theirs = [e for e, mine in zip(train, ours) if mine]
             if control:
                 self.quality.measure(control, self.trainer,
                                      self.publisher.model_dir / str(self.publisher.current))
@@ -327,6 +341,19 @@ class Engine:
         if len(events) > 1:
             faults.crash_point("mid_batch")  # trained, the offset not recorded yet
         return events
+
+    def _attribute(self, events: list) -> list:
+        """The impressions recorded since the last batch, then this batch's positive events
+        attributed to them (updater.exposure). Returns the events to train: the batch, with
+        each exposed positive event's shown-and-skipped items before it under
+        --impression-skips (not in the log: a replay after a restart has no impressions)."""
+        if self.impressions is not None:
+            self.exposure.add(self.impressions.read_new())
+        derived = self.exposure.attribute(events, self.arrivals.of,
+                                          skips=self.trainer_config.impression_skips)
+        if not derived:
+            return events
+        return [d for i, e in enumerate(events) for d in (*derived.get(i, ()), e)]
 
     def _admitted(self, events: list) -> list:
         """The events that train: all but those of users with no row once the minute's new user
@@ -580,7 +607,8 @@ class Engine:
             self.publisher.model_dir), started_at=time.time())
         self.canary = CanaryArm(split, trainer, QualityMeter(policy=self.quality.policy),
                                 started_offset=offset, auto=auto,
-                                control_from=(self.quality.asked, self.quality.hits))
+                                control_from=(self.quality.asked, self.quality.hits),
+                                exposure_from=dict(self.exposure.counts))
         try:
             version = self.publisher.publish(
                 trainer.tables(), changed_rows=None, feedback_offset=offset,
@@ -600,7 +628,7 @@ class Engine:
         canary = self.canary
         if canary is None:
             return
-        canary.decision = decide(*canary.counts(self.quality))
+        canary.decision = decide(*canary.counts(self.exposure))
         if canary.auto and canary.decision.verdict is not None:
             log.warning("canary: %s (%s)", canary.decision.verdict, canary.decision.reason)
             self.end_canary(canary.decision.verdict == PROMOTE)
@@ -614,7 +642,7 @@ class Engine:
             raise CommandError("no canary is running")
         self._consume()
         canary_user = self.probe_user(canary=True)
-        ended = canary.status(self.quality) | {"version": self.publisher.canary}
+        ended = canary.status(self.quality, self.exposure) | {"version": self.publisher.canary}
         if promote:
             after = canary.started_offset
             while events := self._log_between(after, self.applied_offset):
@@ -726,8 +754,10 @@ class Engine:
             "new_users_last_min": self.new_users.last_min(),
             "max_new_users_per_min": self.new_users.per_min,
             "deferred_new_user_events": self.new_users.deferred_events,
-            "canary": (self.canary.status(self.quality) | {"version": self.publisher.canary}
+            "canary": (self.canary.status(self.quality, self.exposure)
+                       | {"version": self.publisher.canary}
                        if self.canary is not None else self.last_canary),
+            "exposure": self.exposure.status(),
             "new_user_rows": ({"mode": trainer.config.new_user_rows,
                                **trainer.new_user_rows.status()} if trainer else None),
         }

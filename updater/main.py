@@ -19,9 +19,11 @@ from model_repository import contract as c
 from model_repository.live_history import history_path, write_store_choice
 from model_repository.redis_layout import RedisKeys
 from updater.settings import (
+    DEFAULT_ATTRIBUTION_WINDOW_S,
     DEFAULT_COOCCURRENCE_FITTED,
     DEFAULT_FOLD_IN_EVENTS,
     DEFAULT_FOLD_IN_USERS,
+    DEFAULT_IMPRESSION_SKIPS,
     DEFAULT_KEEP_VERSIONS,
     DEFAULT_LR,
     DEFAULT_MAX_NEW_USERS_PER_MIN,
@@ -119,6 +121,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fold-in-events", type=int, default=DEFAULT_FOLD_IN_EVENTS,
                         help="items with fewer positive events fold their users' queries into "
                              f"their rows (default {DEFAULT_FOLD_IN_EVENTS}: off)")
+    parser.add_argument("--impression-skips", type=int, default=DEFAULT_IMPRESSION_SKIPS,
+                        metavar="N",
+                        help="a positive event also trains the top N items of the newest answer "
+                             "its user was shown in the attribution window, but the one taken, "
+                             f"as skips (default {DEFAULT_IMPRESSION_SKIPS}: off)")
     parser.add_argument("--skip-weight", type=float, default=DEFAULT_SKIP_WEIGHT,
                         help=f"how hard a skip pushes the item away, against a click's 1 "
                              f"(default {DEFAULT_SKIP_WEIGHT:g}; 0: skips train nothing)")
@@ -147,6 +154,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="positive events of each batch asked of the serving version for its "
                              "quality record, the hit rate in `freshrec status` and its manifest "
                              f"(default {DEFAULT_QUALITY_EVENTS_PER_BATCH}; 0: off)")
+    parser.add_argument("--attribution-window-s", type=float,
+                        default=DEFAULT_ATTRIBUTION_WINDOW_S,
+                        help="a positive event is attributed to the answers its user was shown "
+                             "this long before it (the exposure hit rate, and what a canary is "
+                             f"judged on) (default {DEFAULT_ATTRIBUTION_WINDOW_S:g})")
     parser.add_argument("--fold-in-users", action="store_true", default=DEFAULT_FOLD_IN_USERS,
                         help="users with at most --fold-in-events history items take the scaled "
                              "mean of their items' rows as their row (off by default; needs "
@@ -186,8 +198,10 @@ def config_from_args(args: argparse.Namespace) -> UpdaterConfig:
                               row_updates=not args.no_row_updates,
                               count_updates=not args.no_count_updates,
                               user_steps=args.user_steps, new_user_rows=args.new_user_rows,
-                              cooccurrence_fitted=args.cooccurrence_rows == "all"),
-        quality=QualityPolicy(events_per_batch=args.quality_events_per_batch))
+                              cooccurrence_fitted=args.cooccurrence_rows == "all",
+                              impression_skips=args.impression_skips),
+        quality=QualityPolicy(events_per_batch=args.quality_events_per_batch,
+                              attribution_window_s=args.attribution_window_s))
 
 
 def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -> None:

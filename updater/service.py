@@ -162,8 +162,10 @@ class AdminService(pb_grpc.AdminServicer):
             reply.new_user_rows.CopyFrom(pb.NewUserRows(**snap["new_user_rows"]))
         if snap["canary"] is not None:
             canary = dict(snap["canary"])
-            arms = {arm: pb.CanaryArm(**canary.pop(arm)) for arm in ("control", "canary")}
+            arms = {arm: pb.CanaryArm(**canary.pop(arm))
+                    for arm in ("control", "canary", "control_asked", "canary_asked")}
             reply.canary.CopyFrom(pb.CanaryStatus(**canary, **arms))
+        reply.exposure.CopyFrom(pb.Exposure(**snap["exposure"]))
         running, superseded = snap["quality"]
         reply.serving_quality.CopyFrom(_quality_message(running))
         reply.recent_quality.extend(_quality_message(r) for r in superseded)

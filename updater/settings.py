@@ -114,6 +114,9 @@ DEFAULT_NEW_USER_ROWS = "auto"
 # logs an item shown and not taken now is often taken later, so a skip weighs little; an app
 # whose skips are explicit dismissals may raise it (--skip-weight).
 DEFAULT_SKIP_WEIGHT = LABEL_WEIGHTS["skip"]
+# items shown and not taken as skips: every weight tried cost recall on the public logs, where
+# an item shown and not taken now is often taken later (docs/results/quality-online.md), so off
+DEFAULT_IMPRESSION_SKIPS = 0
 # What feedback may enter (updater.admission). Growing the catalogue from feedback is off: an event
 # naming an unknown item is NOT_FOUND (`freshrec items add` adds items; the flag lets feedback).
 DEFAULT_GROW_CATALOGUE = False
@@ -130,6 +133,9 @@ DEFAULT_MAX_NEW_USERS_PER_MIN = 1000
 # at 100,000 (218 ms per 1,000 events); most of it is loading each version's Retriever (7 and 30
 # ms), the rest the questions (16 / 32 / 64 asked: 12 / 13 / 16 ms a batch at 5,000 items).
 DEFAULT_QUALITY_EVENTS_PER_BATCH = 32
+# a positive event counts for the answers its user was shown in the 30 minutes before it: a
+# session's length on the public logs' apps, and what a canary is judged on (updater.exposure)
+DEFAULT_ATTRIBUTION_WINDOW_S = 1800.0
 
 
 def require(settings, *rules: tuple[str, bool, str]) -> None:
@@ -152,12 +158,16 @@ class IntakePolicy:
 
 @dataclass(frozen=True)
 class QualityPolicy:
-    """How much of each batch the quality record measures (updater.quality); 0 turns it off."""
+    """How much of each batch the quality record measures (updater.quality); 0 turns it off;
+    and the window of the exposure attribution (updater.exposure)."""
 
     events_per_batch: int = DEFAULT_QUALITY_EVENTS_PER_BATCH
+    # how long after an answer was shown a positive event is attributed to it (updater.exposure)
+    attribution_window_s: float = DEFAULT_ATTRIBUTION_WINDOW_S
 
     def __post_init__(self):
-        require(self, ("events_per_batch", self.events_per_batch >= 0, ">= 0"))
+        require(self, ("events_per_batch", self.events_per_batch >= 0, ">= 0"),
+                ("attribution_window_s", self.attribution_window_s > 0, "> 0"))
 
 
 @dataclass(frozen=True)
@@ -200,6 +210,9 @@ class TrainerConfig:
     cooccurrence_fitted: bool = DEFAULT_COOCCURRENCE_FITTED
     # ... with the user's whole history (the version's user_cooccurrence), not the stored last H
     whole_history_cooccurrence: bool = DEFAULT_WHOLE_HISTORY_COOCCURRENCE
+    # a positive event also trains the newest answer its user was shown (updater.exposure) as
+    # skips: its top N items but the one taken (DEFAULT_IMPRESSION_SKIPS)
+    impression_skips: int = DEFAULT_IMPRESSION_SKIPS
     seed: int = 0
 
     def __post_init__(self):
@@ -207,6 +220,7 @@ class TrainerConfig:
                 ("max_step", self.max_step > 0, "> 0"),
                 ("skip_weight", 0 <= self.skip_weight < float("inf"), ">= 0"),
                 ("fold_in_events", self.fold_in_events >= 0, ">= 0"),
+                ("impression_skips", self.impression_skips >= 0, ">= 0"),
                 ("user_steps", self.user_steps in USER_STEPS, f"one of {', '.join(USER_STEPS)}"),
                 ("new_user_rows", self.new_user_rows in NEW_USER_ROWS,
                  f"one of {', '.join(NEW_USER_ROWS)}"),

@@ -11,6 +11,7 @@ through BLS); QUERY_TEXT is embedded by `text_encoder`, called through BLS.
 import freshrec_paths  # noqa: F401,I001 - first: puts the project on sys.path (see that file)
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,10 @@ import triton_python_backend_utils as pb_utils
 
 from model_repository import contract as c
 from model_repository.canary import ARM_CODES, CANARY, CONTROL
+from model_repository.impressions import ImpressionWriter, records
 from model_repository.live_history import LiveStoreReader
 from model_repository.live_version import VersionWatcher, newest_good_version
-from model_repository.serving import RequestError, Retriever, answer_requests
+from model_repository.serving import Answer, RequestError, Retriever, answer_requests
 from model_repository.stub import bls_call, log_to_triton, responses
 
 
@@ -32,12 +34,16 @@ def _packer(with_arm: bool):
                    pb_utils.Tensor(c.SCORES, answer.scores.reshape(1, -1)),
                    pb_utils.Tensor(c.VERSION, np.array([[answer.version]], dtype=np.int64))]
         if with_arm:
-            arm = ARM_CODES[CANARY if answer.version in canary_versions else CONTROL]
+            arm = _arm(answer, canary_versions)
             tensors.append(pb_utils.Tensor(c.ARM, np.array([[arm]], dtype=np.int32)))
         return pb_utils.InferenceResponse(tensors)
 
     canary_versions = set()
     return pack, canary_versions
+
+
+def _arm(answer, canary_versions) -> int:
+    return ARM_CODES[CANARY if answer.version in canary_versions else CONTROL]
 
 
 def _user_id(inputs):
@@ -53,6 +59,7 @@ class TritonPythonModel:
         self.live_history = LiveStoreReader(model_dir)
         outputs = {o["name"] for o in json.loads(args["model_config"]).get("output", [])}
         self._pack, self._canary_versions = _packer(c.ARM in outputs)
+        self.impressions = ImpressionWriter(model_dir)
         first = newest_good_version(model_dir, at_most=int(args["model_version"]))
         self.watcher = VersionWatcher(model_dir, self._open(first), self._open).start()
 
@@ -102,8 +109,22 @@ class TritonPythonModel:
                                                self._encoder(arm_retriever))
                     for i, outcome in zip(slots, answered):
                         outcomes[i] = outcome
+        self._record(inputs, outcomes)
         return responses(outcomes, self._pack, model=c.RETRIEVE)
 
+    def _record(self, inputs, outcomes):
+        """Each answer to a request naming a user, as an impression (model_repository.impressions);
+        before the responses go, so an impression is on disk before its user can act on it."""
+        shown = [(user, outcome) for user, outcome in zip(map(_user_id, inputs), outcomes)
+                 if user is not None and isinstance(outcome, Answer)]
+        if shown:
+            now = time.time()
+            self.impressions.write(records(
+                [now] * len(shown), [u for u, _ in shown], [a.version for _, a in shown],
+                [_arm(a, self._canary_versions) for _, a in shown],
+                [a.item_ids for _, a in shown]))
+
     def finalize(self):
+        self.impressions.close()
         self.watcher.stop()
         self.live_history.close()

@@ -22,6 +22,7 @@ from freshrec.retrain import logged_feedback
 from model_repository import contract as c
 from model_repository import templates, versions
 from model_repository.canary import CANARY_FILE, read_split
+from model_repository.impressions import wait_recording
 from model_repository.serving import Query, Retriever
 from tests.fixtures.builds import UPDATER
 from updater.main import LOG_FILE
@@ -80,6 +81,7 @@ def test_a_canary_serves_a_stable_share_and_each_arm_learns_its_own_users(
         assert canary["version"] == pushed["version"] and canary["ended"] == ""
         users = _new_ids(80)
         ours = split.in_canary(users)
+        wait_recording(repository / c.RETRIEVE, lambda: client.recommend(1, k=1))
         assert 0 < ours.sum() < len(users)
         for _ in range(2):  # stable: the same arm, every time
             for user, mine in zip(users, ours):
@@ -104,8 +106,10 @@ def test_a_canary_serves_a_stable_share_and_each_arm_learns_its_own_users(
         assert _history(control_tables, theirs) is None
         assert client.recommend(theirs, k=5).version == canary_version
         assert client.recommend(mine, k=5).version == status["published_version"]
-        # the arms' counts: each arm's own users' events, asked of its own version
-        assert status["canary"]["canary"]["events"] >= 1 and status["canary"]["control"]["events"] >= 1
+        # the arms' counts: each arm's own users' events, on the answers they were shown, and
+        # asked of each arm's own version
+        for arm in ("canary", "control", "canary_asked", "control_asked"):
+            assert status["canary"][arm]["events"] >= 1, arm
         # forgetting a user forgets them in both arms
         up.forget_user(theirs)
         status = up.status()
@@ -194,9 +198,14 @@ def test_an_automatic_canary_of_a_worse_base_is_rolled_back_by_its_users_hit_rat
         control = up.status()["published_version"]
         pushed = up.push(worse, canary=0.5, auto=True, force=True)
         pairs = _control_picks(repository, control, rounds=4)
-        # batches of 60: about 30 an arm, each asked (the meter asks up to 32 a batch an arm)
+        wait_recording(repository / c.RETRIEVE, lambda: client.recommend(1, k=1))
+        shown = {}
         for start in range(0, len(pairs), 60):
-            status = _published(up, up.feedback_batch(_clicks(pairs[start:start + 60])).last_offset)
+            batch = pairs[start:start + 60]
+            for user, _ in batch:  # each user asks, is shown its arm's answer, then clicks
+                answer = client.recommend(user, k=10)
+                shown.setdefault(answer.arm, set()).add(user)
+            status = _published(up, up.feedback_batch(_clicks(batch)).last_offset)
             if status["canary"]["ended"]:
                 break
         canary = wait_until(lambda: (s := up.status()["canary"])["ended"] and s,
@@ -206,6 +215,11 @@ def test_an_automatic_canary_of_a_worse_base_is_rolled_back_by_its_users_hit_rat
         assert canary["canary"]["hit_rate"] < canary["control"]["hit_rate"]
         assert canary["canary"]["high"] < canary["control"]["low"]  # apart beyond the noise
         assert min(canary["canary"]["events"], canary["control"]["events"]) >= 200
+        # judged on what each arm showed: every user in one arm all along
+        assert not shown["canary"] & shown["control"]
+        exposure = up.status()["exposure"]
+        assert exposure["impressions"] >= canary["canary"]["events"] + canary["control"]["events"]
+        assert canary["canary_asked"]["events"] > 0  # the recomputed question, beside it
         assert not (repository / c.RETRIEVE / CANARY_FILE).exists()
         answer = client.recommend(pairs[0][0], k=5)
         assert answer.arm == "control" and answer.version != pushed["version"]

@@ -20,6 +20,7 @@ from clients import Client, UpdaterClient
 from freshrec.child_process import wait_until
 from model_repository import contract as c
 from model_repository import versions
+from model_repository.impressions import RECORD, impressions_dir, wait_recording
 from tests.updater.load import recommend_load
 from updater import faults
 from updater.main import LOG_FILE
@@ -101,6 +102,34 @@ def test_the_recommend_client_sends_feedback_to_the_updater(repository, stack, s
     assert answer.version == status["published_version"]
     _, tables = _serving_tables(repository)
     assert user_id in tables["user_ids"].tolist()  # the new user got a row from that click
+
+
+def test_clicks_are_attributed_to_the_answers_their_users_were_shown(repository, stack,
+                                                                     start_updater):
+    """Retrieve records each answer as an impression; the updater counts a later click on a
+    shown item as a hit, on an item not shown as a miss, and a click of a user shown nothing
+    as unexposed."""
+    updater = start_updater()
+    folder = impressions_dir(repository / c.RETRIEVE)
+    shown_user, other_user = _new_id(), _new_id()
+    with Client(stack.grpc_url) as client, UpdaterClient(updater.url) as up:
+        before = up.status()["exposure"]
+        wait_recording(repository / c.RETRIEVE, lambda: client.recommend(1, k=1))
+        answer = client.recommend(shown_user, k=5)
+        records = np.concatenate([np.fromfile(f, RECORD) for f in folder.glob("*.imp")])
+        mine = records[records["user"] == shown_user]
+        assert mine.size and mine["version"][-1] == answer.version and mine["arm"][-1] == 0
+        assert mine["items"][-1][:5].tolist() == list(answer.item_ids)
+        not_shown = next(int(i) for i in _serving_tables(repository)[1]["item_ids"]
+                         if int(i) not in answer.item_ids)
+        events = _clicks(shown_user, [int(answer.item_ids[1]), not_shown])
+        events += _clicks(other_user, [int(answer.item_ids[0])])
+        _wait_published(up, up.feedback_batch(events).last_offset)
+        after = up.status()["exposure"]
+    assert after["impressions"] > before["impressions"]
+    assert after["events"] - before["events"] == 2  # the shown user's two clicks
+    assert after["hits"] - before["hits"] == 1       # the one on a shown item
+    assert after["unexposed"] - before["unexposed"] == 1  # the user shown nothing
 
 
 def test_single_event_sends_are_trained_on_the_engine_tick_and_its_cpu_is_counted(
