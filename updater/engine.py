@@ -349,7 +349,8 @@ class Engine:
         --impression-skips (not in the log: a replay after a restart has no impressions)."""
         if self.impressions is not None:
             self.exposure.add(self.impressions.read_new())
-        derived = self.exposure.attribute(events, self.arrivals.of,
+        since = self.canary.split.started_at if self.canary is not None else None
+        derived = self.exposure.attribute(events, self.arrivals.of, since=since,
                                           skips=self.trainer_config.impression_skips)
         if not derived:
             return events

@@ -4,11 +4,13 @@ Retrieve records every answer to a request naming a user as an impression (user,
 items, version, arm, time: model_repository.impressions). Before the engine trains a batch it
 reads the impressions recorded since the last batch (`Exposure.add`) and attributes the batch's
 positive events (`Exposure.attribute`): an event of user u that arrived at time t is *exposed*
-when u was shown an answer in [t - window_s, t]; it is a *hit* when one of those answers held
-its item, and it counts for the arm (control or canary) of the newest answer that held it (a
-miss: of the newest answer). So each arm's hit rate is hit@K of the answers its users were
-actually shown (K: what each answer showed, at most impressions.TOP), which is what a canary
-is judged on (updater.canary).
+when u was shown an answer in [t - window_s, t]; it counts for the arm (control or canary) of
+the newest of those answers, and is a *hit* when one of that arm's answers among them held its
+item. While a canary runs, answers from before it started do not count: a canary user's were
+the control's, and the control's users would otherwise have more answers in their window than
+the canary's. So each arm's hit rate is hit@K of the answers its users were actually shown (K:
+what each answer showed, at most impressions.TOP), which is what a canary is judged on
+(updater.canary).
 
 An event's arrival is when the updater learned of it (`Arrivals`): the intake's notify after
 the durable append (before Send replies, so every answer the user saw before acting is on disk
@@ -105,26 +107,30 @@ class Exposure:
         for user in [u for u, q in self._shown.items() if q[-1].time < before]:
             del self._shown[user]
 
-    def attribute(self, events, arrival_of, *, skips: int = 0) -> dict[int, list[Event]]:
+    def attribute(self, events, arrival_of, *, skips: int = 0,
+                  since: float | None = None) -> dict[int, list[Event]]:
         """Count the positive events among ``events`` (``arrival_of(offset)``: its arrival, or
-        None to skip it). With ``skips`` N: returns, by the position of each exposed positive
-        event, the top N items of the newest answer its user was shown but the one taken, as
-        skip events at its offset (items shown and skipped)."""
+        None to skip it). ``since``: answers shown before it do not count (a canary's start:
+        each arm is judged on its own answers only, and a canary user's answers from before the
+        split were the control's). With ``skips`` N: returns, by the position of each exposed
+        positive event, the top N items of the newest answer its user was shown but the one
+        taken, as skip events at its offset (items shown and skipped)."""
         derived: dict[int, list[Event]] = {}
+        since = float("-inf") if since is None else since
         for position, event in enumerate(events):
             if label(event) <= 0:
                 continue
             arrived = arrival_of(event.offset)
             if arrived is None:
                 continue
-            shown = [s for s in self._shown.get(event.user_id, ())
-                     if arrived - self.window_s <= s.time <= arrived]
+            start = max(arrived - self.window_s, since)
+            shown = [s for s in self._shown.get(event.user_id, ()) if start <= s.time <= arrived]
             if not shown:
                 self.unexposed += 1
                 continue
-            holder = next((s for s in reversed(shown) if event.item_id in s.items), None)
-            arm = (holder or shown[-1]).arm
-            self.counts[arm] = self.counts.get(arm, ArmCount()).plus(1, int(holder is not None))
+            arm = shown[-1].arm  # the user's arm now; its answers alone can hit
+            hit = any(s.arm == arm and event.item_id in s.items for s in shown)
+            self.counts[arm] = self.counts.get(arm, ArmCount()).plus(1, int(hit))
             if skips:
                 derived[position] = [
                     Event(f"{event.event_id}/shown/{item}", event.user_id, item, "skip", 0.0,

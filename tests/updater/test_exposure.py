@@ -110,8 +110,8 @@ def test_a_positive_event_is_a_hit_for_the_arm_whose_answer_in_the_window_held_i
     exposure.add(_rows(1000.0, [2], arm=CAN, items=[(30,)]))
     arrivals = {1: 1020.0, 2: 1020.0, 3: 1020.0, 4: 1100.0, 5: 1020.0, 6: 1020.0, 7: 999.0}
     exposure.attribute([
-        _event(1, 1, 10),                  # in the older (control) answer: control's hit
-        _event(2, 1, 99),                  # in neither: a miss of the newest (canary)
+        _event(1, 1, 10),                  # only in the older answer, of another arm: a miss
+        _event(2, 1, 99),                  # in neither: a miss of the newest's arm (canary)
         _event(3, 2, 30),                  # canary hit
         _event(4, 2, 30),                  # arrived 100 s after the answer: outside the window
         _event(5, 1, 20, kind="skip"),     # not positive: not counted
@@ -119,12 +119,27 @@ def test_a_positive_event_is_a_hit_for_the_arm_whose_answer_in_the_window_held_i
         _event(7, 1, 10),                  # arrived before the answers: not exposed by them
         _event(8, 1, 10),                  # no arrival (logged before the start): skipped
     ], arrivals.get)
-    assert exposure.count(CTRL) == ArmCount(1, 1)
-    assert exposure.count(CAN) == ArmCount(2, 1)
+    # event 1: the newest answer is the canary's, and only its own arm's answers hit
+    assert exposure.count(CTRL) == ArmCount(0, 0)
+    assert exposure.count(CAN) == ArmCount(3, 1)
     assert exposure.unexposed == 3
     status = exposure.status()
-    assert status["events"] == 3 and status["hits"] == 2 and status["impressions"] == 3
-    assert status["low"] < 2 / 3 < status["high"]
+    assert status["events"] == 3 and status["hits"] == 1 and status["impressions"] == 3
+    assert status["low"] < 1 / 3 < status["high"]
+
+
+def test_during_a_canary_answers_from_before_it_do_not_count():
+    exposure = Exposure(window_s=600.0)
+    exposure.add(_rows(1000.0, [1], arm=CTRL, items=[(10, 11)]))  # before the split
+    exposure.add(_rows(1100.0, [1], arm=CAN, items=[(20, 21)]))
+    exposure.add(_rows(1000.0, [2], arm=CTRL, items=[(10,)]))
+    exposure.add(_rows(1100.0, [2], arm=CTRL, items=[(30,)]))
+    arrived = lambda _: 1200.0  # noqa: E731
+    exposure.attribute([_event(1, 1, 10), _event(2, 2, 10)], arrived, since=1050.0)
+    assert exposure.count(CAN) == ArmCount(1, 0)   # its control answer is not the canary's
+    assert exposure.count(CTRL) == ArmCount(1, 0)  # nor is the control user's older one counted
+    exposure.attribute([_event(3, 2, 10)], arrived)  # no canary: the whole window
+    assert exposure.count(CTRL) == ArmCount(2, 1)
 
 
 def test_pruning_forgets_users_shown_nothing_lately():
