@@ -9,7 +9,7 @@ UPDATER_PORT ?= 50051
 # make test ends here whatever hangs (the suite takes ~8 min on 2 cores; CI allows 90 in all)
 TEST_LIMIT_S ?= 2700
 
-.PHONY: serve test lint venv clean demo bench-kernels gpu-check
+.PHONY: serve test lint venv clean demo bench-kernels gpu-check prometheus
 
 venv: $(STAMP)
 
@@ -20,7 +20,14 @@ $(STAMP): pyproject.toml constraints.txt
 	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch==2.13.0; fi
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	@$(BIN)/python -m freshrec.processes --check
+	@command -v promtool >/dev/null 2>&1 || $(MAKE) --no-print-directory prometheus
 	touch $(STAMP)
+
+# Debian's prometheus (prometheus and promtool), for the monitoring tests
+prometheus:
+	apt-get install -y -q --no-install-recommends prometheus >/dev/null \
+	  || (apt-get update -q && apt-get install -y -q --no-install-recommends prometheus >/dev/null) \
+	  || echo "could not install Debian's prometheus package: the monitoring tests will say so"
 
 $(DEMO)/repository/retrieve/1/manifest.json: $(STAMP)
 	$(BIN)/freshrec build --synthetic --out $(DEMO)

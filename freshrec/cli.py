@@ -147,7 +147,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     def make_updater():
         return UpdaterProcess(repository, server.grpc_url, host=args.host, port=args.updater_port,
-                              log_path=repository.parent / "updater.log", args=redis_args)
+                              log_path=repository.parent / "updater.log", args=redis_args,
+                              metrics_port=args.updater_metrics_port,
+                              triton_metrics_url=f"http://{args.host}:{server.metrics_port}/metrics")
 
     def say(message):
         print(f"freshrec: {message}", file=sys.stderr, flush=True)
@@ -293,6 +295,33 @@ def cmd_items_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Triton's readiness (server and each model, its own endpoints) and the updater's standard
+    gRPC health service; prints JSON, exits 0 only when all are ready."""
+    import tritonclient.grpc as grpcclient
+
+    from updater.health import probe
+
+    triton: dict = {"url": args.url}
+    try:
+        client = grpcclient.InferenceServerClient(args.url)
+        triton["ready"] = bool(client.is_server_ready(client_timeout=5.0))
+        triton["models"] = {m: bool(client.is_model_ready(m, client_timeout=5.0))
+                            for m in args.models}
+        client.close()
+    except Exception as exc:  # noqa: BLE001 - unreachable is the answer, said
+        triton.update(ready=False, error=str(exc).splitlines()[0])
+    report = {"triton": triton}
+    healthy = triton["ready"] and all(triton.get("models", {}).values())
+    if not args.no_updater:
+        state = probe(args.updater)
+        report["updater"] = {"url": args.updater, "status": state}
+        healthy = healthy and state == "SERVING"
+    report["healthy"] = healthy
+    print(json.dumps(report, indent=2))
+    return 0 if healthy else 1
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     from tritonclient.utils import InferenceServerException
 
@@ -403,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"Triton HTTP port (default {c.DEFAULT_HTTP_PORT})")
     p.add_argument("--metrics-port", type=int, default=c.DEFAULT_METRICS_PORT,
                    help=f"Triton metrics port (default {c.DEFAULT_METRICS_PORT})")
+    p.add_argument("--updater-metrics-port", type=int, default=c.DEFAULT_UPDATER_METRICS_PORT,
+                   help="the updater's Prometheus metrics port (default "
+                        f"{c.DEFAULT_UPDATER_METRICS_PORT}; `freshrec status` names both)")
     p.add_argument("--log", type=Path, help="server log file (default: beside the repository)")
     p.add_argument("--updater-port", type=int, default=c.DEFAULT_UPDATER_PORT,
                    help=f"updater sidecar gRPC port (default {c.DEFAULT_UPDATER_PORT})")
@@ -447,6 +479,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auto", action="store_true",
                    help="with --canary: promote it when its users' hit rate is not worse, roll "
                         "it back when it is (updater.canary's sequential rule)")
+    p = _updater_command(sub, "health", cmd_health,
+                         "is it up: Triton's ready endpoints (server and models) and the "
+                         "updater's gRPC health service; JSON, exit code 0 only when all are")
+    p.add_argument("--url", default=c.DEFAULT_TRITON_URL,
+                   help=f"Triton gRPC address (default {c.DEFAULT_TRITON_URL})")
+    p.add_argument("--models", nargs="+", default=[c.RECOMMEND, c.RETRIEVE], metavar="MODEL",
+                   help=f"models that must be ready (default {c.RECOMMEND} {c.RETRIEVE})")
+    p.add_argument("--no-updater", action="store_true",
+                   help="Triton only (a server started with --no-updater)")
     p = _updater_command(sub, "canary", cmd_canary,
                          "the running canary's arms, hit rates and decision (prints JSON); "
                          "--promote or --rollback ends it")

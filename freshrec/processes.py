@@ -294,8 +294,13 @@ class UpdaterProcess(ChildProcess):
     error = UpdaterExited
 
     def __init__(self, repository: Path, triton_url: str, *, host: str = DEFAULT_HOST, port: int = 0,
-                 log_path: Path, args: tuple[str, ...] = (), env: dict[str, str] | None = None):
+                 log_path: Path, args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 metrics_port: int = 0, triton_metrics_url: str = ""):
+        """``metrics_port``: the updater's Prometheus port (0: any free one; Status names it);
+        ``triton_metrics_url``: Triton's, for Status to name beside it."""
         super().__init__(log_path=log_path)
+        self.metrics_port = metrics_port
+        self.triton_metrics_url = triton_metrics_url
         self.repository = Path(repository)
         self.triton_url = triton_url
         self.host = host
@@ -312,7 +317,9 @@ class UpdaterProcess(ChildProcess):
     def command(self) -> list[str]:
         return [sys.executable, "-m", "updater", "-v", "--repository", str(self.repository),
                 "--triton", self.triton_url, "--host", self.host, "--port", str(self.requested_port),
-                "--port-file", str(self._port_file), *self.args]
+                "--port-file", str(self._port_file), "--metrics-port", str(self.metrics_port),
+                *(("--triton-metrics-url", self.triton_metrics_url) if self.triton_metrics_url
+                  else ()), *self.args]
 
     def start(self, *, timeout_s: float = DEFAULT_READY_TIMEOUT_S) -> UpdaterProcess:
         self.port = None
@@ -324,22 +331,15 @@ class UpdaterProcess(ChildProcess):
         return self
 
     def _ready(self) -> bool:
-        import grpc
-
-        from updater.proto import freshrec_updater_pb2 as pb
-        from updater.proto import freshrec_updater_pb2_grpc as pb_grpc
+        """Ready: its standard gRPC health service says SERVING (updater.health)."""
+        from updater.health import probe
 
         if self.port is None:
             try:  # written (atomically) once the updater listens
                 self.port = int(self._port_file.read_text())
             except (OSError, ValueError):
                 return False
-        with grpc.insecure_channel(self.url) as channel:
-            try:
-                pb_grpc.AdminStub(channel).Status(pb.StatusRequest(), timeout=PROBE_TIMEOUT_S)
-                return True
-            except grpc.RpcError:
-                return False
+        return probe(self.url, timeout_s=PROBE_TIMEOUT_S) == "SERVING"
 
 
 class RedisExited(RuntimeError):

@@ -50,7 +50,9 @@ class ServingStack:
         n = self._updaters_started
         updater = UpdaterProcess(self.repository, self.grpc_url, host=self.triton.host,
                                  log_path=self.log_dir / ("updater.log" if n == 1 else f"updater-{n}.log"),
-                                 args=tuple(args), env=env)
+                                 args=tuple(args), env=env,
+                                 triton_metrics_url=f"http://{self.triton.host}:"
+                                                    f"{self.triton.metrics_port}/metrics")
         self.updaters.append(updater)
         return updater.start(timeout_s=timeout_s)
 

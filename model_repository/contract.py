@@ -7,6 +7,7 @@ DEFAULT_GRPC_PORT = 8001      # tritonserver, KServe v2 over gRPC (what clients 
 DEFAULT_HTTP_PORT = 8000      # tritonserver, KServe v2 over HTTP
 DEFAULT_METRICS_PORT = 8002   # tritonserver, Prometheus metrics
 DEFAULT_UPDATER_PORT = 50051  # the updater sidecar: Feedback and Admin over gRPC
+DEFAULT_UPDATER_METRICS_PORT = 8003  # the updater, Prometheus metrics (updater.metrics)
 DEFAULT_REDIS_PREFIX = "freshrec"  # of every key freshrec keeps in Redis (redis_layout.RedisKeys)
 DEFAULT_TRITON_URL = f"{DEFAULT_HOST}:{DEFAULT_GRPC_PORT}"
 DEFAULT_UPDATER_URL = f"{DEFAULT_HOST}:{DEFAULT_UPDATER_PORT}"

@@ -51,6 +51,7 @@ from updater.admission import Catalogue, NewUserBudget
 from updater.canary import PROMOTE, CanaryArm, decide
 from updater.exposure import Arrivals, Exposure
 from updater.feedback_log import EventLog
+from updater.metrics import UpdaterMetrics
 from updater.publisher import Publisher, PublishError, read_pushed_base
 from updater.quality import QualityMeter, QualityRecord
 from updater.settings import IntakePolicy, PublishPolicy, QualityPolicy, TrainerConfig
@@ -138,8 +139,13 @@ def judge_push(serving: dict | None, pushed: dict | None, *, metric: str = PUSH_
 class Engine:
     def __init__(self, feedback_log: EventLog, publisher: Publisher, *,
                  policy: PublishPolicy | None = None, trainer_config: TrainerConfig | None = None,
-                 intake: IntakePolicy | None = None, quality: QualityPolicy | None = None):
+                 intake: IntakePolicy | None = None, quality: QualityPolicy | None = None,
+                 metrics: UpdaterMetrics | None = None):
         self.log = feedback_log
+        self.metrics = metrics or UpdaterMetrics()
+        if hasattr(publisher, "listeners"):
+            publisher.listeners.append(self.metrics.published)
+        self._started_at = time.time()
         self.publisher = publisher
         self.policy = policy or PublishPolicy()
         self.intake = intake or IntakePolicy()
@@ -221,6 +227,10 @@ class Engine:
         if self.impressions is not None:
             self.impressions.remove()
 
+    def running(self) -> bool:
+        """Whether the engine thread runs (and was not asked to stop)."""
+        return self._thread.is_alive() and not self._stop.is_set()
+
     def notify(self, accepted: int, last_offset: int = 0) -> None:
         """Called by the intake after a durable append (``last_offset``: its newest event's).
         Wakes the thread only when it waits with nothing to do (so the publish clock starts at
@@ -246,6 +256,26 @@ class Engine:
             while len(self._offsets) > 1 and self._offsets[1][0] <= now - RATE_WINDOW_S:
                 self._offsets.popleft()
         return newest
+
+    def served_newest_time(self) -> float | None:
+        """When the newest event the serving version holds arrived (its own timestamp when it
+        was logged before this updater started); None when it holds no logged event."""
+        offset = self.published_offset
+        if offset <= 0:
+            return None
+        arrived = self.arrivals.of(offset)
+        if arrived is not None:
+            return arrived
+        events = self.log.read_after(offset - 1, limit=1)
+        return events[0].timestamp if events and events[0].offset == offset else None
+
+    def unserved_age(self, now: float) -> float:
+        """How long the oldest logged event that no version serves yet has waited (0: none
+        waits; an event logged before this updater started has waited since the start)."""
+        if self.log.last_offset() <= self.published_offset:
+            return 0.0
+        arrived = self.arrivals.of(self.published_offset + 1)
+        return max(now - (arrived if arrived is not None else self._started_at), 0.0)
 
     def events_per_s(self) -> float:
         """Events stored in the last RATE_WINDOW_S, by any writer, per second."""
@@ -275,6 +305,7 @@ class Engine:
                 if self._publish_due():
                     self._publish(kind="publish")
             except PublishError as exc:
+                self.metrics.publish_failures.inc()
                 log.error("%s; retrying in %.1f s", exc, FAILURE_BACKOFF_S)
                 self._backoff_until = time.monotonic() + FAILURE_BACKOFF_S
             except Exception:  # noqa: BLE001 - the loop must survive and keep the log intact
@@ -299,6 +330,7 @@ class Engine:
         self._waiting_since = None
         while not self._stop.is_set():
             started, measuring = time.thread_time(), self.quality.cpu_s
+            wall = time.perf_counter()
             try:
                 events = self._train_next()
             finally:
@@ -306,9 +338,11 @@ class Engine:
                                            - (self.quality.cpu_s - measuring))
             if not events:
                 return
+            self.metrics.train_batch.observe(time.perf_counter() - wall)
             # the offset moves after its CPU is counted: a status showing it shows that CPU
             self.applied_offset = events[-1].offset
-            self.arrivals.forget_through(self.applied_offset)
+            # kept from the served offset on: its arrival is the served model's freshness
+            self.arrivals.forget_through(self.published_offset - 1)
             self._events_since_publish += len(events)
             if self._events_since_publish >= self.policy.every_events:
                 return  # publish before reading more

@@ -65,10 +65,14 @@ class UpdaterConfig:
     quality: QualityPolicy = field(default_factory=QualityPolicy)
     redis_url: str | None = None  # the event log and live history in Redis (updater.redis_log)
     redis_prefix: str = c.DEFAULT_REDIS_PREFIX
+    metrics_port: int = c.DEFAULT_UPDATER_METRICS_PORT  # Prometheus /metrics (updater.metrics)
+    triton_metrics_url: str = ""  # Triton's, for Status to name beside the updater's
 
     def __post_init__(self):
-        if not 0 <= self.port < 65536:
-            raise ValueError(f"UpdaterConfig.port must be in [0, 65535], got {self.port!r}")
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) < 65536:
+                raise ValueError(f"UpdaterConfig.{name} must be in [0, 65535], got "
+                                 f"{getattr(self, name)!r}")
         if self.redis_url is not None and not self.redis_url.startswith(REDIS_SCHEMES):
             raise ValueError(f"UpdaterConfig.redis_url must start with one of {', '.join(REDIS_SCHEMES)}, "
                              f"got {self.redis_url!r}")
@@ -93,6 +97,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=c.DEFAULT_HOST, help=f"address to bind (default {c.DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=c.DEFAULT_UPDATER_PORT,
                         help=f"updater gRPC port (default {c.DEFAULT_UPDATER_PORT}; 0: any free one)")
+    parser.add_argument("--metrics-port", type=int, default=c.DEFAULT_UPDATER_METRICS_PORT,
+                        help="Prometheus metrics at /metrics on this port (default "
+                             f"{c.DEFAULT_UPDATER_METRICS_PORT}; 0: any free one; `freshrec "
+                             "status` names it)")
+    parser.add_argument("--triton-metrics-url", default="",
+                        help="Triton's metrics URL, for `freshrec status` to name beside the "
+                             "updater's (freshrec serve passes it)")
     parser.add_argument("--port-file", type=Path,
                         help="once ready, write the port listened on to this file (for --port 0)")
     parser.add_argument("--state-dir", type=Path,
@@ -187,7 +198,8 @@ def config_from_args(args: argparse.Namespace) -> UpdaterConfig:
     return UpdaterConfig(
         repository=args.repository, triton_url=args.triton, host=args.host, port=args.port,
         state_dir=args.state_dir, port_file=args.port_file, redis_url=args.redis,
-        redis_prefix=args.redis_prefix,
+        redis_prefix=args.redis_prefix, metrics_port=args.metrics_port,
+        triton_metrics_url=args.triton_metrics_url,
         intake=IntakePolicy(grow_catalogue=args.grow_catalogue_from_feedback,
                             max_new_users_per_min=args.max_new_users_per_min),
         policy=PublishPolicy(every_s=args.publish_every_s, every_events=args.publish_every_events,
@@ -208,6 +220,8 @@ def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -
     """Run until `stop` is set or SIGINT/SIGTERM arrives (main thread only)."""
     from updater.engine import Engine
     from updater.feedback_log import FeedbackLog
+    from updater.health import UpdaterHealth
+    from updater.metrics import EngineCollector
     from updater.publisher import Publisher
     from updater.service import grpc_server
     from updater.triton_control import TritonControl
@@ -231,8 +245,17 @@ def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -
     engine.recover()
     write_store_choice(publisher.model_dir, config.redis_url, config.redis_prefix)  # tell retrieve
     engine.start()
+    metrics_server, metrics_port = engine.metrics.serve(config.host, config.metrics_port)
+    engine.metrics.registry.register(EngineCollector(
+        engine, restarts=lambda: _triton_restarts(config.state_path),
+        serving_versions=lambda: _serving_versions(triton, publisher)))
+    metrics_urls = {"updater": f"http://{config.host}:{metrics_port}/metrics",
+                    **({"triton": config.triton_metrics_url} if config.triton_metrics_url else {})}
+    health = UpdaterHealth(ready=lambda: _ready(engine, triton, config.triton_url))
     server, port = grpc_server(f"{config.host}:{config.port}", feedback_log, engine, triton,
-                               state_dir=config.state_path)
+                               state_dir=config.state_path, metrics_urls=metrics_urls,
+                               health=health)
+    health.start()
     if config.port_file is not None:
         _write_port_file(config.port_file, port)
     log.warning("updater ready on %s:%s (log %s, Triton %s, serving retrieve %s)",
@@ -241,11 +264,43 @@ def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -
     try:
         stop.wait()
     finally:
+        health.stop()
         server.stop(grace=2).wait()
+        metrics_server.shutdown()
         engine.stop()
         feedback_log.close()
         triton.close()
         log.warning("updater stopped")
+
+
+def _ready(engine, triton, triton_url: str) -> tuple[bool, str]:
+    """The health service's test: the engine thread runs and Triton answers."""
+    if not engine.running():
+        return False, "the engine thread stopped"
+    if not triton.is_live():
+        return False, f"Triton at {triton_url} does not answer"
+    return True, ""
+
+
+def _triton_restarts(state_dir: Path) -> int:
+    from updater.supervision import read_supervisor_state
+
+    return int(read_supervisor_state(state_dir)["triton_restarts"])
+
+
+def _serving_versions(triton, publisher) -> dict[str, int]:
+    """The version each model serves: retrieve's newest published one (its publish waited for
+    the switch), the others as Triton reports them (none when Triton does not answer)."""
+    from updater.service import SERVING_MODELS
+    from updater.triton_control import TritonError
+
+    try:
+        versions = triton.serving_versions(SERVING_MODELS)
+    except TritonError:
+        versions = {}
+    if publisher.current is not None:
+        versions[c.RETRIEVE] = publisher.current
+    return versions
 
 
 def _write_port_file(path: Path, port: int) -> None:

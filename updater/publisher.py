@@ -76,6 +76,7 @@ class Publisher:
         self.canary: int | None = None  # a running canary's newest version (its own lineage)
         self._side_unchecked = True  # tower versions a crash may have left unreferenced
         self.records: list[PublishRecord] = []
+        self.listeners: list = []  # called with each PublishRecord (updater.metrics)
         self.quality: list[QualityRecord] = []  # superseded versions' final records, newest last
         self.failed: list[FailedVersion] = []
 
@@ -206,8 +207,11 @@ class Publisher:
         log.error("version %s quarantined: %s", version, reason)
 
     def _record(self, version, offset, started, kind, timings) -> None:
-        self.records.append(PublishRecord(version, offset, started, kind, dict(timings)))
+        record = PublishRecord(version, offset, started, kind, dict(timings))
+        self.records.append(record)
         del self.records[:-MAX_RECORDS]
+        for listener in self.listeners:
+            listener(record)
 
     def keep_quality(self, record: QualityRecord) -> QualityRecord:
         """A superseded version's final record, its parent's hit rate beside it: written into

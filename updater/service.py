@@ -58,6 +58,7 @@ class FeedbackService(pb_grpc.FeedbackServicer):
 
     def _take(self, events, first_index: int, reply: pb.SendReply) -> None:
         valid, indexes, rejected = [], [], []
+        metrics = self.engine.metrics
         for index, e in enumerate(events, start=first_index):
             try:
                 valid.append(validate(e.event_id, _optional(e, "user_id"), _optional(e, "item_id"),
@@ -66,13 +67,23 @@ class FeedbackService(pb_grpc.FeedbackServicer):
             except EventError as exc:
                 rejected.append(pb.Rejected(index=index, event_id=e.event_id, field=exc.field,
                                             reason=exc.reason, code=INVALID_ARGUMENT))
+                metrics.event(e.kind, "rejected", exc.field)
         unknown = self.engine.catalogue.unknown([e.item_id for e in valid])
+        for e, bad in zip(valid, unknown):
+            if bad:
+                metrics.event(e.kind, "rejected", "item_id")
         rejected.extend(pb.Rejected(index=index, event_id=e.event_id, field="item_id",
                                     reason=not_found_reason(e.item_id), code=NOT_FOUND)
                         for index, e, bad in zip(indexes, valid, unknown) if bad)
         reply.rejected.extend(sorted(rejected, key=lambda r: r.index))
         valid = [e for e, bad in zip(valid, unknown) if not bad]
         stored, duplicates = self.log.append(valid) if valid else ([], [])
+        for e in stored:
+            metrics.event(e.kind, "accepted")
+        if duplicates:
+            kinds = {e.event_id: e.kind for e in valid}
+            for event_id in duplicates:
+                metrics.event(kinds.get(event_id, ""), "duplicate")
         reply.accepted += len(stored)
         reply.duplicate_event_ids.extend(duplicates)
         if stored:
@@ -123,18 +134,29 @@ class FeedbackService(pb_grpc.FeedbackServicer):
 
 
 class AdminService(pb_grpc.AdminServicer):
-    def __init__(self, engine: Engine, triton: TritonControl, *, state_dir: Path | None = None):
+    def __init__(self, engine: Engine, triton: TritonControl, *, state_dir: Path | None = None,
+                 metrics_urls: dict[str, str] | None = None):
         self.engine = engine
         self.triton = triton
         self.state_dir = state_dir
+        self.metrics_urls = dict(metrics_urls or {})
 
-    def _wait(self, future, context):
+    def _wait(self, call: str, future, context):
+        """The engine's answer to an Admin call, counted by call and outcome (updater.metrics)."""
+        outcome = "ok"
         try:
             return future.result(timeout=ADMIN_TIMEOUT_S)
         except CommandError as exc:
+            outcome = exc.code
             context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
         except PublishError as exc:
+            outcome = "INTERNAL"
             context.abort(grpc.StatusCode.INTERNAL, str(exc))
+        except BaseException:
+            outcome = "failed"
+            raise
+        finally:
+            self.engine.metrics.admin_call(call, outcome)
 
     def Status(self, request, context):  # noqa: N802
         snap = self.engine.snapshot()
@@ -166,6 +188,7 @@ class AdminService(pb_grpc.AdminServicer):
                     for arm in ("control", "canary", "control_asked", "canary_asked")}
             reply.canary.CopyFrom(pb.CanaryStatus(**canary, **arms))
         reply.exposure.CopyFrom(pb.Exposure(**snap["exposure"]))
+        reply.metrics_urls.update(self.metrics_urls)
         running, superseded = snap["quality"]
         reply.serving_quality.CopyFrom(_quality_message(running))
         reply.recent_quality.extend(_quality_message(r) for r in superseded)
@@ -179,13 +202,15 @@ class AdminService(pb_grpc.AdminServicer):
         return reply
 
     def Publish(self, request, context):  # noqa: N802
-        published, version, offset = self._wait(self.engine.submit(self.engine.publish_now), context)
+        published, version, offset = self._wait("publish", self.engine.submit(self.engine.publish_now),
+                                                context)
         return pb.PublishReply(published=published, version=version, feedback_offset=offset,
                                message="published" if published else "nothing new to publish")
 
     def Rollback(self, request, context):  # noqa: N802
         to = _optional(request, "to_version")
-        version, offset = self._wait(self.engine.submit(self.engine.rollback, to), context)
+        version, offset = self._wait("rollback", self.engine.submit(self.engine.rollback, to),
+                                     context)
         return pb.PublishReply(published=True, version=version, feedback_offset=offset,
                                message=f"rolled back: version {version} serves the tables of "
                                        f"{to if to is not None else 'the previous version'}")
@@ -200,13 +225,14 @@ class AdminService(pb_grpc.AdminServicer):
         share = request.canary_share  # its range is the engine's to check
         if request.auto and not share:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "auto: needs a canary_share")
-        done = self._wait(self.engine.submit(self.engine.push, path, request.force, share,
+        done = self._wait("push", self.engine.submit(self.engine.push, path, request.force, share,
                                              request.auto), context)
         return pb.PushReply(version=done.version, feedback_offset=done.feedback_offset,
                             replayed=done.replayed, judged=done.judged, push_s=done.push_s)
 
     def EndCanary(self, request, context):  # noqa: N802
-        version, message = self._wait(self.engine.submit(self.engine.end_canary, request.promote),
+        version, message = self._wait("end_canary",
+                                      self.engine.submit(self.engine.end_canary, request.promote),
                                       context)
         return pb.PublishReply(published=True, version=version,
                                feedback_offset=self.engine.published_offset, message=message)
@@ -215,7 +241,8 @@ class AdminService(pb_grpc.AdminServicer):
         user_id = _optional(request, "user_id")
         if user_id is None or user_id < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id: is required and must be >= 0")
-        version, deleted, removed = self._wait(self.engine.submit(self.engine.forget_user, user_id),
+        version, deleted, removed = self._wait("forget_user",
+                                               self.engine.submit(self.engine.forget_user, user_id),
                                                context)
         return pb.ForgetUserReply(version=version, deleted_events=deleted, removed_versions=removed)
 
@@ -231,7 +258,7 @@ class AdminService(pb_grpc.AdminServicer):
         started = time.perf_counter()
         text_emb = self._encode(titles, context)
         encode_s = time.perf_counter() - started
-        version, publish_s = self._wait(
+        version, publish_s = self._wait("add_items",
             engine.submit(engine.add_items, np.asarray(item_ids, np.int64), text_emb), context)
         log.info("added %d items (encoded in %.2f s); retrieve %s serves them", len(item_ids),
                  encode_s, version)
@@ -301,14 +328,20 @@ def _quality_message(record) -> pb.QualityRecord:
 
 
 def grpc_server(address: str, feedback_log: EventLog, engine: Engine, triton: TritonControl,
-                *, workers: int = 8, state_dir: Path | None = None) -> tuple[grpc.Server, int]:
+                *, workers: int = 8, state_dir: Path | None = None,
+                metrics_urls: dict[str, str] | None = None,
+                health=None) -> tuple[grpc.Server, int]:
     """A started grpcio server on `address` (host:port; port 0 picks one). Returns (server, port).
-    ``state_dir``: where the supervisor's state file is read from (updater.supervision)."""
+    ``state_dir``: where the supervisor's state file is read from (updater.supervision);
+    ``health``: an updater.health.UpdaterHealth to serve beside them."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="intake"),
                          options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
     pb_grpc.add_FeedbackServicer_to_server(
         FeedbackService(feedback_log, engine, max_sessions=max(1, workers // 2)), server)
-    pb_grpc.add_AdminServicer_to_server(AdminService(engine, triton, state_dir=state_dir), server)
+    pb_grpc.add_AdminServicer_to_server(AdminService(engine, triton, state_dir=state_dir,
+                                                     metrics_urls=metrics_urls), server)
+    if health is not None:
+        health.add_to(server)
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
