@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,8 +83,12 @@ class VersionWatcher:
     on the watcher thread, never on a request's path."""
 
     def __init__(self, model_dir: Path, first, open_version: Callable[[Path], object], *,
-                 poll_s: float = DEFAULT_POLL_S):
+                 poll_s: float = DEFAULT_POLL_S,
+                 on_switch: Callable[[float], None] | None = None):
+        """``on_switch(seconds)``: called after each switch with the seconds it took to verify
+        and open the new version (retrieve's metrics)."""
         self.model_dir = Path(model_dir)
+        self.on_switch = on_switch
         self.current = first  # a Retriever; read once per batch by the model
         # a running canary (model_repository.canary): its split and the newest version of its
         # lineage, both None without one; (split, canary) is replaced as one tuple
@@ -189,10 +194,14 @@ class VersionWatcher:
         version_dir = self.model_dir / str(version)
         reason = blocker
         if reason is None:
+            started = time.perf_counter()
             try:
                 versions.verify_version(
                     version_dir, trusted_parent=serving.version_dir if serving else None)
-                return self._open(version_dir)
+                opened = self._open(version_dir)
+                if self.on_switch is not None:
+                    self.on_switch(time.perf_counter() - started)
+                return opened
             except (versions.VersionError, OSError, ValueError) as exc:
                 if not version_dir.is_dir():
                     self._mtime_ns = None  # deleted under us (GC, quarantine): scan again

@@ -25,6 +25,7 @@ Imports stay light (numpy and kernels' numpy path only): the stub imports this o
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,6 +243,9 @@ class Retriever:
         they happen (model_repository.live_history), ahead of the version's stored history."""
         self.version_dir = Path(version_dir)
         self.live_history = live_history
+        # seconds by part ("live_read", "tower", "score_topk") added up while set (retrieve's
+        # metrics set it to a dict per batch); None: not timed
+        self.part_seconds: dict[str, float] | None = None
         self.manifest, tables = versions.load_tables(self.version_dir)
         self.meta = schema.RetrieveMeta.from_manifest(self.manifest)
         # plain ndarray views of the memory maps: every slice of an np.memmap runs Python-level
@@ -331,8 +335,10 @@ class Retriever:
         HISTORY is the user's now, 0; none or no time kept: inf), else None."""
         sent = [q.history if q.history is not None and q.history.size else None for q in queries]
         asking = [q.user_id for q, h in zip(queries, sent) if h is None and q.user_id is not None]
+        started = time.perf_counter()
         live = (self.live_history.read(asking, clock=self.gated)
                 if self.live_history is not None and (asking or self.gated) else NOTHING)
+        self._timed("live_read", started)
         chosen = [h if h is not None or q.user_id is None else live.items.get(q.user_id)
                   for q, h in zip(queries, sent)]
         histories = self._item_rows_per_query(chosen)
@@ -412,11 +418,20 @@ class Retriever:
         known = rows >= 0
         user_emb[known] = self.user_rows[rows[known]]
         picked_histories = [histories[i] for i in picked]
+        started = time.perf_counter()
         if isinstance(self.tower, NumpySequenceTower):
             sequence, mask = self.tower.history_inputs(self.item_rows, picked_histories)
-            return self.tower(user_emb, sequence, mask)
-        pooled = self.pooled_histories(picked_histories)
-        return np.asarray(self.tower(user_emb, pooled), np.float32)
+            queries = self.tower(user_emb, sequence, mask)
+        else:
+            pooled = self.pooled_histories(picked_histories)
+            queries = np.asarray(self.tower(user_emb, pooled), np.float32)
+        self._timed("tower", started)
+        return queries
+
+    def _timed(self, part: str, started: float) -> None:
+        if self.part_seconds is not None:
+            self.part_seconds[part] = (self.part_seconds.get(part, 0.0)
+                                       + time.perf_counter() - started)
 
     def pooled_histories(self, histories: list[np.ndarray]) -> np.ndarray:
         """(len(histories), d) float32: each list of item rows pooled with recency weights."""
@@ -437,9 +452,11 @@ class Retriever:
         k_max = max(queries[i].k for i in picked)
         if self.score_rows is not self.item_rows:  # the popularity prior's column
             query_vecs = queries_with_prior(query_vecs, weights)
+        started = time.perf_counter()
         scores, item_rows = kernels.score_topk(
             query_vecs, self.score_rows, k_max, exclude=(ex_offsets, ex_ids)
         )
+        self._timed("score_topk", started)
         out = []
         for row, i in enumerate(picked):
             k = queries[i].k

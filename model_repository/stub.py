@@ -82,3 +82,49 @@ def log_to_triton(level: int = logging.INFO) -> None:
             logger.addHandler(handler)
             logger.setLevel(level)
             logger.propagate = False
+
+
+RETRIEVE_PARTS = ("live_read", "tower", "score_topk")
+_SECONDS_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
+_BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
+
+
+class RetrieveMetrics:
+    """retrieve's custom metrics, on Triton's metrics port beside its own (python_backend's
+    pb_utils.MetricFamily). Labels: the model and the part, never a user or an item:
+
+        freshrec_retrieve_request_seconds          histogram: each request's time in execute
+        freshrec_retrieve_part_seconds{part}       histogram: a batch's seconds in live_read,
+                                                   tower and score_topk
+        freshrec_retrieve_batch_size               histogram: requests per execute
+        freshrec_retrieve_switch_seconds           histogram: verifying and opening a new
+                                                   version before switching to it
+    """
+
+    def __init__(self, model: str):
+        histogram = pb_utils.MetricFamily.HISTOGRAM
+        self._families = [  # kept: a Metric must not outlive its family
+            pb_utils.MetricFamily(name=name, description=doc, kind=histogram)
+            for name, doc in (
+                ("freshrec_retrieve_request_seconds", "a request's time in retrieve's execute"),
+                ("freshrec_retrieve_part_seconds", "a batch's seconds in one part of retrieve"),
+                ("freshrec_retrieve_batch_size", "requests per retrieve execute"),
+                ("freshrec_retrieve_switch_seconds", "verifying and opening a new version"))]
+        request, part, batch, switch = self._families
+        labels = {"model": model}
+        self.request = request.Metric(labels=labels, buckets=_SECONDS_BUCKETS)
+        self.parts = {name: part.Metric(labels={**labels, "part": name}, buckets=_SECONDS_BUCKETS)
+                      for name in RETRIEVE_PARTS}
+        self.batch = batch.Metric(labels=labels, buckets=_BATCH_BUCKETS)
+        self.switch = switch.Metric(labels=labels, buckets=_SECONDS_BUCKETS)
+
+    def executed(self, requests: int, seconds: float, parts: dict[str, float]) -> None:
+        self.batch.observe(float(requests))
+        for _ in range(requests):
+            self.request.observe(seconds)
+        for name, spent in parts.items():
+            if name in self.parts:
+                self.parts[name].observe(spent)
+
+    def switched(self, seconds: float) -> None:
+        self.switch.observe(seconds)

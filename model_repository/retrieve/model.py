@@ -23,7 +23,7 @@ from model_repository.impressions import ImpressionWriter, records
 from model_repository.live_history import LiveStoreReader
 from model_repository.live_version import VersionWatcher, newest_good_version
 from model_repository.serving import Answer, RequestError, Retriever, answer_requests
-from model_repository.stub import bls_call, log_to_triton, responses
+from model_repository.stub import RetrieveMetrics, bls_call, log_to_triton, responses
 
 
 def _packer(with_arm: bool):
@@ -60,13 +60,17 @@ class TritonPythonModel:
         outputs = {o["name"] for o in json.loads(args["model_config"]).get("output", [])}
         self._pack, self._canary_versions = _packer(c.ARM in outputs)
         self.impressions = ImpressionWriter(model_dir)
+        self.metrics = RetrieveMetrics(c.RETRIEVE)
+        self.part_seconds: dict[str, float] = {}  # the batch's, filled by its Retrievers
         first = newest_good_version(model_dir, at_most=int(args["model_version"]))
-        self.watcher = VersionWatcher(model_dir, self._open(first), self._open).start()
+        self.watcher = VersionWatcher(model_dir, self._open(first), self._open,
+                                      on_switch=self.metrics.switched).start()
 
     def _open(self, version_dir):
         holder = []  # the Retriever, for its own meta's user_tower / text_encoder versions
         retriever = Retriever(version_dir, lambda u, h: self._tower(holder[0], u, h),
                               live_history=self.live_history)
+        retriever.part_seconds = self.part_seconds
         holder.append(retriever)
         if retriever.tower_from_tables:  # a BLS call cannot run before initialize returns
             retriever.warm_up()
@@ -90,6 +94,8 @@ class TritonPythonModel:
         return encode
 
     def execute(self, requests):
+        started = time.perf_counter()
+        self.part_seconds.clear()
         inputs = [{t.name(): t.as_numpy() for t in r.inputs()} for r in requests]
         control, canary = self.watcher.current, self.watcher.canary
         if canary is None:
@@ -110,7 +116,9 @@ class TritonPythonModel:
                     for i, outcome in zip(slots, answered):
                         outcomes[i] = outcome
         self._record(inputs, outcomes)
-        return responses(outcomes, self._pack, model=c.RETRIEVE)
+        replies = responses(outcomes, self._pack, model=c.RETRIEVE)
+        self.metrics.executed(len(requests), time.perf_counter() - started, self.part_seconds)
+        return replies
 
     def _record(self, inputs, outcomes):
         """Each answer to a request naming a user, as an impression (model_repository.impressions);

@@ -119,6 +119,8 @@ def test_a_real_prometheus_scrapes_a_real_freshrec_serve(builds, tmp_path):
         assert _until(url, "freshrec_publish_phase_seconds_count >= 1")
         triton = _until(url, 'nv_inference_request_success{model="retrieve"} >= 1')
         assert triton[0]["metric"]["job"] == "triton"
+        parts = _until(url, 'freshrec_retrieve_part_seconds_count{part="score_topk"} >= 1')
+        assert parts[0]["metric"]["job"] == "triton"  # retrieve's own, beside Triton's
         with urllib.request.urlopen(f"{url}/api/v1/rules", timeout=10) as reply:
             groups = json.loads(reply.read())["data"]["groups"]
         assert {r["name"] for g in groups for r in g["rules"]} >= {

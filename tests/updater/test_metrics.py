@@ -106,3 +106,35 @@ def test_staleness_grows_while_events_wait_for_a_publish(repository, start_updat
         up.publish()
         assert _value(scrape(url), "freshrec_unserved_oldest_event_age_seconds") == 0
     assert waited > 1
+
+
+def test_retrieve_exports_its_parts_batches_and_switches_on_tritons_port(repository, stack,
+                                                                       start_updater):
+    updater = start_updater()
+    triton = f"http://{stack.triton.host}:{stack.triton.metrics_port}/metrics"
+    item = int(np.array(versions.load_tables(
+        repository / c.RETRIEVE / str(versions.latest_version(repository / c.RETRIEVE)))[1]
+        ["item_ids"])[0])
+    before = scrape(triton)
+    with UpdaterClient(updater.url) as up, Client(stack.grpc_url) as client:
+        for user in (1, 2, 3):
+            client.recommend(user, k=5)
+        up.feedback(42_000_000 + uuid.uuid4().int % 1_000_000, item, "click")
+        up.publish()  # a data-only version: retrieve switches to it itself
+        client.recommend(1, k=5)
+    after = scrape(triton)
+
+    def moved(name, **labels):
+        return _value(after, name, model="retrieve", **labels) - _value(
+            before, name, model="retrieve", **labels)
+
+    assert moved("freshrec_retrieve_request_seconds_count") >= 4
+    assert moved("freshrec_retrieve_batch_size_count") >= 1
+    for part in ("live_read", "tower", "score_topk"):
+        assert moved("freshrec_retrieve_part_seconds_count", part=part) >= 1, part
+        assert moved("freshrec_retrieve_part_seconds_sum", part=part) > 0, part
+    assert moved("freshrec_retrieve_switch_seconds_count") >= 1
+    # beside Triton's own, on the same port
+    # (the parser names a counter's sample with _total)
+    assert any(name == "nv_inference_request_success_total" and ("model", "retrieve") in labels
+               for name, labels in after)
