@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from clients.channel import channel as access_channel
 from clients.closing import ClosedOnExit
 from model_repository import contract as c
 from updater.proto import freshrec_updater_pb2 as pb
@@ -110,11 +111,15 @@ class UpdaterClient(ClosedOnExit):
     """`UpdaterClient(url)`: feedback, feedback_batch, feedback_stream, feedback_session, status,
     publish, rollback, forget_user, add_items. A context manager."""
 
-    def __init__(self, url: str = c.DEFAULT_UPDATER_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, url: str = c.DEFAULT_UPDATER_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 token: str | None = None, tls_ca: str | None = None):
+        """``token``: sent as a bearer token on every call (an updater with --token-file needs
+        it for Admin); ``tls_ca``: a PEM file of the CA to trust, for an updater serving TLS."""
         self.url = url
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(
-            url, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        self._channel = access_channel(
+            url, token=token, tls_ca=tls_ca,
+            options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
         self._feedback = pb_grpc.FeedbackStub(self._channel)
         self._admin = pb_grpc.AdminStub(self._channel)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -131,8 +132,24 @@ def serving_repository(path: Path) -> Path:
 def cmd_serve(args: argparse.Namespace) -> int:
     from freshrec.processes import SetupError, TritonServer, UpdaterExited, UpdaterProcess
     from freshrec.supervisor import CHECK_EVERY_S, Supervisor
+    from updater.access import (
+        TOKEN_ENV,
+        AccessError,
+        read_token,
+        require_token_off_loopback,
+        server_credentials,
+    )
     from updater.main import UpdaterConfig, intake_flags
 
+    try:  # before anything starts: an open updater is refused, and says why
+        token = read_token(args.token_file)
+        require_token_off_loopback(args.host, token)
+        server_credentials(args.tls_cert, args.tls_key)
+    except AccessError as exc:
+        raise UserError(str(exc)) from exc
+    access_args = (("--feedback-needs-token",) if args.feedback_needs_token else ()) + (
+        ("--tls-cert", str(args.tls_cert), "--tls-key", str(args.tls_key)) if args.tls_cert
+        else ())
     repository = serving_repository(Path(args.repository))
     log_path = Path(args.log) if args.log else repository.parent / "tritonserver.log"
     # load every model the repository has: text_encoder only exists in builds with titles
@@ -147,9 +164,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     def make_updater():
         return UpdaterProcess(repository, server.grpc_url, host=args.host, port=args.updater_port,
-                              log_path=repository.parent / "updater.log", args=redis_args,
+                              log_path=repository.parent / "updater.log",
+                              args=redis_args + access_args,
+                              # the token in the child's environment, never on its command line
+                              env={**os.environ, TOKEN_ENV: token} if token else None,
                               metrics_port=args.updater_metrics_port,
-                              triton_metrics_url=f"http://{args.host}:{server.metrics_port}/metrics")
+                              triton_metrics_url=f"http://{args.host}:{server.metrics_port}/metrics",
+                              tls_ca=args.tls_ca or args.tls_cert)
 
     def say(message):
         print(f"freshrec: {message}", file=sys.stderr, flush=True)
@@ -195,9 +216,14 @@ def _updater_call(args: argparse.Namespace, method: str, *call_args, **kwargs):
     import grpc
 
     from clients import UpdaterClient
+    from updater.access import AccessError, read_token
 
     try:
-        with UpdaterClient(args.updater) as client:
+        token = read_token(args.token_file)
+    except AccessError as exc:
+        raise UserError(str(exc)) from exc
+    try:
+        with UpdaterClient(args.updater, token=token, tls_ca=args.tls_ca) as client:
             return getattr(client, method)(*call_args, **kwargs)
     except grpc.RpcError as exc:
         raise UserError(f"{method} failed: {exc.code().name}: {exc.details()}") from exc
@@ -300,7 +326,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     gRPC health service; prints JSON, exits 0 only when all are ready."""
     import tritonclient.grpc as grpcclient
 
-    from updater.health import probe
+    from clients.channel import probe
 
     triton: dict = {"url": args.url}
     try:
@@ -314,7 +340,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     report = {"triton": triton}
     healthy = triton["ready"] and all(triton.get("models", {}).values())
     if not args.no_updater:
-        state = probe(args.updater)
+        state = probe(args.updater, tls_ca=args.tls_ca)
         report["updater"] = {"url": args.updater, "status": state}
         healthy = healthy and state == "SERVING"
     report["healthy"] = healthy
@@ -353,6 +379,11 @@ def _redis_prefix_flag(parser: argparse.ArgumentParser, what: str) -> None:
 def _updater_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--updater", default=c.DEFAULT_UPDATER_URL,
                         help=f"updater gRPC address (default {c.DEFAULT_UPDATER_URL})")
+    parser.add_argument("--token-file", type=Path,
+                        help="a file whose first line is the updater's bearer token (else the "
+                             "FRESHREC_TOKEN environment variable, if set)")
+    parser.add_argument("--tls-ca", type=Path,
+                        help="the PEM of the CA to trust, for an updater serving TLS")
 
 
 def _updater_command(sub, name: str, func, help_text: str) -> argparse.ArgumentParser:
@@ -439,6 +470,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--updater-port", type=int, default=c.DEFAULT_UPDATER_PORT,
                    help=f"updater sidecar gRPC port (default {c.DEFAULT_UPDATER_PORT})")
     p.add_argument("--no-updater", action="store_true", help="serve only; no feedback, no updates")
+    p.add_argument("--token-file", type=Path,
+                   help="a file whose first line is the bearer token the updater's Admin calls "
+                        "need (else FRESHREC_TOKEN); required with a --host that is not loopback")
+    p.add_argument("--feedback-needs-token", action="store_true",
+                   help="the updater's Feedback calls need the token too")
+    p.add_argument("--tls-cert", type=Path, help="the updater serves TLS with this PEM certificate")
+    p.add_argument("--tls-key", type=Path, help="the PEM private key of --tls-cert")
+    p.add_argument("--tls-ca", type=Path,
+                   help="the CA that signed --tls-cert, to probe the updater (default: "
+                        "--tls-cert itself, a self-signed certificate)")
     p.add_argument("--redis", metavar="URL",
                    help="the updater keeps the event log and live history in this Redis "
                         "(redis://host:port or unix:///path, run with appendonly yes and "

@@ -295,12 +295,14 @@ class UpdaterProcess(ChildProcess):
 
     def __init__(self, repository: Path, triton_url: str, *, host: str = DEFAULT_HOST, port: int = 0,
                  log_path: Path, args: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                 metrics_port: int = 0, triton_metrics_url: str = ""):
+                 metrics_port: int = 0, triton_metrics_url: str = "", tls_ca=None):
         """``metrics_port``: the updater's Prometheus port (0: any free one; Status names it);
-        ``triton_metrics_url``: Triton's, for Status to name beside it."""
+        ``triton_metrics_url``: Triton's, for Status to name beside it; ``tls_ca``: the CA to
+        trust when it serves TLS (its readiness probe)."""
         super().__init__(log_path=log_path)
         self.metrics_port = metrics_port
         self.triton_metrics_url = triton_metrics_url
+        self.tls_ca = tls_ca
         self.repository = Path(repository)
         self.triton_url = triton_url
         self.host = host
@@ -332,14 +334,14 @@ class UpdaterProcess(ChildProcess):
 
     def _ready(self) -> bool:
         """Ready: its standard gRPC health service says SERVING (updater.health)."""
-        from updater.health import probe
+        from clients.channel import probe
 
         if self.port is None:
             try:  # written (atomically) once the updater listens
                 self.port = int(self._port_file.read_text())
             except (OSError, ValueError):
                 return False
-        return probe(self.url, timeout_s=PROBE_TIMEOUT_S) == "SERVING"
+        return probe(self.url, timeout_s=PROBE_TIMEOUT_S, tls_ca=self.tls_ca) == "SERVING"
 
 
 class RedisExited(RuntimeError):

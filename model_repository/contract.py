@@ -8,6 +8,9 @@ DEFAULT_HTTP_PORT = 8000      # tritonserver, KServe v2 over HTTP
 DEFAULT_METRICS_PORT = 8002   # tritonserver, Prometheus metrics
 DEFAULT_UPDATER_PORT = 50051  # the updater sidecar: Feedback and Admin over gRPC
 DEFAULT_UPDATER_METRICS_PORT = 8003  # the updater, Prometheus metrics (updater.metrics)
+# the updater's access (updater.access): a bearer token in each call's metadata
+TOKEN_ENV = "FRESHREC_TOKEN"  # where the updater and every freshrec command find the token
+AUTH_HEADER, AUTH_SCHEME = "authorization", "Bearer "
 DEFAULT_REDIS_PREFIX = "freshrec"  # of every key freshrec keeps in Redis (redis_layout.RedisKeys)
 DEFAULT_TRITON_URL = f"{DEFAULT_HOST}:{DEFAULT_GRPC_PORT}"
 DEFAULT_UPDATER_URL = f"{DEFAULT_HOST}:{DEFAULT_UPDATER_PORT}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -139,8 +140,13 @@ def test_starting_a_child_runs_no_fork_handlers(tmp_path):
     child._spawn([sys.executable, "-c", "import time; time.sleep(30)"], env={})
     try:
         assert forks == []
-        # the pid is the command itself (setpriv execs it in place), so signals reach it
-        assert "time.sleep(30)" in Path(f"/proc/{child.process.pid}/cmdline").read_text()
+        # the pid is the command itself (setpriv execs it in place), so signals reach it (its
+        # cmdline reads empty until the exec is done: a loaded machine takes a moment)
+        cmdline = Path(f"/proc/{child.process.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while "time.sleep(30)" not in cmdline.read_text() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert "time.sleep(30)" in cmdline.read_text()
     finally:
         child.stop()
 

@@ -68,17 +68,3 @@ class UpdaterHealth:
         self._stop.set()
         self._set(NOT_SERVING)
         self.servicer.enter_graceful_shutdown()
-
-
-def probe(url: str, *, service: str = "", timeout_s: float = 5.0) -> str:
-    """Ask a gRPC server's standard health service: "SERVING", "NOT_SERVING", "UNKNOWN",
-    "SERVICE_UNKNOWN", or "UNREACHABLE: <why>"."""
-    import grpc
-
-    with grpc.insecure_channel(url) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
-        except grpc.RpcError as exc:
-            return f"UNREACHABLE: {exc.code().name} {exc.details()}"
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -18,6 +18,13 @@ from pathlib import Path
 from model_repository import contract as c
 from model_repository.live_history import history_path, write_store_choice
 from model_repository.redis_layout import RedisKeys
+from updater.access import (
+    TOKEN_ENV,
+    AccessError,
+    read_token,
+    require_token_off_loopback,
+    server_credentials,
+)
 from updater.settings import (
     DEFAULT_ATTRIBUTION_WINDOW_S,
     DEFAULT_COOCCURRENCE_FITTED,
@@ -67,6 +74,11 @@ class UpdaterConfig:
     redis_prefix: str = c.DEFAULT_REDIS_PREFIX
     metrics_port: int = c.DEFAULT_UPDATER_METRICS_PORT  # Prometheus /metrics (updater.metrics)
     triton_metrics_url: str = ""  # Triton's, for Status to name beside the updater's
+    # access (updater.access): the bearer token Admin (and Feedback, if asked) requires, and TLS
+    token: str | None = field(default=None, repr=False)
+    feedback_needs_token: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     def __post_init__(self):
         for name in ("port", "metrics_port"):
@@ -77,6 +89,10 @@ class UpdaterConfig:
             raise ValueError(f"UpdaterConfig.redis_url must start with one of {', '.join(REDIS_SCHEMES)}, "
                              f"got {self.redis_url!r}")
         RedisKeys(self.redis_prefix)  # ValueError naming it
+        require_token_off_loopback(self.host, self.token)
+        if self.feedback_needs_token and self.token is None:
+            raise AccessError("--feedback-needs-token: give the token (--token-file PATH or "
+                              f"{TOKEN_ENV})")
 
     @property
     def state_path(self) -> Path:
@@ -104,6 +120,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--triton-metrics-url", default="",
                         help="Triton's metrics URL, for `freshrec status` to name beside the "
                              "updater's (freshrec serve passes it)")
+    parser.add_argument("--token-file", type=Path,
+                        help=f"a file whose first line is the bearer token Admin calls need "
+                             f"(else the {TOKEN_ENV} environment variable; required when --host "
+                             "is not loopback)")
+    parser.add_argument("--feedback-needs-token", action="store_true",
+                        help="Feedback calls need the token too")
+    parser.add_argument("--tls-cert", type=Path, help="serve TLS with this PEM certificate "
+                                                      "(with --tls-key)")
+    parser.add_argument("--tls-key", type=Path, help="the PEM private key of --tls-cert")
     parser.add_argument("--port-file", type=Path,
                         help="once ready, write the port listened on to this file (for --port 0)")
     parser.add_argument("--state-dir", type=Path,
@@ -199,7 +224,9 @@ def config_from_args(args: argparse.Namespace) -> UpdaterConfig:
         repository=args.repository, triton_url=args.triton, host=args.host, port=args.port,
         state_dir=args.state_dir, port_file=args.port_file, redis_url=args.redis,
         redis_prefix=args.redis_prefix, metrics_port=args.metrics_port,
-        triton_metrics_url=args.triton_metrics_url,
+        triton_metrics_url=args.triton_metrics_url, token=read_token(args.token_file),
+        feedback_needs_token=args.feedback_needs_token, tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
         intake=IntakePolicy(grow_catalogue=args.grow_catalogue_from_feedback,
                             max_new_users_per_min=args.max_new_users_per_min),
         policy=PublishPolicy(every_s=args.publish_every_s, every_events=args.publish_every_events,
@@ -254,7 +281,9 @@ def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -
     health = UpdaterHealth(ready=lambda: _ready(engine, triton, config.triton_url))
     server, port = grpc_server(f"{config.host}:{config.port}", feedback_log, engine, triton,
                                state_dir=config.state_path, metrics_urls=metrics_urls,
-                               health=health)
+                               health=health, token=config.token,
+                               feedback_needs_token=config.feedback_needs_token,
+                               credentials=server_credentials(config.tls_cert, config.tls_key))
     health.start()
     if config.port_file is not None:
         _write_port_file(config.port_file, port)

@@ -24,6 +24,7 @@ import numpy as np
 from model_repository import contract as c
 from model_repository.redis_layout import INVALID_ARGUMENT, NOT_FOUND
 from model_repository.serving import RequestError, decode_text
+from updater.access import TokenInterceptor
 from updater.admission import not_found_reason
 from updater.engine import CommandError, Engine
 from updater.events import EventError, validate
@@ -329,20 +330,26 @@ def _quality_message(record) -> pb.QualityRecord:
 
 def grpc_server(address: str, feedback_log: EventLog, engine: Engine, triton: TritonControl,
                 *, workers: int = 8, state_dir: Path | None = None,
-                metrics_urls: dict[str, str] | None = None,
-                health=None) -> tuple[grpc.Server, int]:
+                metrics_urls: dict[str, str] | None = None, health=None,
+                token: str | None = None, feedback_needs_token: bool = False,
+                credentials=None) -> tuple[grpc.Server, int]:
     """A started grpcio server on `address` (host:port; port 0 picks one). Returns (server, port).
     ``state_dir``: where the supervisor's state file is read from (updater.supervision);
-    ``health``: an updater.health.UpdaterHealth to serve beside them."""
+    ``health``: an updater.health.UpdaterHealth to serve beside them; ``token``: Admin (and
+    with ``feedback_needs_token`` Feedback) answers only calls that carry it; ``credentials``:
+    grpc server credentials for TLS (updater.access)."""
+    interceptors = [TokenInterceptor(token, feedback=feedback_needs_token)] if token else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="intake"),
-                         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+                         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+                         interceptors=interceptors)
     pb_grpc.add_FeedbackServicer_to_server(
         FeedbackService(feedback_log, engine, max_sessions=max(1, workers // 2)), server)
     pb_grpc.add_AdminServicer_to_server(AdminService(engine, triton, state_dir=state_dir,
                                                      metrics_urls=metrics_urls), server)
     if health is not None:
         health.add_to(server)
-    port = server.add_insecure_port(address)
+    port = (server.add_secure_port(address, credentials) if credentials is not None
+            else server.add_insecure_port(address))
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     server.start()

@@ -11,8 +11,9 @@ from concurrent import futures
 import grpc
 import pytest
 
+from clients.channel import probe
 from freshrec.child_process import free_port
-from updater.health import SERVICES, UpdaterHealth, probe
+from updater.health import SERVICES, UpdaterHealth
 
 pytestmark = pytest.mark.integration
 FRESHREC = [sys.executable, "-m", "freshrec.cli"]

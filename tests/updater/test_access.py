@@ -1,0 +1,129 @@
+"""Access (updater.access): the bearer token and TLS, against real updater processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import grpc
+import pytest
+
+from clients import UpdaterClient
+from clients.channel import probe
+from freshrec.processes import UpdaterProcess
+from updater.access import TOKEN_ENV
+
+pytestmark = pytest.mark.integration
+TOKEN = "s3cret-" + uuid.uuid4().hex
+FRESHREC = [sys.executable, "-m", "freshrec.cli"]
+
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA, a server certificate it signs for 127.0.0.1, and a second CA that signed nothing."""
+    d = tmp_path_factory.mktemp("pki")
+    for ca in ("ca", "other-ca"):
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                 f"/CN={ca}", "-keyout", f"{ca}.key", "-out", f"{ca}.pem", cwd=d)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout",
+             "server.key", "-out", "server.csr", cwd=d)
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem", cwd=d)
+    return d
+
+
+@pytest.fixture
+def token_file(tmp_path):
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    return path
+
+
+def _code(call):
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value.code(), caught.value.details()
+
+
+def _item(repository):
+    from model_repository import contract as c
+    from model_repository import versions
+
+    model_dir = repository / c.RETRIEVE
+    return int(versions.load_tables(model_dir / str(versions.latest_version(model_dir)))[1]
+               ["item_ids"][0])
+
+
+def test_admin_needs_the_token_and_feedback_does_not_by_default(repository, start_updater,
+                                                               token_file):
+    updater = start_updater(args=("--token-file", str(token_file)))
+    with UpdaterClient(updater.url) as anyone:
+        code, details = _code(anyone.status)
+        assert code == grpc.StatusCode.UNAUTHENTICATED and "no token sent" in details
+        assert TOKEN not in details
+        assert anyone.feedback(60_000_000, _item(repository), "skip").accepted == 1  # open
+    with UpdaterClient(updater.url, token="wrong-" + TOKEN) as wrong:
+        code, details = _code(wrong.publish)
+        assert code == grpc.StatusCode.UNAUTHENTICATED and "the token is wrong" in details
+    with UpdaterClient(updater.url, token=TOKEN) as good:
+        assert good.status()["published_version"] >= 1
+    assert probe(updater.url) == "SERVING"  # probes carry no token
+    assert TOKEN not in updater.log_path.read_text()
+
+
+def test_feedback_needs_the_token_when_asked_streams_included(repository, start_updater,
+                                                               token_file):
+    updater = start_updater(args=("--token-file", str(token_file), "--feedback-needs-token"))
+    event = dict(event_id=uuid.uuid4().hex, user_id=60_000_001, item_id=_item(repository),
+                 kind="skip")
+    with UpdaterClient(updater.url) as anyone:
+        assert _code(lambda: anyone.feedback_batch([event]))[0] == grpc.StatusCode.UNAUTHENTICATED
+        assert _code(lambda: anyone.feedback_stream([[event]]))[0] == grpc.StatusCode.UNAUTHENTICATED
+        session = anyone.feedback_session()
+        assert _code(lambda: session.send([event]))[0] == grpc.StatusCode.UNAUTHENTICATED
+    with UpdaterClient(updater.url, token=TOKEN) as good:
+        session = good.feedback_session()
+        assert session.send([event]).accepted == 1
+        session.close()
+        assert good.feedback_batch([event]).duplicate_event_ids == [event["event_id"]]
+
+
+def test_tls_with_the_right_ca_works_and_the_wrong_ca_or_plaintext_fails(stack, pki, tmp_path):
+    env = {**os.environ, TOKEN_ENV: TOKEN}
+    updater = UpdaterProcess(stack.repository, stack.grpc_url, log_path=tmp_path / "updater.log",
+                             args=("--tls-cert", str(pki / "server.pem"),
+                                   "--tls-key", str(pki / "server.key")),
+                             env=env, tls_ca=pki / "ca.pem").start()
+    try:
+        with UpdaterClient(updater.url, token=TOKEN, tls_ca=pki / "ca.pem") as good:
+            assert good.status()["published_version"] >= 1
+        with UpdaterClient(updater.url, token=TOKEN, tls_ca=pki / "other-ca.pem",
+                           timeout_s=5) as wrong_ca:
+            assert _code(wrong_ca.status)[0] == grpc.StatusCode.UNAVAILABLE
+        with UpdaterClient(updater.url, token=TOKEN, timeout_s=5) as plaintext:
+            assert _code(plaintext.status)[0] == grpc.StatusCode.UNAVAILABLE
+        assert probe(updater.url, tls_ca=pki / "ca.pem") == "SERVING"
+        assert probe(updater.url, tls_ca=pki / "other-ca.pem").startswith("UNREACHABLE")
+    finally:
+        updater.stop()
+
+
+def test_binding_beyond_loopback_without_a_token_is_refused_and_says_why(repository, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+    done = subprocess.run([sys.executable, "-m", "updater", "--repository", str(repository),
+                           "--host", "0.0.0.0", "--port", "0"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "--host 0.0.0.0 is not loopback" in done.stderr
+    assert "--token-file" in done.stderr
+    done = subprocess.run(FRESHREC + ["serve", "--host", "0.0.0.0", "--repository",
+                                      str(repository)], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1 and "needs a token" in done.stderr
+    assert "ready" not in done.stdout
