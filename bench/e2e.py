@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.cost import PRICE_PER_CORE_HOUR, Cost, als_cost, faiss_cost, feedback_cost, tree_cpu_s
 from bench.report import machine_header, print_table
 
 log = logging.getLogger(__name__)
@@ -140,9 +141,11 @@ class Reloader:
         self._thread.join()
 
 
-def _row(users: int, label: str, result, floor_rps: float, reloads: str = "") -> list:
+def _row(users: int, label: str, result, floor_rps: float, reloads: str = "", *,
+         cpu: float = float("nan")) -> list:
     return [users, label, result.rps, result.p50_ms, result.p95_ms, result.p99_ms,
-            result.failures, result.rps / floor_rps if floor_rps else float("nan"), reloads]
+            result.failures, result.rps / floor_rps if floor_rps else float("nan"),
+            f"{cpu:.3f}", reloads]
 
 
 def _impression_bytes(folder: Path) -> int:
@@ -165,22 +168,27 @@ def _impressions_off(folder: Path):
 
 
 def _measure(grpc_url: str, updater_url: str, users: int, *, n_users_model: int, n_items: int,
-             duration: str, reload_every_s: float,
-             impressions: Path) -> tuple[list[list], float, int, int]:
+             duration: str, reload_every_s: float, impressions: Path,
+             triton_pid: int) -> tuple[list[list], float, int, int, Cost]:
     """The rows of one user count: (rows, recommend / floor req/s, failures while reloading,
-    versions published while reloading). ``impressions``: retrieve's impressions folder."""
+    versions published while reloading, recommend's CPU). ``impressions``: retrieve's
+    impressions folder; ``triton_pid``: whose CPU (with its stubs) each row reads."""
     from clients.loadtest import AGGREGATED, LoadMix, LoadResult, LoadTestError, run_locust
     from model_repository import contract as c
 
     def load(model_name: str, *, pad_inputs: bool = True) -> LoadResult:
         mix = LoadMix(n_users=n_users_model, n_items=n_items, model=model_name, pad_inputs=pad_inputs)
+        cpu = tree_cpu_s(triton_pid)
         try:
-            return run_locust(grpc_url, users=users, duration=duration, mix=mix).row(AGGREGATED)
+            result = run_locust(grpc_url, users=users, duration=duration, mix=mix).row(AGGREGATED)
         except LoadTestError as exc:  # one bad run must not lose the others: an n/a row
             log.warning("%s, %d users: %s", model_name, users, exc)
             nan = float("nan")
             return LoadResult("", AGGREGATED, 0, 0, nan, nan, nan, nan)
+        costs[id(result)] = Cost(model_name, tree_cpu_s(triton_pid) - cpu, result.requests)
+        return result
 
+    costs: dict = {}
     floor = load(FLOOR)
     written = _impression_bytes(impressions)
     ours = load(c.RECOMMEND)
@@ -193,14 +201,22 @@ def _measure(grpc_url: str, updater_url: str, users: int, *, n_users_model: int,
         reloading = load(c.RECOMMEND)
     note = f"{reloader.published} published" + (f", {len(reloader.errors)} errors"
                                                 if reloader.errors else "")
-    rows = [_row(users, "floor (empty python model)", floor, floor.rps),
-            _row(users, "recommend", ours, floor.rps, f"{per_request:.0f} B impressions/req"),
-            _row(users, "recommend, impressions off", unrecorded, floor.rps),
-            _row(users, "retrieve, no ensemble", direct, floor.rps),
-            _row(users, "recommend, unpadded inputs", unpadded, floor.rps),
-            _row(users, "recommend + reloads", reloading, floor.rps, note)]
+    def per_1000(result) -> float:
+        cost = costs.get(id(result))
+        return cost.per_1000_s if cost is not None else float("nan")
+
+    rows = [_row(users, "floor (empty python model)", floor, floor.rps, cpu=per_1000(floor)),
+            _row(users, "recommend", ours, floor.rps, f"{per_request:.0f} B impressions/req",
+                 cpu=per_1000(ours)),
+            _row(users, "recommend, impressions off", unrecorded, floor.rps, cpu=per_1000(unrecorded)),
+            _row(users, "retrieve, no ensemble", direct, floor.rps, cpu=per_1000(direct)),
+            _row(users, "recommend, unpadded inputs", unpadded, floor.rps, cpu=per_1000(unpadded)),
+            _row(users, "recommend + reloads", reloading, floor.rps, note, cpu=per_1000(reloading))]
     ratio = ours.rps / floor.rps if floor.rps else float("nan")
-    return rows, ratio, reloading.failures + len(reloader.errors), reloader.published
+    recommend = costs[id(ours)]
+    return (rows, ratio, reloading.failures + len(reloader.errors), reloader.published,
+            Cost(f"freshrec recommend, {users} users (Triton + retrieve)", recommend.cpu_s,
+                 recommend.count))
 
 
 def run_bench(*, n_items: int, n_users_model: int, user_counts, duration: str,
@@ -211,7 +227,7 @@ def run_bench(*, n_items: int, n_users_model: int, user_counts, duration: str,
     from model_repository.impressions import impressions_dir
 
     started = time.perf_counter()
-    rows, ratios, reload_failures, publishes = [], {}, 0, 0
+    rows, ratios, reload_failures, publishes, costs = [], {}, 0, 0, []
     with tempfile.TemporaryDirectory(prefix="freshrec-e2e-") as scratch:
         repository = Path(scratch) / "repository"
         model = random_model(n_items, n_users_model)
@@ -221,13 +237,20 @@ def run_bench(*, n_items: int, n_users_model: int, user_counts, duration: str,
         with serving_stack(repository, models=(c.USER_TOWER, c.RETRIEVE, c.RECOMMEND, FLOOR),
                            log_dir=Path(scratch), updater=True) as stack:
             for users in user_counts:
-                got, ratios[users], failures, published = _measure(
+                got, ratios[users], failures, published, cost = _measure(
                     stack.grpc_url, stack.updater.url, users, n_users_model=n_users_model,
                     n_items=n_items, duration=duration, reload_every_s=reload_every_s,
-                    impressions=impressions_dir(repository / c.RETRIEVE))
+                    impressions=impressions_dir(repository / c.RETRIEVE),
+                    triton_pid=stack.triton.process.pid)
                 rows += got
                 reload_failures += failures
                 publishes += published
+                costs.append(cost)
+            costs.append(feedback_cost(stack.updater.url, [stack.updater.process.pid,
+                                                           stack.triton.process.pid],
+                                       n_users_model, model.item_ids))
+        costs += [faiss_cost(model.item_rows, 10, batch) for batch in (1, 64)]
+        costs.append(als_cost(n_users_model, n_items))
     delay_us = retrieve.dynamic_batching.max_queue_delay_microseconds
     print(machine_header([
         f"model: N = {n_items} items x d = {model.item_rows.shape[1]} fp32, {n_users_model} users, "
@@ -242,7 +265,11 @@ def run_bench(*, n_items: int, n_users_model: int, user_counts, duration: str,
         f"repository written in {built_s:.1f} s; whole run {time.perf_counter() - started:.0f} s",
     ]))
     print_table(["users", "model", "req/s", "p50 ms", "p95 ms", "p99 ms", "failures",
-                 "x floor req/s", "note"], rows)
+                 "x floor req/s", "server CPU s / 1k req", "note"], rows)
+    print(f"\ncost (bench.cost): CPU of the processes doing the work; $ at "
+          f"${PRICE_PER_CORE_HOUR:g} per core-hour")
+    print_table(["what", "requests or events", "CPU s per 1,000", "$ per million"],
+                [cost.row() for cost in costs])
     worst = min(ratios.values()) if ratios else float("nan")
     print(f"goal: recommend >= 0.70 x floor req/s at every user count: worst {worst:.2f} "
           f"({'met' if worst >= 0.7 else 'NOT met'}); zero failures during reloads: "
