@@ -8,6 +8,7 @@ binary is a failure naming it, never a skip.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -121,6 +122,17 @@ def test_a_real_prometheus_scrapes_a_real_freshrec_serve(builds, tmp_path):
         assert triton[0]["metric"]["job"] == "triton"
         parts = _until(url, 'freshrec_retrieve_part_seconds_count{part="score_topk"} >= 1')
         assert parts[0]["metric"]["job"] == "triton"  # retrieve's own, beside Triton's
+        # the shipped Grafana dashboard: every query is PromQL this Prometheus answers, and every
+        # metric it names is one these processes export
+        dashboard = json.loads((MONITORING / "dashboard.json").read_text())
+        exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+        exported = "".join(urllib.request.urlopen(u, timeout=10).read().decode()
+                           for u in urls.values())
+        for name in sorted(set(re.findall(r"\b((?:freshrec|nv)_[a-z_]+)", " ".join(exprs)))):
+            assert re.search(rf"^{name}[{{ ]", exported, re.M), f"{name} is not exported"
+        for expr in exprs:
+            _query(url, expr)  # a bad query is status "error", which _query refuses
+        assert _query(url, 'max by (model) (freshrec_serving_version)')
         with urllib.request.urlopen(f"{url}/api/v1/rules", timeout=10) as reply:
             groups = json.loads(reply.read())["data"]["groups"]
         assert {r["name"] for g in groups for r in g["rules"]} >= {
