@@ -185,7 +185,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except UpdaterExited as exc:
         raise UserError(f"the updater did not start: {exc}") from exc
     updater = supervisor.updater
-    updater_note = f", updater {updater.url} (log {updater.log_path})" if updater else ""
+    updater_note = (f", updater {updater.url} (metrics {args.host}:{args.updater_metrics_port}, "
+                    f"log {updater.log_path})" if updater else "")
     print(
         f"freshrec ready in {time.monotonic() - started:.1f} s: gRPC {server.grpc_url} "
         f"(HTTP {args.host}:{server.http_port}, metrics {args.host}:{server.metrics_port}); "

@@ -62,18 +62,23 @@ class TritonPythonModel:
         self.impressions = ImpressionWriter(model_dir)
         self.metrics = RetrieveMetrics(c.RETRIEVE)
         self.part_seconds: dict[str, float] = {}  # the batch's, filled by its Retrievers
+        # switch times, appended by the watcher thread and observed by execute: metrics are
+        # only touched from the thread that runs execute
+        self._switches: list[float] = []
         first = newest_good_version(model_dir, at_most=int(args["model_version"]))
         self.watcher = VersionWatcher(model_dir, self._open(first), self._open,
-                                      on_switch=self.metrics.switched).start()
+                                      on_switch=self._switches.append).start()
 
     def _open(self, version_dir):
         holder = []  # the Retriever, for its own meta's user_tower / text_encoder versions
         retriever = Retriever(version_dir, lambda u, h: self._tower(holder[0], u, h),
                               live_history=self.live_history)
-        retriever.part_seconds = self.part_seconds
         holder.append(retriever)
         if retriever.tower_from_tables:  # a BLS call cannot run before initialize returns
             retriever.warm_up()
+        # timed from here on: the watcher thread's warm-up is not a batch's (and must not
+        # touch the dict execute reads)
+        retriever.part_seconds = self.part_seconds
         return retriever
 
     @staticmethod
@@ -118,6 +123,8 @@ class TritonPythonModel:
         self._record(inputs, outcomes)
         replies = responses(outcomes, self._pack, model=c.RETRIEVE)
         self.metrics.executed(len(requests), time.perf_counter() - started, self.part_seconds)
+        while self._switches:
+            self.metrics.switched(self._switches.pop())
         return replies
 
     def _record(self, inputs, outcomes):
