@@ -29,10 +29,14 @@ prometheus:
 	  || (apt-get update -q && apt-get install -y -q --no-install-recommends prometheus >/dev/null) \
 	  || echo "could not install Debian's prometheus package: the monitoring tests will say so"
 
-$(DEMO)/repository/retrieve/1/manifest.json: $(STAMP)
-	$(BIN)/freshrec build --synthetic --out $(DEMO)
+# Built once: a reinstall (new dependencies) keeps it (order-only), and so does the updater's
+# garbage collection of version 1 (the mark is a file of its own). A demo built before the
+# mark existed is kept too.
+$(DEMO)/.built: | $(STAMP)
+	test -d $(DEMO)/repository || $(BIN)/freshrec build --synthetic --out $(DEMO)
+	touch $@
 
-demo: $(DEMO)/repository/retrieve/1/manifest.json
+demo: $(DEMO)/.built
 
 serve: demo
 	$(BIN)/freshrec serve --repository $(DEMO)/repository --grpc-port $(GRPC_PORT) --updater-port $(UPDATER_PORT)
