@@ -138,6 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         read_token,
         require_token_off_loopback,
         server_credentials,
+        triton_restriction_flags,
     )
     from updater.main import UpdaterConfig, intake_flags
 
@@ -157,7 +158,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                    if (repository / m).is_dir())
     server = TritonServer(repository, models=models, host=args.host, grpc_port=args.grpc_port,
                           http_port=args.http_port, metrics_port=args.metrics_port,
-                          log_path=log_path)
+                          log_path=log_path, extra_args=tuple(triton_restriction_flags(token)))
 
     redis_args = (("--redis", args.redis, "--redis-prefix", args.redis_prefix) if args.redis
                   else ()) + intake_flags(args)

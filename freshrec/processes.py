@@ -140,8 +140,12 @@ class TritonServer(ChildProcess):
         metrics_port: int = DEFAULT_METRICS_PORT,
         log_path: Path | None = None,
         verbose: bool = False,
+        extra_args: tuple[str, ...] = (),
     ):
+        """``extra_args``: more tritonserver flags (freshrec serve's restriction of its control
+        APIs, updater.access.triton_restriction_flags)."""
         super().__init__(log_path=log_path)
+        self.extra_args = tuple(extra_args)
         self.repository = Path(repository).resolve()
         self.models = models
         self.host = host
@@ -175,7 +179,7 @@ class TritonServer(ChildProcess):
             f"--exit-timeout-secs={TRITON_EXIT_TIMEOUT_S}",
         ]
         cmd += [f"--load-model={name}" for name in self.models]
-        return cmd
+        return cmd + list(self.extra_args)
 
     def start(self, *, timeout_s: float = DEFAULT_READY_TIMEOUT_S) -> TritonServer:
         if not self.repository.is_dir():

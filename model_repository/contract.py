@@ -11,6 +11,10 @@ DEFAULT_UPDATER_METRICS_PORT = 8003  # the updater, Prometheus metrics (updater.
 # the updater's access (updater.access): a bearer token in each call's metadata
 TOKEN_ENV = "FRESHREC_TOKEN"  # where the updater and every freshrec command find the token
 AUTH_HEADER, AUTH_SCHEME = "authorization", "Bearer "
+# with a token, Triton's control APIs (model repository, config, statistics, ...) answer only
+# calls carrying this header, whose value is derived from the token (updater.access)
+TRITON_CONTROL_HEADER = "freshrec-control"
+TRITON_RESTRICTED = "model-repository,model-config,shared-memory,statistics,trace,logging"
 DEFAULT_REDIS_PREFIX = "freshrec"  # of every key freshrec keeps in Redis (redis_layout.RedisKeys)
 DEFAULT_TRITON_URL = f"{DEFAULT_HOST}:{DEFAULT_GRPC_PORT}"
 DEFAULT_UPDATER_URL = f"{DEFAULT_HOST}:{DEFAULT_UPDATER_PORT}"

@@ -33,6 +33,30 @@ class AccessError(ValueError):
     """A setting that would leave the updater open or cannot be read; names the flag."""
 
 
+def triton_control_secret(token: str) -> str:
+    """The value of Triton's control header for this token: derived from it (HMAC-SHA256), so
+    tritonserver's command line, which other users of the host can read, never shows the token."""
+    return hmac.new(token.encode(), b"freshrec triton model control", "sha256").hexdigest()
+
+
+def triton_control_headers(token: str | None) -> dict[str, str]:
+    """The header the updater sends with its Triton control calls over gRPC (none without a
+    token): Triton expects a restricted protocol's key prefixed "triton-grpc-protocol-" there
+    (over HTTP the key itself)."""
+    if not token:
+        return {}
+    return {f"triton-grpc-protocol-{c.TRITON_CONTROL_HEADER}": triton_control_secret(token)}
+
+
+def triton_restriction_flags(token: str | None) -> list[str]:
+    """tritonserver flags that close its control APIs on both ports to calls without the
+    header (inference, metadata and health stay open)."""
+    if not token:
+        return []
+    rule = f"{c.TRITON_RESTRICTED}:{c.TRITON_CONTROL_HEADER}={triton_control_secret(token)}"
+    return [f"--grpc-restricted-protocol={rule}", f"--http-restricted-api={rule}"]
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

@@ -24,6 +24,7 @@ from updater.access import (
     read_token,
     require_token_off_loopback,
     server_credentials,
+    triton_control_headers,
 )
 from updater.settings import (
     DEFAULT_ATTRIBUTION_WINDOW_S,
@@ -264,7 +265,8 @@ def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -
     else:
         feedback_log = FeedbackLog(config.log_path,
                                    live_history=history_path(Path(config.repository) / c.RETRIEVE))
-    triton = TritonControl(config.triton_url)
+    triton = TritonControl(config.triton_url,
+                           control_headers=triton_control_headers(config.token))
     publisher = Publisher(config.repository, triton, keep_versions=config.policy.keep_versions,
                           shard_bytes=config.policy.shard_kib * 1024)
     engine = Engine(feedback_log, publisher, policy=config.policy, trainer_config=config.trainer,

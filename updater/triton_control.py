@@ -30,9 +30,13 @@ class TextRefused(TritonError):
 class TritonControl:
     """Thread-safe wrapper of one tritonclient gRPC connection."""
 
-    def __init__(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 control_headers: dict[str, str] | None = None):
+        """``control_headers``: sent with the model-repository calls (a Triton started with a
+        token answers those only with them; updater.access)."""
         self.url = url
         self.timeout_s = timeout_s
+        self.control_headers = dict(control_headers or {}) or None
         self._lock = threading.Lock()
         self._client = grpcclient.InferenceServerClient(url)
 
@@ -41,7 +45,8 @@ class TritonControl:
         latest 1); the old version keeps serving until the new one is ready."""
         with self._lock:
             try:
-                self._client.load_model(model, client_timeout=self.timeout_s)
+                self._client.load_model(model, headers=self.control_headers,
+                                        client_timeout=self.timeout_s)
             except Exception as exc:  # noqa: BLE001 - tritonclient raises several types
                 raise TritonError(f"load_model({model}) failed: {exc}") from exc
 
@@ -57,7 +62,7 @@ class TritonControl:
         found = {m: -1 for m in models}
         with self._lock:
             try:
-                index = self._client.get_model_repository_index()
+                index = self._client.get_model_repository_index(headers=self.control_headers)
             except Exception as exc:  # noqa: BLE001
                 log.warning("repository index from %s failed: %s", self.url, exc)
                 return found

@@ -8,6 +8,7 @@ import sys
 import uuid
 
 import grpc
+import psutil
 import pytest
 
 from clients import UpdaterClient
@@ -127,3 +128,60 @@ def test_binding_beyond_loopback_without_a_token_is_refused_and_says_why(reposit
                           timeout=60)
     assert done.returncode == 1 and "needs a token" in done.stderr
     assert "ready" not in done.stdout
+
+
+def test_with_a_token_tritons_control_apis_need_the_updaters_header(builds, tmp_path,
+                                                                   token_file):
+    """freshrec serve --token-file: inference stays open, Triton's model-repository API (load,
+    unload, index) answers only calls with the header the updater derives from the token."""
+    import signal
+    import urllib.error
+    import urllib.request
+
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from clients import Client
+    from freshrec.child_process import free_port
+    from model_repository import contract as c
+    from tests.fixtures.builds import UPDATER
+    from updater.access import triton_control_headers
+
+    repository = builds.copy(UPDATER, tmp_path)
+    ports = [free_port() for _ in range(5)]
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+    serve = subprocess.Popen(
+        FRESHREC + ["serve", "--repository", str(repository), "--token-file", str(token_file),
+                    *(f"--{flag}={port}" for flag, port in zip(
+                        ("grpc-port", "http-port", "metrics-port", "updater-port",
+                         "updater-metrics-port"), ports))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = serve.stdout.readline()
+        assert "freshrec ready" in line, (line, serve.stderr.read() if serve.poll() else "")
+        grpc_url, http_url = f"127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}"
+        with Client(grpc_url) as client:
+            assert len(client.recommend(1, k=3).item_ids) == 3  # inference: open
+        triton = grpcclient.InferenceServerClient(grpc_url)
+        with pytest.raises(InferenceServerException) as refused:
+            triton.get_model_repository_index()
+        assert "restricted" in str(refused.value).lower() or "header" in str(refused.value).lower()
+        with pytest.raises(InferenceServerException):
+            triton.load_model(c.RETRIEVE)
+        index = triton.get_model_repository_index(headers=triton_control_headers(TOKEN))
+        assert {m.name for m in index.models} >= {c.RETRIEVE, c.RECOMMEND}
+        triton.close()
+        request = urllib.request.Request(f"{http_url}/v2/repository/index", data=b"{}",
+                                         method="POST")
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(request, timeout=10)
+        with UpdaterClient(f"127.0.0.1:{ports[3]}", token=TOKEN) as up:
+            status = up.status()  # the updater reads Triton's index with its header
+            assert status["loaded_versions"][c.RETRIEVE] >= 1
+            assert up.publish()["version"] >= 1
+        command_lines = " ".join(" ".join(p.cmdline())
+                                 for p in psutil.Process(serve.pid).children(recursive=True))
+        assert "tritonserver" in command_lines and TOKEN not in command_lines
+    finally:
+        serve.send_signal(signal.SIGINT)
+        serve.communicate(timeout=60)
