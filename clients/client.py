@@ -37,6 +37,13 @@ class Recommendation:
         }
 
 
+def triton_client(url: str, *, tls_ca=None) -> grpcclient.InferenceServerClient:
+    """A tritonclient gRPC client, over TLS trusting ``tls_ca`` when given."""
+    if tls_ca is None:
+        return grpcclient.InferenceServerClient(url)
+    return grpcclient.InferenceServerClient(url, ssl=True, root_certificates=str(tls_ca))
+
+
 def _tensor(name: str, values: np.ndarray) -> grpcclient.InferInput:
     tensor = grpcclient.InferInput(name, list(values.shape), np_to_triton_dtype(values.dtype))
     tensor.set_data_from_numpy(values)
@@ -78,12 +85,15 @@ class Client(ClosedOnExit):
     manager. `Client(url).recommend(None, text="space opera")` is text search."""
 
     def __init__(self, url: str = c.DEFAULT_TRITON_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 model: str = c.RECOMMEND, updater_url: str = c.DEFAULT_UPDATER_URL):
+                 model: str = c.RECOMMEND, updater_url: str = c.DEFAULT_UPDATER_URL,
+                 tls_ca: str | None = None):
+        """``tls_ca``: a PEM file of the CA to trust, for a server whose gRPC port serves TLS
+        (`freshrec serve --tls-cert`)."""
         self.url = url
         self.timeout_s = timeout_s
         self.model = model
         self.updater_url = updater_url
-        self._grpc = grpcclient.InferenceServerClient(url)
+        self._grpc = triton_client(url, tls_ca=tls_ca)
         self._updater: UpdaterClient | None = None
 
     def feedback(self, user_id: int, item_id: int, kind: str = "click", **options) -> FeedbackResult:

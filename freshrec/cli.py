@@ -149,8 +149,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except AccessError as exc:
         raise UserError(str(exc)) from exc
     access_args = (("--feedback-needs-token",) if args.feedback_needs_token else ()) + (
-        ("--tls-cert", str(args.tls_cert), "--tls-key", str(args.tls_key)) if args.tls_cert
-        else ())
+        ("--tls-cert", str(args.tls_cert), "--tls-key", str(args.tls_key),
+         "--triton-tls-ca", str(args.tls_ca or args.tls_cert)) if args.tls_cert else ())
     repository = serving_repository(Path(args.repository))
     log_path = Path(args.log) if args.log else repository.parent / "tritonserver.log"
     # load every model the repository has: text_encoder only exists in builds with titles
@@ -158,7 +158,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                    if (repository / m).is_dir())
     server = TritonServer(repository, models=models, host=args.host, grpc_port=args.grpc_port,
                           http_port=args.http_port, metrics_port=args.metrics_port,
-                          log_path=log_path, extra_args=tuple(triton_restriction_flags(token)))
+                          log_path=log_path, extra_args=tuple(triton_restriction_flags(token)),
+                          tls=(args.tls_cert, args.tls_key, args.tls_ca or args.tls_cert)
+                          if args.tls_cert else None)
 
     redis_args = (("--redis", args.redis, "--redis-prefix", args.redis_prefix) if args.redis
                   else ()) + intake_flags(args)
@@ -326,13 +328,12 @@ def cmd_items_add(args: argparse.Namespace) -> int:
 def cmd_health(args: argparse.Namespace) -> int:
     """Triton's readiness (server and each model, its own endpoints) and the updater's standard
     gRPC health service; prints JSON, exits 0 only when all are ready."""
-    import tritonclient.grpc as grpcclient
-
     from clients.channel import probe
+    from clients.client import triton_client
 
     triton: dict = {"url": args.url}
     try:
-        client = grpcclient.InferenceServerClient(args.url)
+        client = triton_client(args.url, tls_ca=args.tls_ca)
         triton["ready"] = bool(client.is_server_ready(client_timeout=5.0))
         triton["models"] = {m: bool(client.is_model_ready(m, client_timeout=5.0))
                             for m in args.models}
@@ -359,7 +360,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from clients import Client
 
     try:
-        with Client(args.url) as client:
+        with Client(args.url, tls_ca=args.tls_ca) as client:
             answer = client.recommend(
                 args.user, k=args.k, history=args.history, exclude=args.exclude,
                 exclude_seen=args.exclude_seen, text=args.text,
@@ -385,7 +386,7 @@ def _updater_flag(parser: argparse.ArgumentParser) -> None:
                         help="a file whose first line is the updater's bearer token (else the "
                              "FRESHREC_TOKEN environment variable, if set)")
     parser.add_argument("--tls-ca", type=Path,
-                        help="the PEM of the CA to trust, for an updater serving TLS")
+                        help="the PEM of the CA to trust, for servers serving TLS")
 
 
 def _updater_command(sub, name: str, func, help_text: str) -> argparse.ArgumentParser:
@@ -477,7 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "need (else FRESHREC_TOKEN); required with a --host that is not loopback")
     p.add_argument("--feedback-needs-token", action="store_true",
                    help="the updater's Feedback calls need the token too")
-    p.add_argument("--tls-cert", type=Path, help="the updater serves TLS with this PEM certificate")
+    p.add_argument("--tls-cert", type=Path,
+                   help="the updater's and Triton's gRPC ports serve TLS with this PEM certificate")
     p.add_argument("--tls-key", type=Path, help="the PEM private key of --tls-cert")
     p.add_argument("--tls-ca", type=Path,
                    help="the CA that signed --tls-cert, to probe the updater (default: "
@@ -563,6 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-seen", action="store_true", help="also exclude the history used")
     p.add_argument("--url", default=c.DEFAULT_TRITON_URL,
                    help=f"gRPC address (default {c.DEFAULT_TRITON_URL})")
+    p.add_argument("--tls-ca", type=Path,
+                   help="the PEM of the CA to trust, for a server whose gRPC port serves TLS")
     p.set_defaults(func=cmd_recommend)
     return parser
 

@@ -141,11 +141,17 @@ class TritonServer(ChildProcess):
         log_path: Path | None = None,
         verbose: bool = False,
         extra_args: tuple[str, ...] = (),
+        tls: tuple[Path, Path, Path] | None = None,
     ):
         """``extra_args``: more tritonserver flags (freshrec serve's restriction of its control
-        APIs, updater.access.triton_restriction_flags)."""
+        APIs, updater.access.triton_restriction_flags); ``tls``: (certificate, key, the CA that
+        signed it) in PEM files: the gRPC port serves TLS only."""
         super().__init__(log_path=log_path)
         self.extra_args = tuple(extra_args)
+        self.tls_ca = tls[2] if tls is not None else None
+        if tls is not None:
+            self.extra_args += ("--grpc-use-ssl=true", f"--grpc-server-cert={tls[0]}",
+                                f"--grpc-server-key={tls[1]}")
         self.repository = Path(repository).resolve()
         self.models = models
         self.host = host
@@ -228,7 +234,9 @@ class TritonServer(ChildProcess):
         self._spawn(self.command(backend_dir.parent, install.binary), env=env)
         import tritonclient.grpc as grpcclient  # heavy; only needed once a server runs
 
-        with grpcclient.InferenceServerClient(self.grpc_url) as client:
+        with (grpcclient.InferenceServerClient(self.grpc_url) if self.tls_ca is None else
+              grpcclient.InferenceServerClient(self.grpc_url, ssl=True,
+                                               root_certificates=str(self.tls_ca))) as client:
             self._wait_ready(lambda: self._ready(client), timeout_s=timeout_s)
 
     def _ready(self, client) -> bool:

@@ -80,6 +80,7 @@ class UpdaterConfig:
     feedback_needs_token: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    triton_tls_ca: Path | None = None  # Triton's gRPC port serves TLS signed by this CA
 
     def __post_init__(self):
         for name in ("port", "metrics_port"):
@@ -130,6 +131,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert", type=Path, help="serve TLS with this PEM certificate "
                                                       "(with --tls-key)")
     parser.add_argument("--tls-key", type=Path, help="the PEM private key of --tls-cert")
+    parser.add_argument("--triton-tls-ca", type=Path,
+                        help="Triton's gRPC port serves TLS: trust this CA (PEM)")
     parser.add_argument("--port-file", type=Path,
                         help="once ready, write the port listened on to this file (for --port 0)")
     parser.add_argument("--state-dir", type=Path,
@@ -227,7 +230,7 @@ def config_from_args(args: argparse.Namespace) -> UpdaterConfig:
         redis_prefix=args.redis_prefix, metrics_port=args.metrics_port,
         triton_metrics_url=args.triton_metrics_url, token=read_token(args.token_file),
         feedback_needs_token=args.feedback_needs_token, tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
+        tls_key=args.tls_key, triton_tls_ca=args.triton_tls_ca,
         intake=IntakePolicy(grow_catalogue=args.grow_catalogue_from_feedback,
                             max_new_users_per_min=args.max_new_users_per_min),
         policy=PublishPolicy(every_s=args.publish_every_s, every_events=args.publish_every_events,
@@ -265,8 +268,8 @@ def run_updater(config: UpdaterConfig, *, stop: threading.Event | None = None) -
     else:
         feedback_log = FeedbackLog(config.log_path,
                                    live_history=history_path(Path(config.repository) / c.RETRIEVE))
-    triton = TritonControl(config.triton_url,
-                           control_headers=triton_control_headers(config.token))
+    triton = TritonControl(config.triton_url, control_headers=triton_control_headers(config.token),
+                           tls_ca=config.triton_tls_ca)
     publisher = Publisher(config.repository, triton, keep_versions=config.policy.keep_versions,
                           shard_bytes=config.policy.shard_kib * 1024)
     engine = Engine(feedback_log, publisher, policy=config.policy, trainer_config=config.trainer,

@@ -31,14 +31,17 @@ class TritonControl:
     """Thread-safe wrapper of one tritonclient gRPC connection."""
 
     def __init__(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 control_headers: dict[str, str] | None = None):
+                 control_headers: dict[str, str] | None = None, tls_ca=None):
         """``control_headers``: sent with the model-repository calls (a Triton started with a
-        token answers those only with them; updater.access)."""
+        token answers those only with them; updater.access); ``tls_ca``: the CA PEM to trust
+        when Triton's gRPC port serves TLS."""
         self.url = url
         self.timeout_s = timeout_s
         self.control_headers = dict(control_headers or {}) or None
         self._lock = threading.Lock()
-        self._client = grpcclient.InferenceServerClient(url)
+        self._client = (grpcclient.InferenceServerClient(url) if tls_ca is None else
+                        grpcclient.InferenceServerClient(url, ssl=True,
+                                                         root_certificates=str(tls_ca)))
 
     def load(self, model: str) -> None:
         """load_model: Triton rescans the model folder and serves its newest version (policy

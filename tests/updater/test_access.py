@@ -185,3 +185,43 @@ def test_with_a_token_tritons_control_apis_need_the_updaters_header(builds, tmp_
     finally:
         serve.send_signal(signal.SIGINT)
         serve.communicate(timeout=60)
+
+
+def test_freshrec_serve_with_tls_serves_recommend_and_the_updater_over_tls_only(builds, pki,
+                                                                               tmp_path):
+    import json
+    import signal
+
+    from tritonclient.utils import InferenceServerException
+
+    from clients import Client
+    from freshrec.child_process import free_port
+    from tests.fixtures.builds import UPDATER
+
+    repository = builds.copy(UPDATER, tmp_path)
+    ports = [free_port() for _ in range(5)]
+    ca = str(pki / "ca.pem")
+    serve = subprocess.Popen(
+        FRESHREC + ["serve", "--repository", str(repository), "--tls-cert",
+                    str(pki / "server.pem"), "--tls-key", str(pki / "server.key"), "--tls-ca", ca,
+                    *(f"--{flag}={port}" for flag, port in zip(
+                        ("grpc-port", "http-port", "metrics-port", "updater-port",
+                         "updater-metrics-port"), ports))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = serve.stdout.readline()
+        assert "freshrec ready" in line, (line, serve.stderr.read() if serve.poll() else "")
+        grpc_url, updater_url = f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[3]}"
+        with Client(grpc_url, tls_ca=ca) as client:
+            assert len(client.recommend(1, k=3).item_ids) == 3
+        with Client(grpc_url, timeout_s=5) as plaintext, pytest.raises(InferenceServerException):
+            plaintext.recommend(1, k=3)
+        with UpdaterClient(updater_url, tls_ca=ca) as up:
+            assert up.status()["serving_versions"]["retrieve"] >= 1  # it reached Triton by TLS
+        done = subprocess.run(FRESHREC + ["health", "--url", grpc_url, "--updater", updater_url,
+                                          "--tls-ca", ca], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0 and json.loads(done.stdout)["healthy"], done.stdout
+    finally:
+        serve.send_signal(signal.SIGINT)
+        serve.communicate(timeout=60)
