@@ -196,6 +196,7 @@ class Engine:
         self.log.open_intake(history_len=self.trainer.history_len,
                              after_offset=manifest.feedback_offset)
         self.arrivals = Arrivals(base=self.log.last_offset())
+        self._newest_offset()  # the rate's first sample: events from here on count
         if self.impressions is None:  # retrieve records while its folder exists
             self.impressions = ImpressionReader(self.publisher.model_dir)
         self._catalogue_changed()
