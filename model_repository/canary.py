@@ -1,6 +1,8 @@
 """A canary: a pushed base served to a stable, hash-chosen share of users beside the serving one.
 
-    <repository>/retrieve/canary.json   {"salt", "share", "first_version", "started_at"}
+    <repository>/retrieve/canary.json   {"salt", "share", "first_version", "started_at",
+                                         "started_offset", "auto"} (the last two the updater's,
+                                         for resuming after a restart)
                                         written by the updater (one atomic rename), read by
                                         retrieve's version watcher; gone when the canary ends
 
@@ -46,14 +48,19 @@ class CanarySplit:
     share: float         # of users, (0, 1)
     first_version: int   # the canary lineage's first retrieve version
     started_at: float    # Unix seconds
+    # the updater's, so that a restarted updater resumes the canary (retrieve reads neither)
+    started_offset: int = 0  # the feedback log offset it started from
+    auto: bool = False       # the updater decides it (--auto)
 
     def __post_init__(self):
         if not 0 < self.share < 1:
             raise ValueError(f"share must be in (0, 1), got {self.share!r}")
 
     @classmethod
-    def new(cls, share: float, *, first_version: int, started_at: float) -> CanarySplit:
-        return cls(secrets.randbits(64), float(share), int(first_version), float(started_at))
+    def new(cls, share: float, *, first_version: int, started_at: float,
+            started_offset: int = 0, auto: bool = False) -> CanarySplit:
+        return cls(secrets.randbits(64), float(share), int(first_version), float(started_at),
+                   int(started_offset), bool(auto))
 
     def in_canary(self, user_ids) -> np.ndarray:
         """(N,) bool: which of these users the canary serves."""
@@ -72,7 +79,8 @@ def read_split(model_dir: Path) -> CanarySplit | None:
     try:
         raw = json.loads((Path(model_dir) / CANARY_FILE).read_text())
         return CanarySplit(int(raw["salt"]), float(raw["share"]), int(raw["first_version"]),
-                           float(raw["started_at"]))
+                           float(raw["started_at"]), int(raw.get("started_offset", 0)),
+                           bool(raw.get("auto", False)))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -103,6 +103,7 @@ class CanaryArm:
     control_from: tuple[int, int]  # the control's QualityMeter (asked, hits) at the start
     exposure_from: dict  # Exposure.counts at the start
     decision: Decision = Decision(None, "just started")
+    skip_through: int = 0  # resumed after a restart: its version holds the events up to here
 
     def counts(self, exposure) -> tuple[ArmCount, ArmCount]:
         """(control, canary): each arm's exposed positive events and hits since the canary

@@ -180,14 +180,20 @@ class Engine:
     def recover(self) -> None:
         """Newest good version -> trainer state; pending forgets redone. Replay of the log after
         its feedback_offset happens in the loop, like any new event. A canary running when the
-        updater stopped is ended (rolled back): push it again."""
-        if read_split(self.publisher.model_dir) is not None:
-            log.warning("a canary was running when the updater stopped: rolled back (every user "
-                        "on the serving lineage); push it again to restart it")
+        updater stopped goes on from its newest version (its counts start again from zero);
+        when none of its versions verifies it is rolled back."""
+        split = read_split(self.publisher.model_dir)
+        canary = self.publisher.recover_canary(split) if split is not None else None
+        if split is not None and canary is None:
+            log.warning("a canary was running when the updater stopped, but none of its versions "
+                        "verifies: rolled back (every user on the serving lineage)")
             self.publisher.end_canary()
-        manifest = self.publisher.recover()
+            split = None
+        manifest = self.publisher.recover(split)
         _, tables = self.publisher.load_tables(manifest.version)
         self.trainer = self._trainer(tables, schema.RetrieveMeta.from_manifest(manifest))
+        if split is not None:
+            self._resume_canary(split, canary, manifest.feedback_offset)
         self.applied_offset = self.published_offset = manifest.feedback_offset
         behind = self.log.last_offset() - manifest.feedback_offset
         self._notified_offset = self.log.last_offset()  # the log after the version: replayed
@@ -364,7 +370,8 @@ class Engine:
         else:  # each arm learns, and is judged on, its own users' events
             ours = canary.split.in_canary([e.user_id for e in train])
             control = [e for e, mine in zip(train, ours) if not mine]
-            theirs = [e for e, mine in zip(train, ours) if mine]
+            # after a restart the canary's version may hold events the control's does not
+            theirs = [e for e, mine in zip(train, ours) if mine and e.offset > canary.skip_through]
             if control:
                 self.quality.measure(control, self.trainer,
                                      self.publisher.model_dir / str(self.publisher.current))
@@ -640,7 +647,7 @@ class Engine:
     def _start_canary(self, trainer: SparseTrainer, meta: dict, share: float, auto: bool,
                       offset: int) -> int:
         split = CanarySplit.new(share, first_version=versions.next_version_number(
-            self.publisher.model_dir), started_at=time.time())
+            self.publisher.model_dir), started_at=time.time(), started_offset=offset, auto=auto)
         self.canary = CanaryArm(split, trainer, QualityMeter(policy=self.quality.policy),
                                 started_offset=offset, auto=auto,
                                 control_from=(self.quality.asked, self.quality.hits),
@@ -658,6 +665,25 @@ class Engine:
         trainer.clear_changes()
         self.last_canary = None
         return version
+
+    def _resume_canary(self, split: CanarySplit, manifest: versions.Manifest,
+                       control_offset: int) -> None:
+        """The canary arm again after a restart: its trainer from its newest version, the
+        events of its users that version has not learned and the control's offset has passed
+        trained in now (the rest come with the replay; the arm skips what its version has)."""
+        _, tables = self.publisher.load_tables(manifest.version)
+        trainer = self._trainer(tables, schema.RetrieveMeta.from_manifest(manifest))
+        self.canary = CanaryArm(split, trainer, QualityMeter(policy=self.quality.policy),
+                                started_offset=split.started_offset, auto=split.auto,
+                                control_from=(0, 0), exposure_from={},
+                                skip_through=manifest.feedback_offset)
+        after = manifest.feedback_offset
+        while after < control_offset and (events := self._log_between(after, control_offset)):
+            theirs = split.in_canary([e.user_id for e in events])
+            trainer.apply_many([e for e, mine in zip(events, theirs) if mine])
+            after = events[-1].offset
+        log.warning("the canary goes on after the restart: %.0f%% of users on version %s (its "
+                    "counts start again)", split.share * 100, manifest.version)
 
     def _check_canary(self) -> None:
         """The decision rule on the arms' counts so far; an automatic canary acts on it."""

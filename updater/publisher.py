@@ -81,9 +81,10 @@ class Publisher:
         self.failed: list[FailedVersion] = []
 
     # -- recovery -------------------------------------------------------------------------
-    def recover(self) -> versions.Manifest:
+    def recover(self, split: CanarySplit | None = None) -> versions.Manifest:
         """Drop half-written folders, pick the newest version that verifies and answers
-        (quarantining newer ones that do not), and make Triton serve it. Returns its manifest."""
+        (quarantining newer ones that do not), and make Triton serve it. Returns its manifest.
+        ``split``: a canary that goes on; the probe asks one of the control's users."""
         for path in versions.remove_stale_temporaries(self.model_dir):
             log.warning("removed a half-written version folder left by a crash: %s", path.name)
         for version in reversed(versions.list_versions(self.model_dir)):
@@ -93,7 +94,9 @@ class Publisher:
                     continue  # a canary's lineage: never the control (engine.recover ends it)
                 manifest = versions.verify_version(version_dir)
                 started, timings = time.time(), {}
-                ids = versions.load_table(version_dir, manifest, schema.USER_IDS)
+                ids = np.asarray(versions.load_table(version_dir, manifest, schema.USER_IDS))
+                if split is not None:
+                    ids = ids[~split.in_canary(ids)]
                 probe_user = int(ids[0]) if len(ids) else 0
                 answering = self.triton.answering_version(probe_user)
                 self._serve(version, probe_user, timings, serving=answering)
@@ -318,6 +321,24 @@ class Publisher:
 
     def load_tables(self, version: int) -> tuple[versions.Manifest, dict[str, np.ndarray]]:
         return versions.load_tables(self.model_dir / str(version))
+
+    def recover_canary(self, split: CanarySplit) -> versions.Manifest | None:
+        """The running canary's newest version that verifies (its lineage: first_version and
+        newer, meta arm canary), which retrieve serves its users; None when there is none."""
+        for version in reversed(versions.list_versions(self.model_dir)):
+            if version < split.first_version:
+                return None
+            version_dir = self.model_dir / str(version)
+            try:
+                if arm_of(versions.read_manifest(version_dir).meta) != CANARY:
+                    continue
+                manifest = versions.verify_version(version_dir)
+            except versions.VersionError as exc:
+                log.error("canary version %s does not verify: %s", version, exc)
+                continue
+            self.canary = version
+            return manifest
+        return None
 
     def end_canary(self) -> None:
         """Every user back on the control lineage (the canary's versions stay until collected)."""

@@ -21,7 +21,7 @@ from freshrec.child_process import wait_until
 from freshrec.retrain import logged_feedback
 from model_repository import contract as c
 from model_repository import templates, versions
-from model_repository.canary import CANARY_FILE, read_split
+from model_repository.canary import CANARY_FILE, CanarySplit, read_split, write_split
 from model_repository.impressions import wait_recording
 from model_repository.serving import Query, Retriever
 from tests.fixtures.builds import UPDATER
@@ -225,23 +225,47 @@ def test_an_automatic_canary_of_a_worse_base_is_rolled_back_by_its_users_hit_rat
         assert answer.arm == "control" and answer.version != pushed["version"]
 
 
-def test_an_updater_restart_ends_a_running_canary(builds, repository, stack, start_updater,
-                                                 tmp_path):
+def test_an_updater_restart_resumes_a_running_canary(builds, repository, stack, start_updater,
+                                                    tmp_path):
+    """kill -9 mid-canary: the canary's users stay on its lineage throughout, the restarted
+    updater goes on learning into it (an event logged before the kill included), and the
+    canary can still be decided; one whose versions are all gone is rolled back."""
     updater = start_updater()
     base = _retrain(builds, repository, tmp_path / "nightly")
     with UpdaterClient(updater.url) as up:
-        pushed = up.push(base, canary=0.5, force=True)
-    split = read_split(repository / c.RETRIEVE)
-    theirs = next(u for u in _new_ids(50) if split.in_canary([u])[0])
+        control = up.status()["published_version"]
+        pushed = up.push(base, canary=0.5, auto=True, force=True)
+        split = read_split(repository / c.RETRIEVE)
+        assert split.auto and split.started_offset >= 0
+        items = _tables(repository, control)[1]["item_ids"].tolist()
+        theirs = next(u for u in _new_ids(50) if split.in_canary([u])[0])
+        last = up.feedback_batch(_clicks([(theirs, items[3])])).last_offset
     with Client(stack.grpc_url) as client:
-        assert client.recommend(theirs, k=3).version == pushed["version"]
         updater.kill()
         updater.wait_exit()
+        assert client.recommend(theirs, k=3).arm == "canary"  # retrieve never left the split
         restarted = start_updater()
-        assert not (repository / c.RETRIEVE / CANARY_FILE).exists()  # rolled back on recovery
+        assert read_split(repository / c.RETRIEVE) == split
         with UpdaterClient(restarted.url) as up:
-            status = up.status()
-            assert status["canary"] is None
-        answer = wait_until(lambda: (a := client.recommend(theirs, k=3)).arm == "control" and a,
-                            timeout_s=WAIT_S, what="the canary's user back on the control")
-        assert answer.version == status["published_version"]
+            status = _published(up, last)
+            canary = status["canary"]
+            assert canary["ended"] == "" and canary["first_version"] == pushed["version"]
+            assert canary["share"] == 0.5 and canary["auto"]
+            assert _history(_tables(repository, canary["version"])[1], theirs) == [items[3]]
+            more = up.feedback_batch(_clicks([(theirs, items[4])])).last_offset
+            canary = _published(up, more)["canary"]
+            assert _history(_tables(repository, canary["version"])[1], theirs) == [items[3],
+                                                                                  items[4]]
+            answer = client.recommend(theirs, k=3)
+            assert answer.arm == "canary" and answer.version == canary["version"]
+            ended = up.end_canary(promote=False)
+        assert client.recommend(theirs, k=3).version == ended["version"]
+        # a canary none of whose versions remains is rolled back on the next start
+        restarted.kill()
+        restarted.wait_exit()
+        stale = CanarySplit.new(0.5, first_version=10**6, started_at=0.0)
+        write_split(repository / c.RETRIEVE, stale)
+        again = start_updater()
+        assert not (repository / c.RETRIEVE / CANARY_FILE).exists()
+        with UpdaterClient(again.url) as up:
+            assert up.status()["canary"] is None
