@@ -232,11 +232,9 @@ class TritonServer(ChildProcess):
         log.info("tritonserver: gRPC %s, HTTP port %d, metrics port %d", self.grpc_url, self.http_port,
                  self.metrics_port)
         self._spawn(self.command(backend_dir.parent, install.binary), env=env)
-        import tritonclient.grpc as grpcclient  # heavy; only needed once a server runs
+        from clients.client import triton_client  # heavy; only needed once a server runs
 
-        with (grpcclient.InferenceServerClient(self.grpc_url) if self.tls_ca is None else
-              grpcclient.InferenceServerClient(self.grpc_url, ssl=True,
-                                               root_certificates=str(self.tls_ca))) as client:
+        with triton_client(self.grpc_url, tls_ca=self.tls_ca) as client:
             self._wait_ready(lambda: self._ready(client), timeout_s=timeout_s)
 
     def _ready(self, client) -> bool:

@@ -93,9 +93,13 @@ class RetrieveMetrics:
     """retrieve's custom metrics, on Triton's metrics port beside its own (python_backend's
     pb_utils.MetricFamily). Labels: the model and the part, never a user or an item:
 
-        freshrec_retrieve_request_seconds          histogram: each request's time in execute
+        freshrec_retrieve_batch_seconds            histogram: a batch's time in execute (what
+                                                   each request of it waited there)
         freshrec_retrieve_part_seconds{part}       histogram: a batch's seconds in live_read,
                                                    tower and score_topk
+
+    Each is observed once per batch: every observation is a message to Triton's process, so
+    one per request would cost a batch of 64 as many round trips.
         freshrec_retrieve_batch_size               histogram: requests per execute
         freshrec_retrieve_switch_seconds           histogram: verifying and opening a new
                                                    version before switching to it
@@ -106,13 +110,13 @@ class RetrieveMetrics:
         self._families = [  # kept: a Metric must not outlive its family
             pb_utils.MetricFamily(name=name, description=doc, kind=histogram)
             for name, doc in (
-                ("freshrec_retrieve_request_seconds", "a request's time in retrieve's execute"),
+                ("freshrec_retrieve_batch_seconds", "a batch's time in retrieve's execute"),
                 ("freshrec_retrieve_part_seconds", "a batch's seconds in one part of retrieve"),
                 ("freshrec_retrieve_batch_size", "requests per retrieve execute"),
                 ("freshrec_retrieve_switch_seconds", "verifying and opening a new version"))]
-        request, part, batch, switch = self._families
+        seconds, part, batch, switch = self._families
         labels = {"model": model}
-        self.request = request.Metric(labels=labels, buckets=_SECONDS_BUCKETS)
+        self.seconds = seconds.Metric(labels=labels, buckets=_SECONDS_BUCKETS)
         self.parts = {name: part.Metric(labels={**labels, "part": name}, buckets=_SECONDS_BUCKETS)
                       for name in RETRIEVE_PARTS}
         self.batch = batch.Metric(labels=labels, buckets=_BATCH_BUCKETS)
@@ -120,8 +124,7 @@ class RetrieveMetrics:
 
     def executed(self, requests: int, seconds: float, parts: dict[str, float]) -> None:
         self.batch.observe(float(requests))
-        for _ in range(requests):
-            self.request.observe(seconds)
+        self.seconds.observe(seconds)
         for name, spent in parts.items():
             if name in self.parts:
                 self.parts[name].observe(spent)

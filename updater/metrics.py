@@ -69,8 +69,8 @@ class UpdaterMetrics:
         for kind in (*KINDS, OTHER):  # every series exists from the start: rate() sees the first
             self.events.labels(kind, "accepted", "")
 
-    def event(self, kind: str, outcome: str, field: str = "") -> None:
-        self.events.labels(kind if kind in KINDS else OTHER, outcome, field).inc()
+    def event(self, kind: str, outcome: str, field: str = "", *, n: int = 1) -> None:
+        self.events.labels(kind if kind in KINDS else OTHER, outcome, field).inc(n)
 
     def admin_call(self, call: str, outcome: str) -> None:
         self.admin.labels(call, outcome).inc()

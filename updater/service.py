@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from concurrent import futures
 from pathlib import Path
 
@@ -79,12 +80,12 @@ class FeedbackService(pb_grpc.FeedbackServicer):
         reply.rejected.extend(sorted(rejected, key=lambda r: r.index))
         valid = [e for e, bad in zip(valid, unknown) if not bad]
         stored, duplicates = self.log.append(valid) if valid else ([], [])
-        for e in stored:
-            metrics.event(e.kind, "accepted")
+        for kind, n in Counter(e.kind for e in stored).items():  # one increment a kind
+            metrics.event(kind, "accepted", n=n)
         if duplicates:
             kinds = {e.event_id: e.kind for e in valid}
-            for event_id in duplicates:
-                metrics.event(kinds.get(event_id, ""), "duplicate")
+            for kind, n in Counter(kinds.get(i, "") for i in duplicates).items():
+                metrics.event(kind, "duplicate", n=n)
         reply.accepted += len(stored)
         reply.duplicate_event_ids.extend(duplicates)
         if stored:
